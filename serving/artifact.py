@@ -1,0 +1,80 @@
+"""Find and check the model artifact (DESIGN.md's contract): model.onnx + model.json in a version directory.
+
+The service refuses a model it cannot trust: missing files, a model.onnx whose sha256 differs from model.json, a
+class list that does not match the model's output size. Each refusal says exactly what is wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .preprocess import PreprocessSpec
+
+
+class ArtifactError(RuntimeError):
+    pass
+
+
+class ModelCard(BaseModel):
+    """The fields of model.json the service relies on (extra fields are kept, not required)."""
+    model_config = ConfigDict(extra="allow")
+    name: str
+    version: str
+    created: str = ""
+    classes: list[str] = Field(min_length=2)
+    image_size: int = Field(gt=0)
+    resize_size: int = Field(gt=0)
+    interpolation: str = Field(pattern="^(nearest|bilinear|bicubic)$")
+    sha256: str
+    metrics: dict = {}
+    temperature: float = 1.0
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec(self.resize_size, self.image_size, self.interpolation)
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.metrics.get("test", {}).get("accuracy")
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve(model_dir: Path | None, artifacts_root: Path | None, model_name: str | None) -> Path:
+    """An explicit version directory, or artifacts_root/model_name/<contents of LATEST>."""
+    if model_dir is not None:
+        return Path(model_dir)
+    if artifacts_root is None or not model_name:
+        raise ArtifactError("set model_dir, or artifacts_root and model_name")
+    latest = Path(artifacts_root) / model_name / "LATEST"
+    if not latest.is_file():
+        raise ArtifactError(f"no published model: {latest} does not exist (run the training job first)")
+    return latest.parent / latest.read_text().strip()
+
+
+def load_card(version_dir: Path, verify: bool = True) -> ModelCard:
+    version_dir = Path(version_dir)
+    card_path, onnx_path = version_dir / "model.json", version_dir / "model.onnx"
+    for p in (card_path, onnx_path):
+        if not p.is_file():
+            raise ArtifactError(f"model artifact incomplete: {p} is missing")
+    try:
+        card = ModelCard.model_validate_json(card_path.read_text())
+    except ValidationError as exc:
+        raise ArtifactError(f"{card_path} does not follow the artifact contract: {exc}") from None
+    if card.resize_size < card.image_size:
+        raise ArtifactError(f"{card_path}: resize_size {card.resize_size} < image_size {card.image_size}")
+    if verify:
+        actual = sha256_of(onnx_path)
+        if actual != card.sha256:
+            raise ArtifactError(f"{onnx_path} sha256 {actual[:12]}… does not match model.json ({card.sha256[:12]}…): "
+                                "the file is corrupt or from another model")
+    return card

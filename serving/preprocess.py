@@ -1,0 +1,75 @@
+"""Bytes -> the model's input: decode, EXIF-orient, convert to RGB, resize shorter side to R, centre-crop S.
+
+This is the serving half of the preprocessing contract (model.json: resize_size, image_size, interpolation). It is
+written to equal torchvision's Resize + CenterCrop on PIL images pixel for pixel: same size arithmetic, same PIL
+resampling call, same crop rounding. tests/test_preprocess_parity.py holds the two equal on real photos.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# The limit is enforced by decode() before pixels are allocated, with a clear 413, instead of PIL's own warning/error.
+Image.MAX_IMAGE_PIXELS = None
+
+INTERPOLATION = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                 "bicubic": Image.Resampling.BICUBIC}
+FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"}
+
+
+class ImageError(ValueError):
+    """A request image that cannot be used. `reason` labels the metric; `status` is the HTTP status to answer."""
+
+    def __init__(self, reason: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.reason, self.status = reason, status
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    resize_size: int
+    image_size: int
+    interpolation: str
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ImageError("empty", "the image is empty (0 bytes)")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("not_an_image", "the bytes are not an image format this service reads "
+                         f"({', '.join(sorted(FORMATS))})", 415) from None
+    except Exception as exc:
+        raise ImageError("corrupt", f"the image header cannot be read: {exc}") from None
+    if im.format not in FORMATS:
+        raise ImageError("unsupported_format", f"image format {im.format} is not supported; send one of "
+                         f"{', '.join(sorted(FORMATS))}", 415)
+    w, h = im.size
+    if w * h > max_pixels:  # checked on the header: a decompression bomb never gets decoded
+        raise ImageError("too_many_pixels", f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}", 413)
+    try:
+        im = ImageOps.exif_transpose(im)
+        return im.convert("RGB")  # forces the full decode: truncation shows up here
+    except Exception as exc:
+        raise ImageError("corrupt", f"the image is truncated or corrupt: {exc}") from None
+
+
+def resize_crop(im: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """RGB uint8 [S, S, 3], as torchvision's Resize(R) then CenterCrop(S) computes it."""
+    w, h = im.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        im = im.resize((new_w, new_h), INTERPOLATION[spec.interpolation])
+    s = spec.image_size
+    left, top = int(round((new_w - s) / 2.0)), int(round((new_h - s) / 2.0))
+    return np.asarray(im.crop((left, top, left + s, top + s)), dtype=np.uint8)
+
+
+def preprocess(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:
+    return resize_crop(decode(data, max_pixels), spec)

@@ -1,0 +1,48 @@
+"""Score an artifact on labelled image files through the service's own code path (decode, resize, crop, onnxruntime).
+
+The training job's skew gate runs this as a subprocess (training and serving never import each other):
+    python -m serving.score --model DIR --labels list.tsv    # lines: <path>\t<class index>
+prints {"accuracy", "n", "predictions"} as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import load_card
+from .preprocess import preprocess
+from .runtime import OnnxClassifier
+
+
+def score(model_dir: Path, items: list[tuple[str, int]], batch_size: int = 16) -> dict:
+    card = load_card(model_dir)
+    clf = OnnxClassifier(Path(model_dir) / "model.onnx", len(card.classes), card.image_size, device="cpu")
+    preds = []
+    for i in range(0, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        batch = np.stack([preprocess(Path(p).read_bytes(), card.spec, max_pixels=1 << 40) for p, _ in chunk])
+        preds += clf.run(batch).argmax(1).tolist()
+    labels = [y for _, y in items]
+    correct = sum(int(p == y) for p, y in zip(preds, labels))
+    return {"accuracy": correct / max(1, len(items)), "n": len(items), "predictions": preds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m serving.score", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--labels", type=Path, required=True)
+    args = ap.parse_args(argv)
+    items = []
+    for line in args.labels.read_text().splitlines():
+        path, label = line.rsplit("\t", 1)
+        items.append((path, int(label)))
+    json.dump(score(args.model, items), sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

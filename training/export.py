@@ -1,0 +1,153 @@
+"""Checkpoint -> published artifact (DESIGN.md): ONNX with the uint8 NHWC contract, parity-checked against PyTorch,
+re-scored through the service's own preprocessing (skew gate), described by model.json, published atomically."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torchvision
+
+from .data import ImageSet
+from .publish import publish, sha256_of
+
+PARITY_ATOL = 1e-3
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+class ContractWrapper(torch.nn.Module):
+    """uint8 [N,S,S,3] RGB -> (logits, probabilities). /255 and the NHWC->NCHW change live in the graph."""
+
+    def __init__(self, model: torch.nn.Module, temperature: float = 1.0):
+        super().__init__()
+        self.model, self.temperature = model, temperature
+
+    def forward(self, images: torch.Tensor):
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        logits = self.model(x)
+        return logits, torch.softmax(logits / self.temperature, dim=1)
+
+
+def export_onnx(model: torch.nn.Module, path: Path, image_size: int, opset: int, temperature: float = 1.0) -> None:
+    wrapper = ContractWrapper(model.eval(), temperature).eval()
+    example = torch.zeros(2, image_size, image_size, 3, dtype=torch.uint8)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (example,), str(path), input_names=["images"],
+                          output_names=["logits", "probabilities"], opset_version=opset, dynamo=True,
+                          external_data=False, verbose=False,
+                          dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}})
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def ort_session(path: Path):
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime as ort
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def check_parity(model: torch.nn.Module, path: Path, images: np.ndarray, batch_sizes=(1, 8, 5)) -> dict:
+    """onnxruntime vs eager on real images (uint8 NHWC) at several batch sizes; raises with the numbers."""
+    session = ort_session(path)
+    report = {}
+    model.eval()
+    for bs in batch_sizes:
+        batch = images[:bs] if len(images) >= bs else np.resize(images, (bs, *images.shape[1:]))
+        ort_logits = session.run(["logits"], {"images": batch})[0]
+        with torch.no_grad():
+            ref = model(torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0).numpy()
+        delta = float(np.abs(ort_logits - ref).max())
+        same = bool((ort_logits.argmax(1) == ref.argmax(1)).all())
+        report[f"batch_{bs}"] = {"max_abs_diff": delta, "argmax_equal": same}
+        if delta > PARITY_ATOL or not same:
+            raise ExportError(f"ONNX parity failed at batch {bs}: max |dlogit| = {delta:.2e} "
+                              f"(limit {PARITY_ATOL}), argmax equal on all images: {same}")
+    return report
+
+
+def _as_files(images: ImageSet, folder: Path) -> list[tuple[str, int]]:
+    """The skew gate scores files; in-memory sets (CIFAR) are written as lossless PNGs."""
+    if images.paths is not None:
+        return [(str(p), y) for p, y in zip(images.paths, images.labels)]
+    items = []
+    for i, y in enumerate(images.labels):
+        p = folder / f"{i:06d}.png"
+        images.image(i).save(p)
+        items.append((str(p), y))
+    return items
+
+
+def skew_gate(version_dir: Path, test: ImageSet, torch_accuracy: float, tolerance_points: float) -> dict:
+    """Re-score the artifact through `python -m serving.score` (the service's decode/resize/crop + onnxruntime)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        items = _as_files(test, Path(tmp))
+        labels_file = Path(tmp) / "labels.tsv"
+        labels_file.write_text("".join(f"{p}\t{y}\n" for p, y in items))
+        proc = subprocess.run([sys.executable, "-m", "serving.score", "--model", str(version_dir),
+                               "--labels", str(labels_file)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ExportError(f"skew gate could not run the serving scorer:\n{proc.stderr[-2000:]}")
+    served = json.loads(proc.stdout)
+    gap = abs(served["accuracy"] - torch_accuracy) * 100
+    result = {"torch_accuracy": torch_accuracy, "served_accuracy": served["accuracy"], "gap_points": gap,
+              "tolerance_points": tolerance_points, "n": served["n"]}
+    if gap > tolerance_points:
+        raise ExportError(f"train/serve skew: test accuracy through the serving path is {served['accuracy']:.4f}, "
+                          f"PyTorch gives {torch_accuracy:.4f} ({gap:.2f} points apart, limit {tolerance_points}). "
+                          "Check resize_size / image_size / interpolation in model.json against the training config.")
+    return result
+
+
+def library_versions() -> dict:
+    import onnxruntime
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifacts_root: Path,
+                   parity_images: np.ndarray, opset: int = 18, skew_tolerance: float = 0.3,
+                   preprocess_override: dict | None = None, report_dir: Path | None = None) -> Path:
+    """Export, check parity and skew, write model.json (+ report/), publish; returns the published directory."""
+    pre = dict(bundle["preprocess"], **(preprocess_override or {}))
+    name = bundle["name"]
+    root = Path(artifacts_root) / name
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        t0 = time.perf_counter()
+        export_onnx(model, staging / "model.onnx", pre["image_size"], opset, bundle.get("temperature", 1.0))
+        parity = check_parity(model, staging / "model.onnx", parity_images)
+        digest = sha256_of(staging / "model.onnx")
+        version = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + digest[:8]
+        card = {"name": name, "version": version, "created": datetime.now(timezone.utc).isoformat(),
+                "classes": bundle["classes"], "image_size": pre["image_size"], "resize_size": pre["resize_size"],
+                "interpolation": pre["interpolation"], "input": {"name": "images", "dtype": "uint8",
+                                                                 "layout": "NHWC", "color": "RGB"},
+                "outputs": ["logits", "probabilities"], "temperature": bundle.get("temperature", 1.0),
+                "backbone": bundle["config"]["model"]["backbone"], "metrics": bundle["metrics"],
+                "config": bundle["config"], "libraries": library_versions(), "sha256": digest,
+                "parity": parity}
+        (staging / "model.json").write_text(json.dumps(card, indent=2))
+        card["skew_gate"] = skew_gate(staging, test, bundle["metrics"]["test"]["accuracy"], skew_tolerance)
+        card["export_seconds"] = round(time.perf_counter() - t0, 1)
+        (staging / "model.json").write_text(json.dumps(card, indent=2))
+        if report_dir is not None and Path(report_dir).is_dir():
+            shutil.copytree(report_dir, staging / "report")
+        return publish(staging, root, version)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

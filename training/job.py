@@ -1,0 +1,108 @@
+"""The training Job end to end: data -> two phases -> test metrics -> final checkpoint -> export -> artifact."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint, metrics
+from .config import TrainConfig
+from .data import ImageSet, Splits, load_splits
+from .export import build_artifact
+from .loader import eval_loader
+from .log import event
+from .model import Classifier, build_model
+from .train import Trainer, setup_runtime, summary_table, write_json
+from .transforms import eval_transform
+
+
+def preprocess_spec(cfg: TrainConfig) -> dict:
+    """The one preprocessing specification: written to model.json, read by the service and by eval_transform."""
+    return {"resize_size": cfg.data.resize_size, "image_size": cfg.data.image_size,
+            "interpolation": cfg.data.interpolation}
+
+
+def eval_images(images: ImageSet, spec: dict, count: int | None = None) -> np.ndarray:
+    """uint8 NHWC images as the model contract takes them (for parity checks)."""
+    tf = eval_transform(**spec)
+    n = len(images) if count is None else min(count, len(images))
+    return np.stack([tf(images.image(i)).permute(1, 2, 0).numpy() for i in range(n)])
+
+
+def test_metrics(model: Classifier, splits: Splits, cfg: TrainConfig, device: torch.device) -> dict:
+    loader = eval_loader(splits.test, eval_transform(**preprocess_spec(cfg)), cfg.data.eval_batch_size,
+                         cfg.data.num_workers, device.type == "cuda")
+    logits, labels = metrics.predict(model, loader, device, cfg.channels_last)
+    return metrics.full(logits, labels, splits.classes), logits, labels
+
+
+def report_skipped(splits: Splits, out: Path) -> None:
+    write_json(out / "skipped_images.json", [{"path": p, "reason": r} for p, r in splits.skipped])
+    if splits.skipped:
+        event(f"skipped {len(splits.skipped)} unreadable image(s)", files=[p for p, _ in splits.skipped][:20],
+              list=str(out / "skipped_images.json"))
+
+
+def train_job(cfg: TrainConfig) -> dict:
+    device = setup_runtime(cfg)
+    out = Path(cfg.output_dir)
+    splits = load_splits(cfg.data, cfg.seed)
+    event("data", classes=splits.classes, train=len(splits.train), val=len(splits.val), test=len(splits.test),
+          train_counts=splits.train.counts(), skipped=len(splits.skipped))
+    report_skipped(splits, out)
+    model = build_model(cfg.model, len(splits.classes)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trainer = Trainer(cfg, splits, model, device)
+    trainer.fit()
+    history = trainer.state["history"]
+    test, logits, labels = test_metrics(model, splits, cfg, device)
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+    bundle = {"name": cfg.name, "classes": splits.classes, "config": cfg.model_dump(mode="json"),
+              "preprocess": preprocess_spec(cfg), "history": history,
+              "metrics": {"test": test, "best_val": {cfg.early_stop.metric: trainer.state["best"],
+                                                     "at": trainer.state["best_where"]}},
+              "skipped": splits.skipped, "state_dict": model.state_dict()}
+    checkpoint.atomic_save(bundle, out / "final" / "model.pt")
+    write_json(out / "final" / "metrics.json", bundle["metrics"])
+    np.savez(out / "final" / "test_predictions.npz", logits=logits, labels=labels)
+    print(summary_table(history))
+    print(f"test accuracy {test['accuracy']:.4f}  macro F1 {test['macro_f1']:.4f}  (n={test['n']})")
+    result = {"test_accuracy": test["accuracy"], "final": str(out / "final" / "model.pt")}
+    if cfg.export.enabled:
+        published = export_bundle(model, bundle, splits, cfg)
+        result["artifact"] = str(published)
+        print(f"published {published}")
+    write_json(out / "final" / "result.json", result)
+    return result
+
+
+def export_bundle(model: Classifier, bundle: dict, splits: Splits, cfg: TrainConfig,
+                  preprocess_override: dict | None = None) -> Path:
+    published = build_artifact(model, bundle, splits.test, cfg.artifacts_dir,
+                               eval_images(splits.test, bundle["preprocess"], 8), cfg.export.opset,
+                               cfg.export.skew_tolerance, preprocess_override,
+                               report_dir=Path(cfg.output_dir) / "report")
+    card = json.loads((published / "model.json").read_text())
+    event("exported", artifact=str(published), skew_gap_points=card["skew_gate"]["gap_points"],
+          parity=card["parity"])
+    return published
+
+
+def load_bundle(path: Path) -> tuple[Classifier, dict, TrainConfig]:
+    bundle = checkpoint.load(path)
+    cfg = TrainConfig.model_validate(bundle["config"])
+    cfg.model.weights = "none"  # the state dict carries the weights
+    model = build_model(cfg.model, len(bundle["classes"]))
+    model.load_state_dict(bundle["state_dict"])
+    return model.eval(), bundle, cfg
+
+
+def export_job(checkpoint_path: Path, artifacts_dir: Path | None, preprocess_override: dict | None = None) -> Path:
+    model, bundle, cfg = load_bundle(checkpoint_path)
+    if artifacts_dir is not None:
+        cfg.artifacts_dir = artifacts_dir
+    splits = load_splits(cfg.data, cfg.seed)
+    return export_bundle(model, bundle, splits, cfg, preprocess_override)
