@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="artifacts/<name> or a version directory")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("images", type=Path, nargs="+")
+    d = sub.add_parser("demo", help="train on the default dataset, export, serve, predict over HTTP")
+    d.add_argument("--data", help="dataset folder (default ../shared/data/hymenoptera_data)")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return ap
 
 
@@ -37,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             from .job import train_job
             train_job(cfg)
+        elif args.command == "demo":
+            from .demo import demo
+            return demo(([f"data.path={args.data}"] if args.data else []) + args.overrides)
         elif args.command == "export":
             from .job import export_job
             print(export_job(args.checkpoint, args.out))

@@ -98,9 +98,13 @@ def _scan_folder(root: Path, classes: list[str], skipped: list) -> ImageSet:
     paths, labels = [], []
     for y, name in enumerate(classes):
         folder = root / name
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-        paths += files
-        labels += [y] * len(files)
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        for p in files:
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(p)
+                labels.append(y)
+            else:  # reported, not silently dropped: a stray file in a class folder is usually a data mistake
+                skipped.append((str(p), f"unsupported file type '{p.suffix}' (reads {', '.join(sorted(IMAGE_SUFFIXES))})"))
     paths, labels = _keep_readable(paths, labels, skipped)
     return ImageSet(classes, labels, paths=paths)
 

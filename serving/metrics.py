@@ -1,0 +1,36 @@
+"""The service's Prometheus metrics, all prefixed imgcls_, through bentoml.metrics (multi-process safe).
+
+BentoML already exports request counts, durations, in-flight requests and the adaptive batch size; these add what
+only the model knows. Every metric is documented in the README (its "Metrics" table).
+"""
+from __future__ import annotations
+
+import bentoml
+
+P = "imgcls_"
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+inference_seconds = bentoml.metrics.Histogram(
+    name=P + "inference_seconds", documentation="onnxruntime time per batch", buckets=LATENCY_BUCKETS,
+    labelnames=["provider"])
+batch_size = bentoml.metrics.Histogram(
+    name=P + "batch_size", documentation="images per onnxruntime run", buckets=BATCH_BUCKETS)
+preprocess_seconds = bentoml.metrics.Histogram(
+    name=P + "preprocess_seconds", documentation="decode + resize + crop time per image", buckets=LATENCY_BUCKETS)
+predictions = bentoml.metrics.Counter(
+    name=P + "predictions_total", documentation="predictions by top-1 class", labelnames=["predicted"])
+confidence = bentoml.metrics.Histogram(
+    name=P + "confidence", documentation="top-1 probability of each prediction",
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
+invalid_requests = bentoml.metrics.Counter(
+    name=P + "invalid_requests_total", documentation="rejected inputs by reason", labelnames=["reason"])
+feedback = bentoml.metrics.Counter(
+    name=P + "feedback_total", documentation="ground-truth feedback by outcome and actual class",
+    labelnames=["outcome", "actual"])
+model_info = bentoml.metrics.Gauge(
+    name=P + "model_info", documentation="1 for the loaded model (labels: name, version, provider)",
+    labelnames=["name", "version", "provider"], multiprocess_mode="max")
+offline_accuracy = bentoml.metrics.Gauge(
+    name=P + "offline_test_accuracy", documentation="test-split accuracy recorded in model.json",
+    labelnames=["name", "version"], multiprocess_mode="max")

