@@ -1,0 +1,51 @@
+"""Shared fixtures: the real dataset, a small real trained artifact, a running `bentoml serve`."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = (ROOT / ".." / "shared" / "data" / "hymenoptera_data").resolve()
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+# Small and fast, but real: pretrained EfficientNet-Lite0 on real photos at 64 px.
+QUICK = ["data.image_size=64", "data.resize_size=73", "data.num_workers=0", "data.batch_size=16",
+         "model.backbone=efficientnet_lite0", "phase1.epochs=2", "phase2.epochs=1", "threads=2",
+         "data.limit_per_class=40"]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.fail(f"real dataset missing at {DATA}")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, data_dir):
+    """(config, result) of one real quick training run with export; shared by export and serving tests."""
+    from training.config import load_config
+    from training.job import train_job
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = load_config(None, QUICK + [f"data.path={data_dir}", f"output_dir={tmp / 'run'}",
+                                     f"artifacts_dir={tmp / 'artifacts'}", "name=bees"])
+    result = train_job(cfg)
+    return cfg, result
+
+
+@pytest.fixture(scope="session")
+def artifact(trained) -> Path:
+    return Path(trained[1]["artifact"])
+
+
+def copy_images(src: Path, dst: Path, n: int) -> list[Path]:
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for p in sorted(src.iterdir())[:n]:
+        shutil.copy(p, dst / p.name)
+        out.append(dst / p.name)
+    return out
