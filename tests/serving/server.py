@@ -1,0 +1,67 @@
+"""Start the real `bentoml serve` on a free 127.0.0.1 port; the caller stops it."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, env: dict, log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log, "w")
+        full_env = dict(os.environ, BENTOML_DO_NOT_TRACK="True", ORT_DISABLE_TELEMETRY="1", **env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "serving.service:ImageClassifier", "--host", "127.0.0.1",
+             "--port", str(self.port)], cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        return False
+
+    def wait_up(self, timeout: float = 120) -> None:
+        """Listening (livez answers), ready or not."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                httpx.get(self.url + "/livez", timeout=2)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        raise RuntimeError("server never started listening")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its workers, nothing else
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode

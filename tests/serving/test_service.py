@@ -1,0 +1,198 @@
+"""The real `bentoml serve` over real HTTP: every endpoint, every bad input, metrics that move exactly."""
+from __future__ import annotations
+
+import base64
+import io
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from PIL import Image
+
+from server import Server
+
+pytestmark = pytest.mark.slow
+MAX_BYTES, MAX_PIXELS = 2_000_000, 4_000_000
+
+
+@pytest.fixture(scope="module")
+def server(artifact, tmp_path_factory):
+    srv = Server({"SERVING_ARTIFACTS_ROOT": str(artifact.parent.parent), "SERVING_MODEL_NAME": artifact.parent.name,
+                  "SERVING_MAX_REQUEST_BYTES": str(MAX_BYTES), "SERVING_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
+                  "SERVING_MAX_LATENCY_MS": "300"},
+                 tmp_path_factory.mktemp("serve") / "serve.log")
+    try:
+        assert srv.wait_ready(), open(srv.log.name).read()[-3000:]
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def photos(data_dir):
+    return {c: sorted((data_dir / "val" / c).iterdir())[:4] for c in ("ants", "bees")}
+
+
+def scrape(url) -> dict[str, float]:
+    out = {}
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith("imgcls_"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def total(metrics: dict, metric: str, **labels) -> float:
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(v for k, v in metrics.items()
+               if re.match(metric + r"(\{|$)", k) and all(w in k for w in want))
+
+
+def _jpeg_bytes(size=(80, 60), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, 128).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _png_bytes(size, mode="L") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_predict_endpoints_answer_real_photos(server, photos):
+    url = server.url
+    path = photos["bees"][0]
+    r = httpx.post(url + "/predict", files={"image": path.open("rb")}, data={"top_k": "2"}, timeout=60)
+    assert r.status_code == 200, r.text
+    one = r.json()
+    assert one["label"] in ("ants", "bees") and len(one["top_k"]) == 2 and one["model"] == "bees"
+    assert abs(sum(t["probability"] for t in one["top_k"]) - 1) < 1e-4
+    files = [("images", p.open("rb")) for p in photos["ants"][:3]]
+    r = httpx.post(url + "/predict_batch", files=files, timeout=60)
+    assert r.status_code == 200 and len(r.json()) == 3
+    b64 = base64.b64encode(path.read_bytes()).decode()
+    r = httpx.post(url + "/predict_base64", json={"image": b64, "top_k": 1}, timeout=60)
+    assert r.status_code == 200 and r.json()["label"] == one["label"]
+    assert r.json()["confidence"] == pytest.approx(one["confidence"], abs=1e-6)
+    r = httpx.post(url + "/predict_base64_batch", json={"images": [b64, b64]}, timeout=60)
+    assert r.status_code == 200 and [p["label"] for p in r.json()] == [one["label"]] * 2
+    info = httpx.post(url + "/model_info", json={}).json()
+    assert info["classes"] == ["ants", "bees"] and 0 <= info["test_metrics"]["accuracy"] <= 1
+    assert httpx.get(url + "/livez").status_code == 200 and httpx.get(url + "/readyz").status_code == 200
+
+
+BAD = [  # (name, request kwargs, endpoint, status, reason-or-text)
+    ("empty file", dict(files={"image": ("e.jpg", b"", "image/jpeg")}), "/predict", 400, "empty"),
+    ("not an image", dict(files={"image": ("a.jpg", b"hello world" * 10, "image/jpeg")}), "/predict", 415,
+     "not_an_image"),
+    ("truncated", dict(files={"image": ("t.jpg", _jpeg_bytes((400, 300))[:700], "image/jpeg")}), "/predict", 400,
+     "corrupt"),
+    ("unsupported", dict(files={"image": ("x.ico", None, "image/x-icon")}), "/predict", 415, "unsupported_format"),
+    ("bomb", dict(files={"image": ("b.png", _png_bytes((3000, 3000)), "image/png")}), "/predict", 413,
+     "too_many_pixels"),
+    ("bad base64", dict(json={"image": "***"}), "/predict_base64", 400, "bad_base64"),
+    ("unknown class", dict(json={"predicted": "ants", "actual": "wasps"}), "/feedback", 422, "unknown_class"),
+]
+
+
+def _ico() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buf, "ICO")
+    return buf.getvalue()
+
+
+def test_bad_input_gets_a_clear_4xx_and_is_counted(server):
+    before = scrape(server.url)
+    for name, kwargs, endpoint, status, reason in BAD:
+        if name == "unsupported":
+            kwargs = dict(files={"image": ("x.ico", _ico(), "image/x-icon")})
+        r = httpx.post(server.url + endpoint, timeout=60, **kwargs)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        assert r.json()["error"] == reason and r.json()["message"], name
+    big = b"\xff" * (MAX_BYTES + 10)
+    r = httpx.post(server.url + "/predict", files={"image": ("big.jpg", big, "image/jpeg")})
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["message"]
+    after = scrape(server.url)
+    for _, _, _, _, reason in BAD:
+        assert total(after, "imgcls_invalid_requests_total", reason=reason) - \
+            total(before, "imgcls_invalid_requests_total", reason=reason) == 1, reason
+    assert total(after, "imgcls_invalid_requests_total", reason="body_too_large") - \
+        total(before, "imgcls_invalid_requests_total", reason="body_too_large") == 1
+
+
+@pytest.mark.parametrize("endpoint, kwargs", [
+    ("/predict_base64", dict(json={"image": "aGk=", "top_k": 0})),
+    ("/predict_base64", dict(json={"image": "aGk=", "top_k": 999})),
+    ("/predict_base64", dict(json={"image": "aGk=", "colour": "red"})),
+    ("/predict_base64_batch", dict(json={"images": []})),
+    ("/feedback", dict(json={"predicted": "ants"})),
+    ("/predict", dict(data={"top_k": "2"})),
+])
+def test_schema_errors_are_400_with_detail(server, endpoint, kwargs):
+    r = httpx.post(server.url + endpoint, timeout=30, **kwargs)
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"], r.text
+
+
+def test_metrics_count_exactly_what_was_sent(server, photos):
+    before = scrape(server.url)
+    images = photos["ants"] + photos["bees"]
+    labels = []
+    for p in images:
+        labels.append(httpx.post(server.url + "/predict", files={"image": p.open("rb")}, timeout=60).json()["label"])
+    for p, label in zip(images, labels):
+        httpx.post(server.url + "/feedback", json={"predicted": label, "actual": p.parent.name}).raise_for_status()
+    after = scrape(server.url)
+
+    def delta(name, **labels_):
+        return total(after, name, **labels_) - total(before, name, **labels_)
+
+    assert delta("imgcls_predictions_total") == len(images)
+    for c in ("ants", "bees"):
+        assert delta("imgcls_predictions_total", predicted=c) == labels.count(c)
+    correct = sum(label == p.parent.name for p, label in zip(images, labels))
+    assert delta("imgcls_feedback_total", outcome="correct") == correct
+    assert delta("imgcls_feedback_total", outcome="incorrect") == len(images) - correct
+    assert delta("imgcls_confidence_count") == len(images)
+    assert delta("imgcls_preprocess_seconds_count") == len(images)
+    assert delta("imgcls_batch_size_sum") == len(images)
+    assert total(after, "imgcls_model_info", name="bees") == 1
+    assert 0 < total(after, "imgcls_offline_test_accuracy") <= 1
+
+
+def test_concurrent_clients_form_batches(server, photos):
+    before = scrape(server.url)
+    blobs = [p.read_bytes() for p in photos["ants"] + photos["bees"]] * 8  # 64 requests
+
+    def one(blob):
+        return httpx.post(server.url + "/predict", files={"image": ("x.jpg", blob, "image/jpeg")}, timeout=120)
+
+    with ThreadPoolExecutor(32) as pool:
+        codes = [r.status_code for r in pool.map(one, blobs)]
+    assert codes == [200] * len(blobs)
+    after = scrape(server.url)
+    runs = total(after, "imgcls_batch_size_count") - total(before, "imgcls_batch_size_count")
+    images = total(after, "imgcls_batch_size_sum") - total(before, "imgcls_batch_size_sum")
+    assert images == len(blobs) and runs < len(blobs), f"{runs} onnxruntime runs for {len(blobs)} images: no batching"
+
+
+def test_model_with_wrong_checksum_never_becomes_ready(artifact, tmp_path):
+    import json
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(artifact, bad)
+    card = json.loads((bad / "model.json").read_text())
+    card["sha256"] = "0" * 64
+    (bad / "model.json").write_text(json.dumps(card))
+    srv = Server({"SERVING_MODEL_DIR": str(bad)}, tmp_path / "serve.log")
+    try:
+        srv.wait_up()
+        assert not srv.wait_ready(timeout=8)
+        assert httpx.get(srv.url + "/readyz").status_code == 503
+        r = httpx.post(srv.url + "/predict", files={"image": ("x.jpg", _jpeg_bytes(), "image/jpeg")})
+        assert r.status_code == 503
+    finally:
+        srv.stop()
+    assert "does not match model.json" in (tmp_path / "serve.log").read_text()

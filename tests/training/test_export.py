@@ -1,0 +1,76 @@
+"""The artifact: contract names/dtypes/shapes, dynamic batch, parity, sha256, skew gate, atomic publish."""
+import hashlib
+import json
+import threading
+
+import numpy as np
+import onnx
+import pytest
+
+from training.export import ExportError, ort_session
+from training.job import export_job
+from training.publish import publish
+
+pytestmark = pytest.mark.slow
+
+
+def test_contract(artifact):
+    card = json.loads((artifact / "model.json").read_text())
+    m = onnx.load(str(artifact / "model.onnx"))
+    (inp,) = m.graph.input
+    assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [64, 64, 3]
+    assert [o.name for o in m.graph.output][:1] == ["logits"]
+    assert not list((artifact).glob("*.data")), "no external data for a small model"
+    session = ort_session(artifact / "model.onnx")
+    for n in (1, 3, 8):
+        logits = session.run(["logits"], {"images": np.zeros((n, 64, 64, 3), np.uint8)})[0]
+        assert logits.shape == (n, 2) and logits.dtype == np.float32
+    assert card["classes"] == ["ants", "bees"] and card["image_size"] == 64 and card["resize_size"] == 73
+    assert card["sha256"] == hashlib.sha256((artifact / "model.onnx").read_bytes()).hexdigest()
+    for key in ("batch_1", "batch_8", "batch_5"):
+        assert card["parity"][key]["max_abs_diff"] <= 1e-3 and card["parity"][key]["argmax_equal"]
+    assert card["skew_gate"]["gap_points"] <= 0.3 and card["skew_gate"]["n"] == 80
+    assert {"torch", "onnxruntime", "onnx"} <= set(card["libraries"])
+    assert (artifact.parent / "LATEST").read_text().strip() == artifact.name
+
+
+def test_skew_gate_catches_wrong_preprocessing(trained):
+    cfg, result = trained
+    ckpt = cfg.output_dir / "final" / "model.pt"
+    before = sorted(p.name for p in (cfg.artifacts_dir / cfg.name).iterdir())
+    with pytest.raises(ExportError, match="skew"):
+        export_job(ckpt, None, preprocess_override={"resize_size": 160})
+    after = sorted(p.name for p in (cfg.artifacts_dir / cfg.name).iterdir())
+    assert before == after, "a failed export must publish nothing and leave no staging directory"
+
+
+def test_publish_is_atomic_under_a_concurrent_reader(tmp_path):
+    root = tmp_path / "m"
+    root.mkdir()
+    seen, stop, problems = [], threading.Event(), []
+
+    def reader():
+        while not stop.is_set():
+            latest = root / "LATEST"
+            if latest.exists():
+                version = root / latest.read_text().strip()
+                files = {p.name: p.read_bytes() for p in version.iterdir()}
+                if set(files) != {"model.onnx", "model.json"} or len(files["model.onnx"]) != 1 << 20:
+                    problems.append(sorted(files))
+                seen.append(version.name)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for i in range(30):
+        staging = root / f".staging-{i}"
+        staging.mkdir()
+        with open(staging / "model.onnx", "wb") as f:
+            for _ in range(16):  # written slowly, in pieces
+                f.write(b"x" * (1 << 16))
+        (staging / "model.json").write_text("{}")
+        publish(staging, root, f"v{i:03d}")
+    stop.set()
+    t.join()
+    assert not problems and len(set(seen)) > 1
