@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = (ROOT / ".." / "shared" / "data" / "hymenoptera_data").resolve()
+from helpers import DATA
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -42,10 +40,3 @@ def artifact(trained) -> Path:
     return Path(trained[1]["artifact"])
 
 
-def copy_images(src: Path, dst: Path, n: int) -> list[Path]:
-    dst.mkdir(parents=True, exist_ok=True)
-    out = []
-    for p in sorted(src.iterdir())[:n]:
-        shutil.copy(p, dst / p.name)
-        out.append(dst / p.name)
-    return out

@@ -24,6 +24,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="artifacts/<name> or a version directory")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("images", type=Path, nargs="+")
+    for name, text in (("compare", "pretrained two-phase vs random init vs small CNN, one table"),
+                       ("baseline", "small CNN from scratch on the same splits, beside the main run")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--config", type=Path)
+        c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        c.add_argument("--results", type=Path, help="append the table to this markdown file (bench/RESULTS.md)")
+    ev = sub.add_parser("evaluate", help="metrics and report/ for a checkpoint (final/model.pt) on a dataset")
+    ev.add_argument("--model", type=Path, required=True, help="runs/<name>/final/model.pt")
+    ev.add_argument("--data", type=Path, help="dataset (default: the one it was trained on)")
+    ev.add_argument("--out", type=Path, help="report folder (default: <output_dir>/report)")
     d = sub.add_parser("demo", help="train on the default dataset, export, serve, predict over HTTP")
     d.add_argument("--data", help="dataset folder (default ../shared/data/hymenoptera_data)")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -40,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             from .job import train_job
             train_job(cfg)
+        elif args.command in ("compare", "baseline"):
+            from . import compare
+            getattr(compare, args.command)(load_config(args.config, args.overrides), args.results)
+        elif args.command == "evaluate":
+            from .job import evaluate_job
+            print(evaluate_job(args.model, args.data, args.out))
         elif args.command == "demo":
             from .demo import demo
             return demo(([f"data.path={args.data}"] if args.data else []) + args.overrides)

@@ -113,7 +113,24 @@ def _efficientnet_lite0(weights: str, allow_download: bool) -> tuple[nn.Module, 
     return net, Backbone(Pooled(body), 1280, stages, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-BUILDERS = {"resnet50": _resnet50, "efficientnet_lite0": _efficientnet_lite0, "mobilenet_v3_large": _mobilenet_v3_large}
+def _conv_block(cin: int, cout: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.MaxPool2d(2), nn.Dropout(dropout))
+
+
+def _small_cnn(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
+    """The seed report's from-scratch baseline: three conv blocks with batch norm, pooling and dropout."""
+    if weights == "imagenet":
+        raise WeightsError("small_cnn has no pretrained weights; set model.weights=none")
+    stages = {"block1": _conv_block(3, 32, 0.1), "block2": _conv_block(32, 64, 0.2),
+              "block3": _conv_block(64, 128, 0.3)}
+    net = nn.Sequential(*stages.values())
+    return net, Backbone(Pooled(net), 128, stages, IMAGENET_MEAN, IMAGENET_STD)
+
+
+BUILDERS = {"small_cnn": _small_cnn, "resnet50": _resnet50, "efficientnet_lite0": _efficientnet_lite0, "mobilenet_v3_large": _mobilenet_v3_large}
 assert set(BUILDERS) == set(BACKBONE_STAGES)
 
 

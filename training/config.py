@@ -18,7 +18,8 @@ ENV_PREFIX = "TRAINING__"  # TRAINING__PHASE2__EPOCHS=8 is the same as --set pha
 # Stage names bottom-up, per backbone (training.backbones builds them); phase2.unfreeze names one of them.
 BACKBONE_STAGES = {"resnet50": ["stem", "layer1", "layer2", "layer3", "layer4"],
                    "efficientnet_lite0": ["stem", "stage2", "stage3", "stage4", "stage5"],
-                   "mobilenet_v3_large": ["stem", "stage2", "stage3", "stage4", "stage5"]}
+                   "mobilenet_v3_large": ["stem", "stage2", "stage3", "stage4", "stage5"],
+                   "small_cnn": ["block1", "block2", "block3"]}  # the from-scratch baseline
 
 
 class ConfigError(ValueError):
@@ -102,6 +103,10 @@ class ExportConfig(Strict):
     skew_tolerance: float = Field(0.3, ge=0, description="allowed |acc_onnx - acc_torch| in points")
 
 
+class EvalConfig(Strict):
+    temperature_scaling: bool = Field(True, description="fit a softmax temperature on the validation split")
+
+
 class TrainConfig(Strict):
     name: str = Field("model", pattern=r"^[a-z0-9][a-z0-9._-]*$")
     output_dir: Path = Path("runs/model")
@@ -118,6 +123,7 @@ class TrainConfig(Strict):
     phase2: Phase2Config = Phase2Config()
     early_stop: EarlyStopConfig = EarlyStopConfig()
     export: ExportConfig = ExportConfig()
+    evaluate: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _unfreeze_names_a_stage(self) -> "TrainConfig":

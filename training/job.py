@@ -14,6 +14,8 @@ from .export import build_artifact
 from .loader import eval_loader
 from .log import event
 from .model import Classifier, build_model
+from .calibrate import fit_temperature
+from .report import write_report
 from .train import Trainer, setup_runtime, summary_table, write_json
 from .transforms import eval_transform
 
@@ -31,11 +33,24 @@ def eval_images(images: ImageSet, spec: dict, count: int | None = None) -> np.nd
     return np.stack([tf(images.image(i)).permute(1, 2, 0).numpy() for i in range(n)])
 
 
-def test_metrics(model: Classifier, splits: Splits, cfg: TrainConfig, device: torch.device) -> dict:
-    loader = eval_loader(splits.test, eval_transform(**preprocess_spec(cfg)), cfg.data.eval_batch_size,
+def logits_of(model: Classifier, images: ImageSet, cfg: TrainConfig, device: torch.device):
+    loader = eval_loader(images, eval_transform(**preprocess_spec(cfg)), cfg.data.eval_batch_size,
                          cfg.data.num_workers, device.type == "cuda")
-    logits, labels = metrics.predict(model, loader, device, cfg.channels_last)
-    return metrics.full(logits, labels, splits.classes), logits, labels
+    return metrics.predict(model, loader, device, cfg.channels_last)
+
+
+def evaluate_model(model: Classifier, splits: Splits, cfg: TrainConfig, device: torch.device,
+                   history: list[dict], extra: dict | None = None) -> tuple[dict, float]:
+    """Test metrics (+ temperature fitted on val), report/ with plots and report.html; returns (metrics, T)."""
+    temperature = 1.0
+    if cfg.evaluate.temperature_scaling:
+        temperature = fit_temperature(*logits_of(model, splits.val, cfg, device))
+    logits, labels = logits_of(model, splits.test, cfg, device)
+    test = metrics.full(logits, labels, splits.classes, temperature)
+    test["ece_uncalibrated"] = metrics.full(logits, labels, splits.classes)["ece"]
+    write_report(Path(cfg.output_dir) / "report", splits.test, logits, labels, test, history,
+                 cfg.model_dump(mode="json") | {"name": cfg.name}, extra, temperature)
+    return test, temperature
 
 
 def report_skipped(splits: Splits, out: Path) -> None:
@@ -58,19 +73,20 @@ def train_job(cfg: TrainConfig) -> dict:
     trainer = Trainer(cfg, splits, model, device)
     trainer.fit()
     history = trainer.state["history"]
-    test, logits, labels = test_metrics(model, splits, cfg, device)
+    test, temperature = evaluate_model(model, splits, cfg, device, history,
+                                       {"skipped_images": [p for p, _ in splits.skipped]})
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     bundle = {"name": cfg.name, "classes": splits.classes, "config": cfg.model_dump(mode="json"),
               "preprocess": preprocess_spec(cfg), "history": history,
               "metrics": {"test": test, "best_val": {cfg.early_stop.metric: trainer.state["best"],
                                                      "at": trainer.state["best_where"]}},
-              "skipped": splits.skipped, "state_dict": model.state_dict()}
+              "skipped": splits.skipped, "temperature": temperature, "state_dict": model.state_dict()}
     checkpoint.atomic_save(bundle, out / "final" / "model.pt")
     write_json(out / "final" / "metrics.json", bundle["metrics"])
-    np.savez(out / "final" / "test_predictions.npz", logits=logits, labels=labels)
     print(summary_table(history))
-    print(f"test accuracy {test['accuracy']:.4f}  macro F1 {test['macro_f1']:.4f}  (n={test['n']})")
-    result = {"test_accuracy": test["accuracy"], "final": str(out / "final" / "model.pt")}
+    print(f"test accuracy {test['accuracy']:.4f}  macro F1 {test['macro_f1']:.4f}  (n={test['n']})  "
+          f"report {out / 'report' / 'report.html'}")
+    result = {"test_accuracy": test["accuracy"], "final": str(out / "final" / "model.pt"), "history": history}
     if cfg.export.enabled:
         published = export_bundle(model, bundle, splits, cfg)
         result["artifact"] = str(published)
@@ -106,3 +122,18 @@ def export_job(checkpoint_path: Path, artifacts_dir: Path | None, preprocess_ove
         cfg.artifacts_dir = artifacts_dir
     splits = load_splits(cfg.data, cfg.seed)
     return export_bundle(model, bundle, splits, cfg, preprocess_override)
+
+
+def evaluate_job(checkpoint_path: Path, data: Path | None = None, out: Path | None = None) -> Path:
+    """Re-evaluate a trained checkpoint, optionally on another dataset with the same classes."""
+    model, bundle, cfg = load_bundle(checkpoint_path)
+    if data is not None:
+        cfg.data.path = data
+    if out is not None:
+        cfg.output_dir = Path(out).parent if Path(out).name == "report" else Path(out)
+    device = setup_runtime(cfg)
+    splits = load_splits(cfg.data, cfg.seed)
+    if splits.classes != bundle["classes"]:
+        raise ValueError(f"dataset classes {splits.classes} differ from the model's {bundle['classes']}")
+    evaluate_model(model.to(device), splits, cfg, device, bundle.get("history", []))
+    return Path(cfg.output_dir) / "report" / "report.html"

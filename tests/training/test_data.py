@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import copy_images
+from helpers import copy_images
 from training.config import DataConfig
 from training.data import DataError, load_splits
 from training.optim import class_weights
