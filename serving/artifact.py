@@ -78,3 +78,22 @@ def load_card(version_dir: Path, verify: bool = True) -> ModelCard:
             raise ArtifactError(f"{onnx_path} sha256 {actual[:12]}… does not match model.json ({card.sha256[:12]}…): "
                                 "the file is corrupt or from another model")
     return card
+
+
+def model_file(version_dir: Path, card: ModelCard, fp16: bool, verify: bool = True) -> Path:
+    """model.onnx, or the fp16 variant listed in model.json (checked against its own sha256)."""
+    if not fp16:
+        return Path(version_dir) / "model.onnx"
+    variant = (getattr(card, "variants", None) or {}).get("fp16")
+    if not variant:
+        raise ArtifactError(f"precision=fp16 but {version_dir}/model.json lists no fp16 variant (export.fp16=true)")
+    path = Path(version_dir) / variant["file"]
+    if not path.is_file():
+        raise ArtifactError(f"model artifact incomplete: {path} is missing")
+    if verify and sha256_of(path) != variant["sha256"]:
+        raise ArtifactError(f"{path} sha256 does not match model.json: the file is corrupt or from another model")
+    return path
+
+
+def has_fp16(card: ModelCard) -> bool:
+    return bool((getattr(card, "variants", None) or {}).get("fp16"))

@@ -13,6 +13,10 @@ import onnxruntime as ort  # noqa: E402
 log = logging.getLogger("serving")
 
 
+def cuda_available() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 class OnnxClassifier:
     def __init__(self, path: Path, num_classes: int, image_size: int, device: str = "auto",
                  intra_threads: int = 0, inter_threads: int = 1):
@@ -22,7 +26,7 @@ class OnnxClassifier:
         opts.inter_op_num_threads = inter_threads
         opts.log_severity_level = 3
         wanted = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        if device in ("auto", "cuda") and cuda_available():
             wanted.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
         # onnxruntime-gpu lists CUDA as available even where it cannot load it and silently falls back:

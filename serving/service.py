@@ -21,10 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from . import metrics
-from .artifact import ArtifactError, ModelCard, load_card, resolve
+from .artifact import ArtifactError, ModelCard, has_fp16, load_card, model_file, resolve
 from .limits import BodyLimit
 from .preprocess import ImageError, preprocess
-from .runtime import OnnxClassifier, softmax
+from .runtime import OnnxClassifier, cuda_available, softmax
 from .settings import load_settings
 
 log = logging.getLogger("bentoml.serving")
@@ -50,8 +50,7 @@ class Model:
         if self.card is None:
             return
         try:
-            self.clf = OnnxClassifier(version_dir / "model.onnx", len(self.card.classes), self.card.image_size,
-                                      S.device, S.intra_op_threads, S.inter_op_threads)  # includes a warm-up run
+            self.clf = self._session(version_dir)
         except Exception as exc:  # a model that does not match its card must not serve
             self.error = f"model.onnx rejected: {exc}"
             log.error("model not loaded, service stays unready: %s", self.error)
@@ -60,6 +59,19 @@ class Model:
         if self.card.test_accuracy is not None:
             metrics.offline_accuracy.labels(name=self.card.name, version=self.card.version).set(
                 self.card.test_accuracy)
+
+    def _session(self, version_dir: Path) -> OnnxClassifier:
+        """fp32 on CPU; the fp16 variant where asked, or on CUDA with precision=auto (includes a warm-up run)."""
+        want_fp16 = S.precision == "fp16" or (S.precision == "auto" and S.device != "cpu" and has_fp16(self.card)
+                                              and cuda_available())
+        path = model_file(version_dir, self.card, want_fp16, S.verify_sha256)
+        clf = OnnxClassifier(path, len(self.card.classes), self.card.image_size, S.device, S.intra_op_threads,
+                             S.inter_op_threads)
+        if want_fp16 and S.precision == "auto" and clf.provider != "CUDAExecutionProvider":
+            clf = OnnxClassifier(version_dir / "model.onnx", len(self.card.classes), self.card.image_size, S.device,
+                                 S.intra_op_threads, S.inter_op_threads)  # CUDA did not load: fp16 on CPU is slow
+        log.info("serving %s on %s", path.name, clf.provider)
+        return clf
 
     def __is_ready__(self) -> bool:
         return self.clf is not None

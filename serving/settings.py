@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     artifacts_root: Path | None = Field(None, description="root holding <model_name>/LATEST")
     model_name: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16"] = Field(
+        "auto", description="auto: the fp16 variant on CUDA when the artifact has one, fp32 otherwise")
     max_batch_size: int = Field(32, ge=1, le=1024)
     max_latency_ms: int = Field(500, ge=1)
     batching: bool = Field(True, description="false: every request runs alone (for comparison)")

@@ -13,7 +13,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 # Small and fast, but real: pretrained EfficientNet-Lite0 on real photos at 64 px.
 QUICK = ["data.image_size=64", "data.resize_size=73", "data.num_workers=0", "data.batch_size=16",
          "model.backbone=efficientnet_lite0", "phase1.epochs=2", "phase2.epochs=1", "threads=2",
-         "data.limit_per_class=40"]
+         "data.limit_per_class=40", "export.fp16=true"]
 
 
 @pytest.fixture(scope="session")

@@ -100,7 +100,8 @@ def export_bundle(model: Classifier, bundle: dict, splits: Splits, cfg: TrainCon
     published = build_artifact(model, bundle, splits.test, cfg.artifacts_dir,
                                eval_images(splits.test, bundle["preprocess"], 8), cfg.export.opset,
                                cfg.export.skew_tolerance, preprocess_override,
-                               report_dir=Path(cfg.output_dir) / "report")
+                               report_dir=Path(cfg.output_dir) / "report",
+                               fp16_images=eval_images(splits.test, bundle["preprocess"]) if cfg.export.fp16 else None)
     card = json.loads((published / "model.json").read_text())
     event("exported", artifact=str(published), skew_gap_points=card["skew_gate"]["gap_points"],
           parity=card["parity"])

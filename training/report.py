@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -28,6 +29,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         if boundary:
             ax.axvline(boundary + 0.5, color="grey", ls="--")
             ax.text(boundary + 0.6, ax.get_ylim()[1], "phase 2", va="top", fontsize=9, color="grey")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch (both phases)")
         ax.set_title(title)
         ax.grid(alpha=0.3)

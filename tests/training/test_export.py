@@ -36,6 +36,30 @@ def test_contract(artifact):
     assert (artifact.parent / "LATEST").read_text().strip() == artifact.name
 
 
+def test_fp16_variant(artifact):
+    from serving.artifact import ArtifactError, load_card, model_file
+    card = json.loads((artifact / "model.json").read_text())
+    fp16 = card["variants"]["fp16"]
+    assert fp16["max_abs_diff_vs_fp32"] <= 5e-2 and fp16["top1_agreement"] >= 0.99 and fp16["n"] == 80
+    m = onnx.load(str(artifact / fp16["file"]))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer)
+    assert (artifact / fp16["file"]).stat().st_size < 0.6 * (artifact / "model.onnx").stat().st_size
+    path = model_file(artifact, load_card(artifact), fp16=True)
+    logits = ort_session(path).run(["logits"], {"images": np.zeros((3, 64, 64, 3), np.uint8)})[0]
+    assert logits.shape == (3, 2) and logits.dtype == np.float32
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    try:
+        with pytest.raises(ArtifactError, match="sha256"):
+            model_file(artifact, load_card(artifact), fp16=True)
+    finally:
+        data[-10] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
 def test_skew_gate_catches_wrong_preprocessing(trained):
     cfg, result = trained
     ckpt = cfg.output_dir / "final" / "model.pt"

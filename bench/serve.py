@@ -1,0 +1,125 @@
+"""Serving throughput and latency, batching on vs off, against raw onnxruntime, in one run.
+
+python bench/serve.py --model artifacts/hymenoptera [--concurrency 1 8 32 64] [--requests 192]
+
+Starts the real `bentoml serve` on 127.0.0.1 (twice: adaptive batching on, then off), sends real JPEGs from the test
+split with N concurrent clients, reads the batch sizes from /metrics, and in the same run times raw onnxruntime at the
+same batch sizes and the per-image decode+resize cost. The load generator shares the machine's cores with the server.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from serving.artifact import load_card, resolve  # noqa: E402
+from serving.preprocess import preprocess  # noqa: E402
+from serving.runtime import OnnxClassifier  # noqa: E402
+from server import Server  # noqa: E402
+
+
+def scrape_batches(url: str) -> tuple[float, float]:
+    s = c = 0.0
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith("imgcls_batch_size_sum"):
+            s += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("imgcls_batch_size_count"):
+            c += float(line.rsplit(" ", 1)[1])
+    return s, c
+
+
+def load(url: str, blobs: list[bytes], concurrency: int, requests: int) -> dict:
+    clients = [httpx.Client(timeout=120) for _ in range(concurrency)]
+
+    def one(i: int) -> float:
+        t = time.perf_counter()
+        r = clients[i % concurrency].post(url + "/predict", files={"image": ("x.jpg", blobs[i % len(blobs)],
+                                                                             "image/jpeg")})
+        r.raise_for_status()
+        return time.perf_counter() - t
+
+    for i in range(min(concurrency, 8)):  # warm the connections
+        one(i)
+    s0, c0 = scrape_batches(url)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        lat = sorted(pool.map(one, range(requests)))
+    wall = time.perf_counter() - start
+    s1, c1 = scrape_batches(url)
+    for c in clients:
+        c.close()
+    q = statistics.quantiles(lat, n=100)
+    return {"img_s": requests / wall, "p50": q[49] * 1000, "p95": q[94] * 1000, "p99": q[98] * 1000,
+            "mean_batch": (s1 - s0) / max(1.0, c1 - c0)}
+
+
+def raw_ort(version: Path, arrays: np.ndarray, batch: int, seconds: float = 4.0) -> float:
+    card = load_card(version)
+    clf = OnnxClassifier(version / "model.onnx", len(card.classes), card.image_size, "cpu")
+    x = np.resize(arrays, (batch, *arrays.shape[1:]))
+    clf.run(x)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        clf.run(x)
+        n += batch
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, default=ROOT / "artifacts" / "hymenoptera")
+    ap.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data" / "hymenoptera_data" / "val")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    ap.add_argument("--requests", type=int, default=192)
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = ap.parse_args()
+    version = resolve(args.model, None, None) if (args.model / "model.onnx").is_file() else \
+        resolve(None, args.model.parent, args.model.name)
+    card = load_card(version)
+    blobs = [p.read_bytes() for p in sorted(args.data.rglob("*.jpg"))[:64]]
+    t0 = time.perf_counter()
+    arrays = np.stack([preprocess(b, card.spec, 10**9) for b in blobs])
+    decode_ms = (time.perf_counter() - t0) / len(blobs) * 1000
+    raw = {c: raw_ort(version, arrays, c) for c in args.concurrency}
+    rows = {}
+    for batching in ("true", "false"):
+        srv = Server({"SERVING_MODEL_DIR": str(version), "SERVING_BATCHING": batching,
+                      "SERVING_MAX_BATCH_SIZE": str(max(args.concurrency)), "SERVING_MAX_LATENCY_MS": "1000"},
+                     Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-serve-{batching}.log")
+        try:
+            assert srv.wait_ready(), "service did not become ready"
+            for c in args.concurrency:
+                rows[(batching, c)] = load(srv.url, blobs, c, max(args.requests, 2 * c))
+        finally:
+            srv.stop()
+    head = ("| concurrency | batching img/s | p50 ms | p95 ms | p99 ms | mean batch | no-batching img/s | "
+            "batching / no-batching | raw ORT img/s (batch=c) | service / raw ORT |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = []
+    for c in args.concurrency:
+        on, off = rows[("true", c)], rows[("false", c)]
+        lines.append(f"| {c} | {on['img_s']:.1f} | {on['p50']:.0f} | {on['p95']:.0f} | {on['p99']:.0f} | "
+                     f"{on['mean_batch']:.1f} | {off['img_s']:.1f} | {on['img_s'] / off['img_s']:.2f} | {raw[c]:.1f} | "
+                     f"{on['img_s'] / raw[c]:.2f} |")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (f"\n### bench/serve.py: {card.name} ({getattr(card, 'backbone', '?')}, {card.image_size} px), {stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, "
+            f"load generator on the same cores\n\n" + "\n".join([head, *lines]) +
+            f"\n\ndecode + resize + crop per image (serving.preprocess, real JPEGs): {decode_ms:.1f} ms\n")
+    print(text)
+    with open(args.results, "a") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
