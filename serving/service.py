@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -148,8 +149,18 @@ class ImageClassifier:
             raise bentoml.exceptions.ServiceUnavailable(f"no model loaded: {self.error}")
         arrays = [await anyio.to_thread.run_sync(self._prepare, b) for b in blobs]
         chunks = [np.stack(arrays[i:i + S.max_batch_size]) for i in range(0, len(arrays), S.max_batch_size)]
-        logits = np.concatenate(await asyncio.gather(*(self.model.to_async.infer(c) for c in chunks)))
+        logits = np.concatenate(await asyncio.gather(*(self._infer(c) for c in chunks)))
         return [self._answer(row, top_k) for row in softmax(logits, self.card.temperature)]
+
+    async def _infer(self, batch: np.ndarray, attempts: int = 3) -> np.ndarray:
+        """Model.infer over BentoML's pooled connection. A keep-alive connection the Model server has just closed
+        surfaces as ServerDisconnectedError (seen under load); inference is idempotent, so try again."""
+        for attempt in range(attempts):
+            try:
+                return await self.model.to_async.infer(batch)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                log.warning("model service connection dropped (%s), attempt %d/%d", exc, attempt + 1, attempts)
+        raise bentoml.exceptions.ServiceUnavailable("the model service keeps dropping connections; retry later")
 
     def _answer(self, probs: np.ndarray, top_k: int) -> Prediction:
         classes = self.card.classes
