@@ -150,6 +150,7 @@ def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifac
     root = Path(artifacts_root) / name
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    staging.chmod(0o755)  # mkdtemp makes it 0700: the service (another user) must be able to read the version
     try:
         t0 = time.perf_counter()
         export_onnx(model, staging / "model.onnx", pre["image_size"], opset, bundle.get("temperature", 1.0))
