@@ -41,7 +41,7 @@ def _load_card() -> tuple[ModelCard | None, Path | None, str | None]:
         return None, None, str(exc)
 
 
-@bentoml.service(workers=1, traffic={"timeout": 60})
+@bentoml.service(workers=1, traffic={"timeout": 60}, logging={"access": {"enabled": S.access_log}})
 class Model:
     """Owns the onnxruntime session; its one API takes uint8 [N,S,S,3] and returns logits [N,C]."""
 
@@ -127,7 +127,7 @@ def error_response(exc: ImageError) -> JSONResponse:
     return JSONResponse({"error": exc.reason, "message": str(exc)}, status_code=exc.status)
 
 
-@bentoml.service(workers=S.api_workers, traffic={"timeout": 60})
+@bentoml.service(workers=S.api_workers, traffic={"timeout": 60}, logging={"access": {"enabled": S.access_log}})
 class ImageClassifier:
     model = bentoml.depends(Model)
 

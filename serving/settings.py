@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1)
     max_top_k: int = Field(20, ge=1)
     verify_sha256: bool = True
+    access_log: bool = Field(True, description="one log line per HTTP request (costs CPU at high request rates)")
 
 
 def load_settings() -> Settings:

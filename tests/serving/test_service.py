@@ -20,7 +20,7 @@ MAX_BYTES, MAX_PIXELS = 2_000_000, 4_000_000
 def server(artifact, tmp_path_factory):
     srv = Server({"SERVING_ARTIFACTS_ROOT": str(artifact.parent.parent), "SERVING_MODEL_NAME": artifact.parent.name,
                   "SERVING_MAX_REQUEST_BYTES": str(MAX_BYTES), "SERVING_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
-                  "SERVING_MAX_LATENCY_MS": "300"},
+                  "SERVING_MAX_LATENCY_MS": "1000"},
                  tmp_path_factory.mktemp("serve") / "serve.log")
     try:
         assert srv.wait_ready(), open(srv.log.name).read()[-3000:]
