@@ -116,6 +116,8 @@ class TrainConfig(Strict):
     amp: bool = True
     channels_last: bool = True
     threads: int | None = Field(None, ge=1)
+    lr_scaling: Literal["linear", "none"] = Field(
+        "linear", description="under torchrun: multiply learning rates by the number of processes")
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import checkpoint, metrics
+from . import checkpoint, distributed, metrics
 from .config import TrainConfig
 from .data import ImageSet, Splits, load_splits
 from .export import build_artifact
@@ -16,7 +17,7 @@ from .log import event
 from .model import Classifier, build_model
 from .calibrate import fit_temperature
 from .report import write_report
-from .train import Trainer, setup_runtime, summary_table, write_json
+from .train import Trainer, resolve_device, setup_runtime, summary_table, write_json
 from .transforms import eval_transform
 
 
@@ -61,17 +62,33 @@ def report_skipped(splits: Splits, out: Path) -> None:
 
 
 def train_job(cfg: TrainConfig) -> dict:
-    device = setup_runtime(cfg)
+    d = distributed.init("cuda" if resolve_device(cfg.device).type == "cuda" else "cpu")
+    try:
+        return _train(cfg, d)
+    finally:
+        distributed.finish(d)
+
+
+def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
+    device = setup_runtime(cfg, d.local_rank)
     out = Path(cfg.output_dir)
+    if d.enabled:
+        event("process", all_ranks=True, pid=os.getpid(), world_size=d.world, device=str(device))
     splits = load_splits(cfg.data, cfg.seed)
     event("data", classes=splits.classes, train=len(splits.train), val=len(splits.val), test=len(splits.test),
           train_counts=splits.train.counts(), skipped=len(splits.skipped))
-    report_skipped(splits, out)
+    if d.main:
+        report_skipped(splits, out)
     model = build_model(cfg.model, len(splits.classes)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    trainer = Trainer(cfg, splits, model, device)
+    trainer = Trainer(cfg, splits, model, device, d)
     trainer.fit()
+    digests = distributed.gather_digests(model, d)
+    if not d.main:
+        return {"rank": d.rank}  # rank 0 alone evaluates, reports and exports
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks ended with different weights: {digests}")
     history = trainer.state["history"]
     test, temperature = evaluate_model(model, splits, cfg, device, history,
                                        {"skipped_images": [p for p, _ in splits.skipped]})
@@ -86,7 +103,8 @@ def train_job(cfg: TrainConfig) -> dict:
     print(summary_table(history))
     print(f"test accuracy {test['accuracy']:.4f}  macro F1 {test['macro_f1']:.4f}  (n={test['n']})  "
           f"report {out / 'report' / 'report.html'}")
-    result = {"test_accuracy": test["accuracy"], "final": str(out / "final" / "model.pt"), "history": history}
+    result = {"test_accuracy": test["accuracy"], "final": str(out / "final" / "model.pt"), "history": history,
+              "world_size": d.world, "weights_sha256_per_rank": digests}
     if cfg.export.enabled:
         published = export_bundle(model, bundle, splits, cfg)
         result["artifact"] = str(published)

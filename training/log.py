@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
 from tqdm import tqdm
 
 INTERACTIVE = sys.stderr.isatty()
+RANK = int(os.environ.get("RANK", "0"))  # under torchrun, rank 0 speaks for the run
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,8 +32,12 @@ def get_logger(name: str = "training") -> logging.Logger:
     return logger
 
 
-def event(msg: str, **fields) -> None:
+def event(msg: str, all_ranks: bool = False, **fields) -> None:
     """A log line with structured fields: readable on a terminal, machine-parsable in a pod."""
+    if RANK != 0 and not all_ranks:
+        return
+    if RANK != 0 or "WORLD_SIZE" in os.environ:
+        fields["rank"] = RANK
     log = get_logger()
     if INTERACTIVE and fields:
         msg = msg + "  " + "  ".join(f"{k}={_short(v)}" for k, v in fields.items())
@@ -43,7 +49,8 @@ def _short(v):
 
 
 def progress(iterable, total: int, desc: str):
-    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not INTERACTIVE, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not INTERACTIVE or RANK != 0,
+                dynamic_ncols=True)
 
 
 class Timer:

@@ -19,16 +19,16 @@ def trainable_stages(cfg: TrainConfig, phase: int, epoch: int) -> list[str]:
     return stages
 
 
-def make_optimizer(model: Classifier, cfg: TrainConfig, phase: int) -> torch.optim.Optimizer:
+def make_optimizer(model: Classifier, cfg: TrainConfig, phase: int, lr_factor: float = 1.0) -> torch.optim.Optimizer:
     """AdamW. Phase 2 gets discriminative rates: the pretrained backbone moves more slowly than the new head.
     Every stage that may unfreeze during the phase has its group from the start; frozen parameters get no
     gradient, and AdamW skips them, so gradual unfreezing needs no new optimiser (and resumes exactly)."""
     if phase == 1:
-        groups = [{"params": list(model.head.parameters()), "lr": cfg.phase1.lr, "name": "head"}]
+        groups = [{"params": list(model.head.parameters()), "lr": cfg.phase1.lr * lr_factor, "name": "head"}]
         return torch.optim.AdamW(groups, weight_decay=cfg.phase1.weight_decay)
-    groups = [{"params": list(model.head.parameters()), "lr": cfg.phase2.head_lr, "name": "head"}]
+    groups = [{"params": list(model.head.parameters()), "lr": cfg.phase2.head_lr * lr_factor, "name": "head"}]
     for stage in cfg.stages_to_unfreeze():
-        groups.append({"params": list(model.stages[stage].parameters()), "lr": cfg.phase2.backbone_lr,
+        groups.append({"params": list(model.stages[stage].parameters()), "lr": cfg.phase2.backbone_lr * lr_factor,
                        "name": stage})
     return torch.optim.AdamW(groups, weight_decay=cfg.phase2.weight_decay)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint, metrics
+from . import checkpoint, distributed, metrics
 from .config import TrainConfig
 from .data import Splits, load_splits
 from .loader import EpochSampler, eval_loader, train_loader
@@ -49,10 +49,11 @@ def step_seed(seed: int, phase: int, epoch: int, batch: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, splits: Splits, model: Classifier, device: torch.device,
-                 rank: int = 0, world: int = 1, wrap=None):
-        self.cfg, self.splits, self.model, self.device = cfg, splits, model, device
-        self.rank, self.world = rank, world
-        self.net = wrap(model) if wrap else model  # DDP wrapper for the forward pass, when distributed
+                 d: distributed.Dist = distributed.Dist()):
+        self.cfg, self.splits, self.model, self.device, self.d = cfg, splits, model, device, d
+        self.rank, self.world = d.rank, d.world
+        self.net, self.net_stages = model, None  # the DDP wrapper when distributed, rebuilt as stages unfreeze
+        self.best_state = None
         self.out = Path(cfg.output_dir)
         self.amp = amp_dtype(device, cfg.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
@@ -61,10 +62,10 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(weight=weights.to(device) if cfg.data.balance == "loss_weights" else None,
                                              label_smoothing=cfg.augment.label_smoothing)
         sample_w = weights[torch.tensor(splits.train.labels)] if cfg.data.balance == "sampler" else None
-        self.sampler = EpochSampler(len(splits.train), cfg.seed, cfg.data.batch_size, sample_w, rank, world)
+        self.sampler = EpochSampler(len(splits.train), cfg.seed, cfg.data.batch_size, sample_w, d.rank, d.world)
         if self.sampler.batches_per_epoch() == 0:
             raise ValueError(f"data.batch_size={cfg.data.batch_size} is larger than the training split "
-                             f"({len(splits.train) // world} images per process); lower it")
+                             f"({len(splits.train) // d.world} images per process); lower it")
         pin = device.type == "cuda"
         self.train_loader = train_loader(splits.train, train_transform(cfg.data, cfg.augment), self.sampler,
                                          cfg.data.num_workers, pin)
@@ -102,6 +103,8 @@ class Trainer:
             event("warning: resuming with a config that differs from the checkpoint's", path=str(self.last_path))
         self.model.load_state_dict(ckpt["model"])
         self.state = ckpt["state"]
+        if self.rank != 0:
+            self.state["running"] = None  # partial-epoch sums were saved reduced; rank 0 alone carries them
         self.scaler.load_state_dict(ckpt["scaler"])
         checkpoint.set_rng_state(ckpt["rng"])
         event("resumed", phase=self.state["phase"], epoch=self.state["epoch"], batch=self.state["batch"])
@@ -122,7 +125,7 @@ class Trainer:
         total = self.sampler.batches_per_epoch()
         bar = progress(self.train_loader, total - st["batch"], f"phase {phase} epoch {epoch + 1}")
         for images, labels in bar:
-            torch.manual_seed(step_seed(self.cfg.seed, phase, epoch, st["batch"]))
+            torch.manual_seed(step_seed(self.cfg.seed, phase, epoch, st["batch"]) + 7919 * self.rank)
             x = images.to(self.device, non_blocking=True).float().div_(255)
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -144,13 +147,17 @@ class Trainer:
             st["batch"] += 1
             bar.set_postfix(loss=f"{running['loss'] / running['seen']:.3f}",
                             acc=f"{running['correct'] / running['seen']:.3f}")
-            if self.stop_requested:
-                st["running"] = running
+            if distributed.any_rank(self.stop_requested, self.d, self.device):
+                totals = distributed.sum_all([running["loss"], running["correct"], running["seen"]], self.d,
+                                             self.device)
+                st["running"] = dict(zip(("loss", "correct", "seen"), totals))
                 self.save(optimizer, schedule)
                 event("SIGTERM: checkpoint written, exiting", phase=phase, epoch=epoch, batch=st["batch"])
                 raise Preempted()
         st["batch"], st["running"] = 0, None
-        return {"train_loss": running["loss"] / running["seen"], "train_acc": running["correct"] / running["seen"]}
+        loss, correct, seen = distributed.sum_all([running["loss"], running["correct"], running["seen"]], self.d,
+                                                  self.device)
+        return {"train_loss": loss / seen, "train_acc": correct / seen}
 
     def validate(self) -> dict:
         logits, labels = metrics.predict(self.model, self.val_loader, self.device, self.cfg.channels_last, self.amp)
@@ -169,7 +176,7 @@ class Trainer:
         st = self.state
         set_trainable(self.model, trainable_stages(self.cfg, phase, st["epoch"]),
                       "frozen" if phase == 1 else self.cfg.phase2.batchnorm)
-        optimizer = make_optimizer(self.model, self.cfg, phase)
+        optimizer = make_optimizer(self.model, self.cfg, phase, self.lr_factor())
         mode = "min" if self.cfg.early_stop.metric == "val_loss" else "max"
         schedule = Schedule(optimizer, pcfg.schedule, pcfg.warmup_epochs, pcfg.epochs,
                             self.sampler.batches_per_epoch(), mode)
@@ -179,6 +186,9 @@ class Trainer:
         for epoch in range(st["epoch"], pcfg.epochs):
             stages = trainable_stages(self.cfg, phase, epoch)
             set_trainable(self.model, stages, "frozen" if phase == 1 else self.cfg.phase2.batchnorm)
+            if self.net_stages != (phase, tuple(stages)):
+                self.net = distributed.wrap(self.model, self.d, self.device)
+                self.net_stages = (phase, tuple(stages))
             t0 = time.perf_counter()
             row = {"phase": phase, "epoch": epoch + 1, "trainable": stages or ["head"]}
             row.update(self.train_epoch(phase, epoch, optimizer, schedule))
@@ -189,6 +199,7 @@ class Trainer:
             schedule.after_epoch(value)
             if self.improved(value):
                 st["best"], st["best_where"], st["patience"] = value, (phase, epoch + 1), 0
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 if self.rank == 0:
                     checkpoint.atomic_save(self.model.state_dict(), self.best_path)
             else:
@@ -198,6 +209,8 @@ class Trainer:
             event("epoch", **{k: v for k, v in row.items() if k != "trainable"})
             stop = st["patience"] >= self.cfg.early_stop.patience
             self.save(optimizer, schedule)
+            if distributed.any_rank(self.stop_requested, self.d, self.device):
+                raise Preempted()  # the epoch's checkpoint is already written
             if stop:
                 event("early stop", phase=phase, best=st["best"], best_at=str(st["best_where"]))
                 break
@@ -205,8 +218,14 @@ class Trainer:
         st.update(phase=phase + 1, epoch=0, batch=0, patience=0, running=None)
         self.save()
 
+    def lr_factor(self) -> float:
+        """Linear scaling (Goyal et al., 2017): the global batch is world x data.batch_size, so is the rate."""
+        return float(self.world) if self.cfg.lr_scaling == "linear" else 1.0
+
     def restore_best(self) -> None:
-        if self.best_path.is_file():
+        if self.best_state is not None:  # every rank holds it: no wait on rank 0's file
+            self.model.load_state_dict(self.best_state)
+        elif self.best_path.is_file():
             self.model.load_state_dict(checkpoint.load(self.best_path))
 
     def fit(self) -> None:
@@ -225,12 +244,14 @@ def summary_table(history: list[dict]) -> str:
     return "\n".join([head, *rows])
 
 
-def setup_runtime(cfg: TrainConfig) -> torch.device:
+def setup_runtime(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     else:
