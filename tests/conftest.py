@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from helpers import DATA
+# Tools installed into the venv (kubernetes-validate, hadolint, kubectl, torchrun) are found even when pytest is
+# started as .venv/bin/python -m pytest without activating the venv.
+os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
