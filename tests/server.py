@@ -20,6 +20,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(url: str, timeout: float = 120, proc: subprocess.Popen | None = None) -> bool:
+    """Poll /readyz until 200; False at the deadline; an error if the server process has exited."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
 class Server:
     def __init__(self, env: dict, log: Path):
         self.port = free_port()
@@ -32,17 +47,7 @@ class Server:
             start_new_session=True)
 
     def wait_ready(self, timeout: float = 120) -> bool:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return True
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        return False
+        return wait_ready(self.url, timeout, self.proc)
 
     def wait_up(self, timeout: float = 120) -> None:
         """Listening (livez answers), ready or not."""

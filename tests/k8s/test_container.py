@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from helpers import ROOT
-from server import free_port
+from server import free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 DEBIAN = "http://deb.debian.org/debian"
@@ -69,14 +69,7 @@ def test_container_serves_and_stops_on_sigterm(image, artifact, data_dir):
                    check=True, capture_output=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        assert wait_ready(url, 120), "the container never became ready"
         photo = sorted((data_dir / "val" / "bees").iterdir())[0]
         r = httpx.post(url + "/predict", files={"image": photo.open("rb")}, timeout=60)
         assert r.status_code == 200 and r.json()["label"] in ("ants", "bees"), r.text
