@@ -72,6 +72,8 @@ def train_job(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     device = setup_runtime(cfg, d.local_rank)
     out = Path(cfg.output_dir)
+    if d.main:
+        checkpoint.check_writable(out)
     if d.enabled:
         event("process", all_ranks=True, pid=os.getpid(), world_size=d.world, device=str(device))
     splits = load_splits(cfg.data, cfg.seed)

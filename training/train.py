@@ -93,12 +93,22 @@ class Trainer:
             "optimizer": optimizer.state_dict() if optimizer else None,
             "schedule": schedule.state_dict() if schedule else None, "scaler": self.scaler.state_dict(),
             "rng": checkpoint.rng_state(), "config": self.cfg.model_dump(mode="json"),
-        }, self.last_path)
+        }, self.last_path, keep_previous=True)
 
     def try_resume(self) -> dict | None:
-        if not self.last_path.is_file():
+        stale = checkpoint.remove_stale_temporaries(self.last_path.parent) if self.rank == 0 else []
+        if stale:
+            event("removed temporary files of an interrupted checkpoint write", files=stale)
+        ckpt, path, problems = checkpoint.load_latest(self.last_path)
+        for problem in problems:
+            event(f"warning: {problem}")
+        if ckpt is None:
+            if problems and self.rank == 0:  # keep the evidence, start over rather than fail on every restart
+                for bad in (self.last_path, checkpoint.previous(self.last_path)):
+                    if bad.is_file():
+                        bad.replace(bad.with_suffix(".corrupt"))
+                event("warning: no usable checkpoint, starting from the beginning; unusable files renamed *.corrupt")
             return None
-        ckpt = checkpoint.load(self.last_path)
         if ckpt["config"] != self.cfg.model_dump(mode="json"):
             event("warning: resuming with a config that differs from the checkpoint's", path=str(self.last_path))
         self.model.load_state_dict(ckpt["model"])
@@ -107,7 +117,8 @@ class Trainer:
             self.state["running"] = None  # partial-epoch sums were saved reduced; rank 0 alone carries them
         self.scaler.load_state_dict(ckpt["scaler"])
         checkpoint.set_rng_state(ckpt["rng"])
-        event("resumed", phase=self.state["phase"], epoch=self.state["epoch"], batch=self.state["batch"])
+        event("resumed", phase=self.state["phase"], epoch=self.state["epoch"], batch=self.state["batch"],
+              checkpoint=path.name)
         return ckpt
 
     # ---- signals -----------------------------------------------------------------------------------------------
