@@ -1,4 +1,8 @@
-"""ASGI middleware that refuses request bodies over the byte limit with 413 before the API parses them."""
+"""ASGI middleware: checks on a request before BentoML parses it.
+
+- A body over the byte limit: 413, without reading more of it than the limit.
+- multipart/form-data without a boundary: 400 (starlette's form parser would raise KeyError: a 500).
+"""
 from __future__ import annotations
 
 import json
@@ -6,22 +10,38 @@ import json
 from . import metrics
 
 
-class BodyLimit:
+def missing_boundary(content_type: bytes) -> bool:
+    media, _, params = content_type.decode("latin-1").partition(";")
+    return media.strip().lower() == "multipart/form-data" and "boundary=" not in params.lower()
+
+
+async def reject(send, status: int, reason: str, message: str) -> None:
+    metrics.invalid_requests.labels(reason=reason).inc()
+    body = json.dumps({"error": reason, "message": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuard:
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
     async def _reject(self, send, size_text: str) -> None:
-        metrics.invalid_requests.labels(reason="body_too_large").inc()
-        body = json.dumps({"error": "body_too_large",
-                           "message": f"request body {size_text} exceeds the limit of {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await reject(send, 413, "body_too_large", f"request body {size_text} exceeds the limit of {self.max_bytes} bytes")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") != "POST":
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        if missing_boundary(headers.get(b"content-type", b"")):
+            return await reject(send, 400, "bad_content_type",
+                                "Content-Type multipart/form-data needs a boundary parameter (let your HTTP client "
+                                "build multipart bodies)")
+        return await self._limited(scope, receive, send, headers)
+
+    async def _limited(self, scope, receive, send, headers):
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._reject(send, f"of {int(length)} bytes")
         if length is not None:

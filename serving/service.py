@@ -19,11 +19,13 @@ import anyio
 import bentoml
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from _bentoml_impl.serde import MultipartSerde  # pinned bentoml==1.4.39; see _uploads_only
+from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from . import metrics
 from .artifact import ArtifactError, ModelCard, has_fp16, load_card, model_file, resolve
-from .limits import BodyLimit
+from .limits import RequestGuard
 from .preprocess import ImageError, preprocess
 from .runtime import OnnxClassifier, cuda_available, softmax
 from .settings import load_settings
@@ -41,7 +43,11 @@ def _load_card() -> tuple[ModelCard | None, Path | None, str | None]:
         return None, None, str(exc)
 
 
-@bentoml.service(workers=1, traffic={"timeout": 60}, logging={"access": {"enabled": S.access_log}})
+# runner_connection: BentoML 1.4's client to this service replaces its aiohttp session every 100 requests / 300 s by
+# closing the old one while concurrent calls still use it ("Connector is closed", ServerDisconnectedError: 500s under
+# load, found by bench/soak.py). The connection is a local socket that never needs refreshing: keep one session.
+@bentoml.service(workers=1, traffic={"timeout": 60}, logging={"access": {"enabled": S.access_log}},
+                 runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9})
 class Model:
     """Owns the onnxruntime session; its one API takes uint8 [N,S,S,3] and returns logits [N,C]."""
 
@@ -69,7 +75,8 @@ class Model:
         clf = OnnxClassifier(path, len(self.card.classes), self.card.image_size, S.device, S.intra_op_threads,
                              S.inter_op_threads)
         if want_fp16 and S.precision == "auto" and clf.provider != "CUDAExecutionProvider":
-            clf = OnnxClassifier(version_dir / "model.onnx", len(self.card.classes), self.card.image_size, S.device,
+            path = version_dir / "model.onnx"
+            clf = OnnxClassifier(path, len(self.card.classes), self.card.image_size, S.device,
                                  S.intra_op_threads, S.inter_op_threads)  # CUDA did not load: fp16 on CPU is slow
         log.info("serving %s on %s", path.name, clf.provider)
         return clf
@@ -135,7 +142,8 @@ class ImageClassifier:
         self.card, _, self.error = _load_card()
 
     def __is_ready__(self) -> bool:
-        return self.card is not None  # and BentoML's probe also waits for Model.__is_ready__
+        # BentoML's probe also waits for Model.__is_ready__; draining: serving.run got SIGTERM (still serving)
+        return self.card is not None and not (S.drain_file is not None and S.drain_file.exists())
 
     # ---- the work shared by every predict endpoint -------------------------------------------------------------
     def _prepare(self, data: bytes) -> np.ndarray:
@@ -241,4 +249,16 @@ def _b64(text: str, field: str) -> bytes:
         raise ImageError("bad_base64", f"{field} is not valid base64") from None
 
 
-ImageClassifier.add_asgi_middleware(BodyLimit, max_bytes=S.max_request_bytes)
+ImageClassifier.add_asgi_middleware(RequestGuard, max_bytes=S.max_request_bytes)
+
+
+async def _uploads_only(value):
+    """File fields take uploaded files only. BentoML 1.4 would treat a text value as a URL and download it (a
+    server-side request to wherever the client says); refuse with 400 instead."""
+    if isinstance(value, UploadFile):
+        return value
+    raise bentoml.exceptions.BadInput("image fields must be file uploads (multipart parts with a filename), "
+                                      "not text or URLs; for base64 use /predict_base64")
+
+
+MultipartSerde.ensure_file = staticmethod(_uploads_only)

@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "fp16"] = Field(
         "auto", description="auto: the fp16 variant on CUDA when the artifact has one, fp32 otherwise")
     max_batch_size: int = Field(32, ge=1, le=1024)
-    max_latency_ms: int = Field(500, ge=1)
+    max_latency_ms: int = Field(2000, ge=1, description="batching latency budget; BentoML sheds requests beyond it with 503")
     batching: bool = Field(True, description="false: every request runs alone (for comparison)")
     intra_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default (physical cores)")
     inter_op_threads: int = Field(1, ge=1)
@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1)
     max_top_k: int = Field(20, ge=1)
     verify_sha256: bool = True
+    drain_seconds: float = Field(1.0, ge=0, description="after SIGTERM, serve this long while /readyz says 503")
+    drain_timeout_seconds: float = Field(20.0, ge=0, description="then wait at most this long for in-flight requests")
+    drain_file: Path | None = Field(None, description="set by serving.run: while it exists, readiness is false")
     access_log: bool = Field(True, description="one log line per HTTP request (costs CPU at high request rates)")
 
 

@@ -1,4 +1,5 @@
-"""Start the real `bentoml serve` on a free 127.0.0.1 port; the caller stops it."""
+"""Start the real `bentoml serve` (through serving.run, as the container does) on a free 127.0.0.1 port; the caller
+stops it."""
 from __future__ import annotations
 
 import os
@@ -40,10 +41,10 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "w")
-        full_env = dict(os.environ, BENTOML_DO_NOT_TRACK="True", ORT_DISABLE_TELEMETRY="1", **env)
+        full_env = os.environ | {"BENTOML_DO_NOT_TRACK": "True", "ORT_DISABLE_TELEMETRY": "1",
+                                 "SERVING_DRAIN_SECONDS": "0.2"} | env
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "serving.service:ImageClassifier", "--host", "127.0.0.1",
-             "--port", str(self.port)], cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "serving.run", "--host", "127.0.0.1", "--port", str(self.port)], cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
 
     def wait_ready(self, timeout: float = 120) -> bool:
@@ -60,12 +61,16 @@ class Server:
                 time.sleep(0.5)
         raise RuntimeError("server never started listening")
 
+    def terminate(self) -> None:
+        """SIGTERM to serving.run alone, as Kubernetes (through dumb-init --single-child) sends it."""
+        self.proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> int:
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its workers, nothing else
+            self.terminate()
             try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:  # its own session: the server and its workers, nothing else
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.log.close()

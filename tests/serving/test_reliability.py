@@ -1,0 +1,228 @@
+"""Hostile input, load, shutdown and broken models, against the real `bentoml serve` over real HTTP (issue 10).
+
+Every request here must get an answer below 500, and every error answer must say what was wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import ROOT
+from server import Server
+
+sys.path.insert(0, str(ROOT / "bench"))
+import soak  # noqa: E402
+
+pytestmark = pytest.mark.slow
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def server(artifact, tmp_path_factory):
+    srv = Server({"SERVING_MODEL_DIR": str(artifact), "SERVING_ACCESS_LOG": "false",
+                  "SERVING_MAX_REQUEST_BYTES": "2000000"}, tmp_path_factory.mktemp("serve") / "serve.log")
+    try:
+        assert srv.wait_ready(), open(srv.log.name).read()[-3000:]
+        yield srv
+    finally:
+        srv.stop()
+    log = Path(srv.log.name).read_text()
+    assert "status=5" not in log and "Exception on" not in log.replace("ValidationError", ""), log[-3000:]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def photo(data_dir) -> bytes:
+    return sorted((data_dir / "val" / "ants").iterdir())[0].read_bytes()
+
+
+def answered(r: httpx.Response) -> httpx.Response:
+    assert r.status_code < 500, f"{r.status_code} for {r.request.method} {r.request.url}: {r.text[:300]}"
+    if r.status_code >= 400:
+        assert r.text.strip(), f"{r.status_code} without a message"
+    return r
+
+
+def is_error_with_message(r: httpx.Response) -> bool:
+    if r.headers.get("content-type", "").startswith("application/json"):
+        body = r.json()
+        return isinstance(body, dict) and bool(body.get("message") or body.get("error"))
+    return bool(r.text.strip())
+
+
+# ---- property-based fuzzing (hypothesis) ------------------------------------------------------------------------
+@FUZZ
+@given(body=st.binary(max_size=4096), name=st.text(max_size=40), ctype=st.sampled_from(
+    ["image/jpeg", "image/png", "application/octet-stream", "text/plain", ""]))
+def test_fuzz_arbitrary_bytes_as_an_upload(client, body, name, ctype):
+    r = answered(client.post("/predict", files={"image": (name or "x", body, ctype)}))
+    assert r.status_code in (400, 413, 415, 422) and is_error_with_message(r)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_damaged_real_photos(client, photo, data):
+    blob = bytearray(photo)
+    for _ in range(data.draw(st.integers(0, 12))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    blob = bytes(blob[:data.draw(st.integers(0, len(blob)))])
+    r = answered(client.post("/predict", files={"image": ("x.jpg", blob, "image/jpeg")}))
+    if r.status_code == 200:  # a damaged JPEG can still decode; then the answer must be a real prediction
+        assert r.json()["label"] in ("ants", "bees") and 0 <= r.json()["confidence"] <= 1
+    else:
+        assert r.status_code in (400, 413, 415) and is_error_with_message(r)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+
+
+@FUZZ
+@given(endpoint=st.sampled_from(["/predict_base64", "/predict_base64_batch", "/feedback", "/model_info"]),
+       body=st.one_of(JSON, st.fixed_dictionaries({"image": JSON}, optional={"top_k": JSON}),
+                      st.fixed_dictionaries({"images": st.lists(st.text(max_size=40), max_size=3)},
+                                            optional={"top_k": JSON}),
+                      st.fixed_dictionaries({"predicted": JSON, "actual": JSON})))
+def test_fuzz_json_bodies(client, endpoint, body):
+    r = answered(client.post(endpoint, json=body))
+    assert r.status_code in (200, 400, 415, 422), r.text
+
+
+@FUZZ
+@given(endpoint=st.sampled_from(["/predict", "/predict_batch", "/predict_base64", "/feedback"]),
+       ctype=st.sampled_from(["application/json", "multipart/form-data", "multipart/form-data; boundary=xyz",
+                              "application/x-www-form-urlencoded", "text/plain", "image/jpeg"]),
+       body=st.binary(max_size=512))
+def test_fuzz_raw_bodies_and_content_types(client, endpoint, ctype, body):
+    r = answered(client.post(endpoint, content=body, headers={"content-type": ctype}))
+    assert r.status_code in (400, 404, 413, 415, 422), r.text
+
+
+@FUZZ
+@given(top_k=st.text(max_size=12), extra=st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=20),
+                                                         max_size=2))
+def test_fuzz_form_fields(client, photo, top_k, extra):
+    r = answered(client.post("/predict", files={"image": ("x.jpg", photo, "image/jpeg")},
+                             data={"top_k": top_k, **extra}))
+    if r.status_code == 200:
+        assert 1 <= len(r.json()["top_k"]) <= 2
+    else:
+        assert r.status_code in (400, 422) and is_error_with_message(r)
+
+
+# ---- schema-driven fuzzing of the OpenAPI document (schemathesis) ------------------------------------------------
+def test_schemathesis_finds_no_server_error(server, tmp_path):
+    har = tmp_path / "run.har"
+    run = subprocess.run([str(Path(sys.executable).parent / "st"), "run", server.url + "/docs.json",
+                          "--checks", "not_a_server_error", "--max-examples", "40", "--seed", "7", "--workers", "1",
+                          "--report", "har", "--report-har-path", str(har)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:]
+    entries = json.loads(har.read_text())["log"]["entries"]
+    statuses = [e["response"]["status"] for e in entries]
+    assert len(entries) >= 200, f"schemathesis sent only {len(entries)} requests"
+    assert max(statuses) < 500
+    silent = [e for e in entries if e["response"]["status"] >= 400 and not e["response"]["content"].get("text")]
+    assert not silent, f"{len(silent)} error answers without a message"
+
+
+# ---- soak ------------------------------------------------------------------------------------------------------
+def test_soak_64_clients_60_seconds(server, data_dir):
+    images = sorted((data_dir / "val").rglob("*.jpg"))[:32]
+    r = soak.soak(server.url, server.proc.pid, images, ["ants", "bees"], clients=64, seconds=60, max_requests=40_000)
+    print("\n" + soak.table(r))
+    assert r["requests"] >= 1000, r
+    assert r["server_errors_any"] == 0 and r["bad_not_4xx"] == 0, r["by_kind_status"]
+    assert not any("without message" in k for k in r["by_kind_status"]), r["by_kind_status"]
+    assert r["workers_replaced"] == 0
+    assert r["rss_after_mb"] <= 1.6 * r["rss_before_mb"], "server memory grew by more than 60 % in 60 s"
+
+
+# ---- graceful shutdown -----------------------------------------------------------------------------------------
+def test_sigterm_finishes_in_flight_requests_after_readiness_goes_false(artifact, data_dir, tmp_path):
+    srv = Server({"SERVING_MODEL_DIR": str(artifact), "SERVING_DRAIN_SECONDS": "0.2"}, tmp_path / "serve.log")
+    photos = sorted((data_dir / "val" / "bees").iterdir())[:40]
+    files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+    results = []
+
+    def heavy():  # 40 images per request, 8 at once: seconds of work queued when SIGTERM arrives
+        results.append(httpx.post(srv.url + "/predict_batch", files=files, timeout=120).status_code)
+
+    try:
+        assert srv.wait_ready()
+        threads = [threading.Thread(target=heavy) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        srv.terminate()
+        first = httpx.get(srv.url + "/readyz", timeout=5)
+        late = httpx.post(srv.url + "/predict", files={"image": photos[0].open("rb")}, timeout=60)
+        for t in threads:
+            t.join()
+        code = srv.proc.wait(60)
+    finally:
+        srv.stop()
+    log = (tmp_path / "serve.log").read_text()
+    assert first.status_code == 503, "readiness must turn false as soon as SIGTERM arrives"
+    assert late.status_code == 200, "a request that still arrives while draining is answered"
+    assert results == [200] * 8, f"in-flight requests lost on SIGTERM: {results}"
+    assert code == 0 and "drained (0.0 request(s) still in flight)" in log
+
+
+# ---- missing, corrupt or mismatched model ------------------------------------------------------------------------
+def _rehash(folder: Path) -> None:
+    card = json.loads((folder / "model.json").read_text())
+    card["sha256"] = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+    (folder / "model.json").write_text(json.dumps(card))
+
+
+def _edit_card(folder: Path, **changes) -> None:
+    card = json.loads((folder / "model.json").read_text())
+    card.update(changes)
+    (folder / "model.json").write_text(json.dumps(card))
+
+
+BROKEN = {
+    "missing": (lambda d: shutil.rmtree(d), "model artifact incomplete"),
+    "wrong_sha256": (lambda d: _edit_card(d, sha256="0" * 64), "does not match model.json"),
+    "corrupt_onnx": (lambda d: ((d / "model.onnx").write_bytes(b"\x08\x07garbage" * 1000), _rehash(d)),
+                     "model.onnx rejected"),
+    "class_count": (lambda d: _edit_card(d, classes=["ants", "bees", "wasps"]),
+                    "outputs 2 logits but model.json lists 3 classes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_model_never_becomes_ready_and_says_why(artifact, tmp_path, case):
+    bad = tmp_path / "model"
+    shutil.copytree(artifact, bad)
+    spoil, reason = BROKEN[case]
+    spoil(bad)
+    srv = Server({"SERVING_MODEL_DIR": str(bad)}, tmp_path / "serve.log")
+    try:
+        srv.wait_up()
+        assert not srv.wait_ready(timeout=8)
+        assert httpx.get(srv.url + "/readyz").status_code == 503
+        r = httpx.post(srv.url + "/predict", files={"image": ("x.jpg", b"\xff\xd8\xff", "image/jpeg")})
+        assert r.status_code == 503 and "no model loaded" in r.text
+    finally:
+        srv.stop()
+    log = (tmp_path / "serve.log").read_text()
+    assert "service stays unready" in log and reason in log, log[-2000:]
