@@ -4,7 +4,7 @@ python bench/soak.py --model artifacts/hymenoptera [--clients 64] [--seconds 60]
 
 Starts the real service (serving.run -> bentoml serve) on 127.0.0.1, warms it up, then runs the mix with aiohttp
 and reports requests by kind and status, latency of the good ones, the resident memory of the server's processes
-before/after/peak, and whether any worker process was replaced. Appends the table to bench/RESULTS.md.
+at the start, half-way and at the end (after a warm-up at full load), and whether any worker process was replaced. Appends the table to bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -103,30 +103,32 @@ def identities(root_pid: int) -> set[tuple[int, float]]:
     return {(p.pid, p.create_time()) for p in server_processes(root_pid)}
 
 
-async def _run(url, root_pid, goods, classes, clients, seconds, max_requests, seed):
+async def _run(url, root_pid, goods, classes, clients, seconds, max_requests, seed, warmup):
     rng = random.Random(seed)
     bads = bad_inputs(goods[0])
-    tally, latencies, peak = Counter(), [], [0.0]
+    tally, latencies, samples = Counter(), [], []
     conn = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as session:
-        warm = {"left": 64}  # page in the model and the code paths before the "before" snapshot
-        await asyncio.gather(*(_client(session, url, time.monotonic() + 30, warm, goods, bads, classes,
-                                       random.Random(i), Counter(), []) for i in range(8)))
-        before, procs = rss_mb(root_pid), identities(root_pid)
+        # Full load for a while first: buffers, arenas and thread pools reach their working size before "before".
+        await asyncio.gather(*(_client(session, url, time.monotonic() + warmup, {"left": max_requests}, goods, bads,
+                                       classes, random.Random(-i), Counter(), []) for i in range(clients)))
+        procs = identities(root_pid)
+        start = time.monotonic()
 
         async def sample():
             while True:
-                peak[0] = max(peak[0], rss_mb(root_pid))
+                samples.append((time.monotonic() - start, rss_mb(root_pid)))
                 await asyncio.sleep(1)
 
         sampler = asyncio.create_task(sample())
-        start = time.monotonic()
         budget = {"left": max_requests}
         await asyncio.gather(*(_client(session, url, start + seconds, budget, goods, bads, classes,
                                        random.Random(rng.random()), tally, latencies) for _ in range(clients)))
         wall = time.monotonic() - start
         sampler.cancel()
     after = rss_mb(root_pid)
+    before = samples[0][1]
+    mid = min(samples, key=lambda s: abs(s[0] - wall / 2))[1]
     latencies.sort()
     return {"clients": clients, "seconds": round(wall, 1), "requests": sum(tally.values()),
             "by_kind_status": {f"{k} {s}": n for (k, s), n in sorted(tally.items(), key=str)},
@@ -137,14 +139,15 @@ async def _run(url, root_pid, goods, classes, clients, seconds, max_requests, se
                                if k.startswith("bad") and not (isinstance(s, int) and 400 <= s < 500)),
             "good_p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
             "good_p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else None,
-            "rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1), "rss_peak_mb": round(peak[0], 1),
+            "rss_before_mb": round(before, 1), "rss_mid_mb": round(mid, 1), "rss_after_mb": round(after, 1),
+            "rss_peak_mb": round(max(s for _, s in samples + [(0, after)]), 1),
             "workers_replaced": len(procs ^ identities(root_pid))}
 
 
 def soak(url: str, root_pid: int, images: list[Path], classes: list[str], clients: int = 64, seconds: float = 60,
-         max_requests: int = 50_000, seed: int = 0) -> dict:
+         max_requests: int = 50_000, seed: int = 0, warmup: float = 10) -> dict:
     goods = [p.read_bytes() for p in images]
-    return asyncio.run(_run(url, root_pid, goods, classes, clients, seconds, max_requests, seed))
+    return asyncio.run(_run(url, root_pid, goods, classes, clients, seconds, max_requests, seed, warmup))
 
 
 def table(r: dict) -> str:
@@ -153,7 +156,8 @@ def table(r: dict) -> str:
              f"5xx or connection errors on any: {r['server_errors_any']}; bad inputs not answered 4xx: "
              f"{r['bad_not_4xx']}; worker processes replaced: {r['workers_replaced']}",
              f"good requests p50 {r['good_p50_ms']:.0f} ms, p99 {r['good_p99_ms']:.0f} ms; server RSS (all processes) "
-             f"before {r['rss_before_mb']} MB, after {r['rss_after_mb']} MB, peak {r['rss_peak_mb']} MB", "",
+             f"after {r['seconds']:.0f} s at full load: {r['rss_before_mb']} MB, half-way {r['rss_mid_mb']} MB, "
+             f"end {r['rss_after_mb']} MB, peak {r['rss_peak_mb']} MB", "",
              "| request kind | status | count |", "|---|---|---|"]
     for key, n in r["by_kind_status"].items():
         kind, status = key.rsplit(" ", 1) if not key.endswith("message") else (key.split(" ")[0], key.split(" ", 1)[1])

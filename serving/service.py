@@ -19,11 +19,9 @@ import anyio
 import bentoml
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from _bentoml_impl.serde import MultipartSerde  # pinned bentoml==1.4.39; see _uploads_only
-from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
-from . import metrics
+from . import metrics, multipart
 from .artifact import ArtifactError, ModelCard, has_fp16, load_card, model_file, resolve
 from .limits import RequestGuard
 from .preprocess import ImageError, preprocess
@@ -129,6 +127,11 @@ class FeedbackRequest(bentoml.IODescriptor):
 TopK = Annotated[int, Field(ge=1, le=S.max_top_k)]
 
 
+def unavailable(message: str) -> JSONResponse:
+    """503 with the reason in the body (BentoML replaces the message of any 5xx it raises with a generic one)."""
+    return JSONResponse({"error": "model_unavailable", "message": message}, status_code=503)
+
+
 def error_response(exc: ImageError) -> JSONResponse:
     metrics.invalid_requests.labels(reason=exc.reason).inc()
     return JSONResponse({"error": exc.reason, "message": str(exc)}, status_code=exc.status)
@@ -168,6 +171,9 @@ class ImageClassifier:
                 return await self.model.to_async.infer(batch)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 log.warning("model service connection dropped (%s), attempt %d/%d", exc, attempt + 1, attempts)
+            except bentoml.exceptions.ServiceUnavailable:  # the Model service refused its model; its log says why
+                raise bentoml.exceptions.ServiceUnavailable(
+                    "no model loaded: the Model service rejected model.onnx (see its log); /readyz is 503") from None
         raise bentoml.exceptions.ServiceUnavailable("the model service keeps dropping connections; retry later")
 
     def _answer(self, probs: np.ndarray, top_k: int) -> Prediction:
@@ -185,6 +191,8 @@ class ImageClassifier:
             return await self._predict(blobs, top_k)
         except ImageError as exc:
             return error_response(exc)
+        except bentoml.exceptions.ServiceUnavailable as exc:
+            return unavailable(str(exc))
 
     # ---- endpoints ---------------------------------------------------------------------------------------------
     @bentoml.api(route="/predict")
@@ -221,7 +229,7 @@ class ImageClassifier:
     def feedback(self, predicted: str, actual: str) -> dict:
         """Ground truth for an earlier prediction; stateless, so any replica can take it."""
         if self.card is None:
-            raise bentoml.exceptions.ServiceUnavailable(f"no model loaded: {self.error}")
+            return unavailable(f"no model loaded: {self.error}")
         unknown = [f"{k}='{v}'" for k, v in (("predicted", predicted), ("actual", actual)) if v not in self.card.classes]
         if unknown:
             return error_response(ImageError("unknown_class", f"unknown class {', '.join(unknown)}; the model's "
@@ -234,7 +242,7 @@ class ImageClassifier:
     def model_info(self) -> dict:
         """Classes, version, preprocessing and the offline test metrics of the loaded model."""
         if self.card is None:
-            raise bentoml.exceptions.ServiceUnavailable(f"no model loaded: {self.error}")
+            return unavailable(f"no model loaded: {self.error}")
         test = self.card.metrics.get("test", {})
         return {"name": self.card.name, "version": self.card.version, "classes": self.card.classes,
                 "image_size": self.card.image_size, "resize_size": self.card.resize_size,
@@ -251,14 +259,4 @@ def _b64(text: str, field: str) -> bytes:
 
 ImageClassifier.add_asgi_middleware(RequestGuard, max_bytes=S.max_request_bytes)
 
-
-async def _uploads_only(value):
-    """File fields take uploaded files only. BentoML 1.4 would treat a text value as a URL and download it (a
-    server-side request to wherever the client says); refuse with 400 instead."""
-    if isinstance(value, UploadFile):
-        return value
-    raise bentoml.exceptions.BadInput("image fields must be file uploads (multipart parts with a filename), "
-                                      "not text or URLs; for base64 use /predict_base64")
-
-
-MultipartSerde.ensure_file = staticmethod(_uploads_only)
+multipart.harden()

@@ -1,6 +1,7 @@
 """Every manifest against the real Kubernetes OpenAPI schemas; the Prometheus Operator kinds against its CRD models."""
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -103,3 +104,74 @@ def test_crd_validation_really_rejects_unknown_fields():
     sm["spec"]["endpoints"][0]["intervall"] = "5s"  # a typo the model itself would let through
     with pytest.raises(AssertionError):
         validate_crd(sm)
+
+
+# ---- distributed training: Kubeflow PyTorchJob and the Indexed Job + headless Service variant -------------------
+def validate_pytorchjob(doc: dict) -> None:
+    """The Training Operator's own OpenAPI models (kubeflow-training); the round trip catches unknown fields."""
+    from kubeflow.training import ApiClient
+
+    class Response:  # what ApiClient.deserialize reads
+        data = json.dumps(doc)
+
+    client = ApiClient()
+    job = client.deserialize(Response, "KubeflowOrgV1PyTorchJob")
+    assert client.sanitize_for_serialization(job) == doc, "unknown or mistyped fields in the PyTorchJob"
+
+
+def pod_templates_as_builtin(templates: list[dict]) -> list[dict]:
+    """Pod templates checked against the real schema as PodTemplate objects (strict, like every other manifest)."""
+    return [{"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"t{i}", "namespace": "imgcls"},
+             "template": t} for i, t in enumerate(templates)]
+
+
+def train_command(container: dict) -> list[str]:
+    """The trainer's own argument parser accepts what the pod runs after `torchrun --module training`."""
+    cmd = container["command"]
+    assert cmd[:5] == ["dumb-init", "--", "torchrun", "--module", "training"], cmd
+    from training.__main__ import _parser
+    args = _parser().parse_args(cmd[5:])
+    assert args.command == "train" and str(args.config) == "/config/job.yaml"
+    return cmd
+
+
+def test_pytorchjob_validates(tmp_path):
+    doc = yaml.safe_load((K8S / "distributed" / "pytorchjob.yaml").read_text())
+    validate_pytorchjob(doc)
+    spec = doc["spec"]
+    replicas = spec["pytorchReplicaSpecs"]
+    validate_builtin(pod_templates_as_builtin([r["template"] for r in replicas.values()]), tmp_path)
+    assert set(replicas) == {"Master", "Worker"} and all(r["restartPolicy"] == "OnFailure" for r in replicas.values())
+    nodes = sum(r["replicas"] for r in replicas.values())
+    assert spec["elasticPolicy"]["rdzvBackend"] == "c10d" and spec["elasticPolicy"]["maxRestarts"] >= 1
+    assert spec["elasticPolicy"]["minReplicas"] == spec["elasticPolicy"]["maxReplicas"] == nodes
+    for r in replicas.values():
+        container = r["template"]["spec"]["containers"][0]
+        assert container["name"] == "pytorch", "the operator injects its PET_* variables into the 'pytorch' container"
+        assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == spec["nprocPerNode"]
+        train_command(container)
+
+
+def test_indexed_job_and_headless_service_validate(tmp_path):
+    docs = [d for d in yaml.safe_load_all((K8S / "distributed" / "indexed-job.yaml").read_text()) if d]
+    validate_builtin(docs, tmp_path)
+    service = next(d for d in docs if d["kind"] == "Service")
+    job = next(d for d in docs if d["kind"] == "Job")
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    assert service["spec"]["clusterIP"] == "None" and pod["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": job["metadata"]["name"]}
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert int(env["PET_NNODES"]) == spec["completions"]
+    assert int(env["PET_NPROC_PER_NODE"]) == container["resources"]["limits"]["nvidia.com/gpu"]
+    assert env["PET_RDZV_ENDPOINT"] == f"{job['metadata']['name']}-0.{service['metadata']['name']}:29500"
+    assert "job-completion-index" in env["PET_NODE_RANK"]["fieldRef"]["fieldPath"]
+    train_command(container)
+
+
+def test_pytorchjob_validation_really_rejects_mistakes():
+    doc = yaml.safe_load((K8S / "distributed" / "pytorchjob.yaml").read_text())
+    doc["spec"]["elasticPolicy"]["rdzvBackendd"] = "c10d"
+    with pytest.raises(AssertionError):
+        validate_pytorchjob(doc)
