@@ -76,6 +76,11 @@ class Phase1Config(Strict):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(0.0, ge=0)
     schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    feature_cache: Literal["auto", "always", "never"] = Field(
+        "auto", description="train the head on backbone features computed once (training.feature_cache); auto: "
+                            "when it saves time (epochs > cache_views) and nothing mixes images (MixUp/CutMix)")
+    cache_views: int = Field(2, ge=1, description="augmented views of each training image in the cache; "
+                                                  "epoch e trains on view e mod cache_views")
 
 
 class Phase2Config(Strict):

@@ -7,6 +7,8 @@ never fatal; a dataset that cannot train (missing, empty class, single class) is
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,6 +56,15 @@ class ImageSet:
 
     def counts(self) -> list[int]:
         return np.bincount(self.labels, minlength=len(self.classes)).tolist()
+
+    def files_digest(self) -> str:
+        """Identity of the split's contents (files and labels, or the array's bytes), for cache keys."""
+        h = hashlib.sha256(json.dumps([self.classes, self.labels]).encode())
+        if self.paths is not None:
+            h.update("\n".join(map(str, self.paths)).encode())
+        if self.array is not None:
+            h.update(np.ascontiguousarray(self.array).data)
+        return h.hexdigest()
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint, distributed, metrics
+from . import checkpoint, distributed, feature_cache, metrics
 from .config import TrainConfig
 from .data import Splits, load_splits
 from .loader import EpochSampler, eval_loader, train_loader
@@ -73,6 +73,7 @@ class Trainer:
         self.val_loader = eval_loader(splits.val, self.eval_tf, cfg.data.eval_batch_size, cfg.data.num_workers, pin)
         self.mixer = batch_mixer(cfg.augment, len(splits.classes))
         self.stop_requested = False
+        self.cache: feature_cache.FeatureCache | None = None
         self.state = {"phase": 1, "epoch": 0, "batch": 0, "best": None, "best_where": None, "patience": 0,
                       "history": [], "running": None}
 
@@ -134,18 +135,16 @@ class Trainer:
         self.sampler.set_epoch(epoch + 1000 * phase, st["batch"])
         train_mode(self.model)
         total = self.sampler.batches_per_epoch()
-        bar = progress(self.train_loader, total - st["batch"], f"phase {phase} epoch {epoch + 1}")
-        for images, labels in bar:
+        cached = phase == 1 and self.cache is not None
+        batches = self.cached_batches(epoch) if cached else self.train_loader
+        net = self.model.head if cached else self.net
+        bar = progress(batches, total - st["batch"], f"phase {phase} epoch {epoch + 1}")
+        for inputs, labels in bar:
             torch.manual_seed(step_seed(self.cfg.seed, phase, epoch, st["batch"]) + 7919 * self.rank)
-            x = images.to(self.device, non_blocking=True).float().div_(255)
-            if self.cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             y = labels.to(self.device, non_blocking=True)
-            target = y
-            if self.mixer is not None:
-                x, target = self.mixer(x, y)
+            x, target = (inputs.to(self.device), y) if cached else self.image_input(inputs, y)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                logits = self.net(x)
+                logits = net(x)
                 loss = self.criterion(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -170,8 +169,28 @@ class Trainer:
                                                   self.device)
         return {"train_loss": loss / seen, "train_acc": correct / seen}
 
-    def validate(self) -> dict:
-        logits, labels = metrics.predict(self.model, self.val_loader, self.device, self.cfg.channels_last, self.amp)
+    def image_input(self, images: torch.Tensor, y: torch.Tensor):
+        x = images.to(self.device, non_blocking=True).float().div_(255)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.mixer(x, y) if self.mixer is not None else (x, y)
+
+    def cached_batches(self, epoch: int):
+        """Rows of the feature cache in the sampler's order: the same batches the image loader would give."""
+        feats = self.cache.train[epoch % len(self.cache.train)]
+        order = torch.tensor([i for i, _ in self.sampler], dtype=torch.long)
+        for idx in order.split(self.cfg.data.batch_size):
+            yield feats[idx], self.cache.train_labels[idx]
+
+    def validate(self, phase: int) -> dict:
+        if phase == 1 and self.cache is not None:
+            self.model.head.eval()
+            with torch.no_grad():
+                logits = self.model.head(self.cache.val.to(self.device)).float().cpu().numpy()
+            labels = self.cache.val_labels.numpy()
+        else:
+            logits, labels = metrics.predict(self.model, self.val_loader, self.device, self.cfg.channels_last,
+                                             self.amp)
         q = metrics.quick(logits, labels)
         return {"val_loss": q["loss"], "val_acc": q["acc"], "val_macro_f1": q["macro_f1"]}
 
@@ -187,6 +206,8 @@ class Trainer:
         st = self.state
         set_trainable(self.model, trainable_stages(self.cfg, phase, st["epoch"]),
                       "frozen" if phase == 1 else self.cfg.phase2.batchnorm)
+        if phase == 1:
+            self.cache = self.phase1_cache()
         optimizer = make_optimizer(self.model, self.cfg, phase, self.lr_factor())
         mode = "min" if self.cfg.early_stop.metric == "val_loss" else "max"
         schedule = Schedule(optimizer, pcfg.schedule, pcfg.warmup_epochs, pcfg.epochs,
@@ -203,7 +224,7 @@ class Trainer:
             t0 = time.perf_counter()
             row = {"phase": phase, "epoch": epoch + 1, "trainable": stages or ["head"]}
             row.update(self.train_epoch(phase, epoch, optimizer, schedule))
-            row.update(self.validate())
+            row.update(self.validate(phase))
             row["lr"] = max(g["lr"] for g in optimizer.param_groups)
             row["seconds"] = round(time.perf_counter() - t0, 2)
             value = row[self.cfg.early_stop.metric]
@@ -225,9 +246,18 @@ class Trainer:
             if stop:
                 event("early stop", phase=phase, best=st["best"], best_at=str(st["best_where"]))
                 break
+        self.cache = None
         self.restore_best()
         st.update(phase=phase + 1, epoch=0, batch=0, patience=0, running=None)
         self.save()
+
+    def phase1_cache(self) -> feature_cache.FeatureCache | None:
+        reason = feature_cache.unusable_because(self.cfg, self.world)
+        if reason is not None or self.state["epoch"] >= self.cfg.phase1.epochs:
+            event("phase 1 runs the backbone every epoch (no feature cache)", reason=reason or "phase 1 done")
+            return None
+        return feature_cache.load_or_build(self.out / "checkpoints" / "phase1_features.pt", self.model, self.splits,
+                                           self.cfg, self.device, self.amp, save=self.rank == 0)
 
     def lr_factor(self) -> float:
         """Linear scaling (Goyal et al., 2017): the global batch is world x data.batch_size, so is the rate."""

@@ -19,12 +19,12 @@ pytestmark = pytest.mark.slow
 HOOK = Path(__file__).with_name("fault_hook.py")
 
 
-def _args(data_dir, out):
+def _args(data_dir, out, *extra):
     return ["train", "--set", f"data.path={data_dir}", "--set", f"output_dir={out}", "--set", "export.enabled=false",
             "--set", "data.image_size=48", "--set", "data.resize_size=56", "--set", "data.limit_per_class=32",
             "--set", "data.batch_size=8", "--set", "data.num_workers=1", "--set", "model.backbone=efficientnet_lite0",
             "--set", "phase1.epochs=2", "--set", "phase2.epochs=3", "--set", "threads=1",
-            "--set", "augment.mixup_alpha=0.2", "--set", "early_stop.patience=9"]
+            "--set", "augment.mixup_alpha=0.2", "--set", "early_stop.patience=9", *extra]
 
 
 def _run(data_dir, out) -> str:
@@ -171,3 +171,20 @@ def test_disk_full_keeps_the_previous_checkpoint_then_resumes(volume, data_dir, 
     filler.unlink()
     _run(data_dir, out)
     _assert_same_result(reference, out, "after disk full")
+
+
+CACHED = ["--set", "augment.mixup_alpha=0", "--set", "phase1.epochs=4", "--set", "phase1.cache_views=2"]
+
+
+def test_phase1_on_cached_features_resumes_to_the_same_result(tmp_path, data_dir):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    log = subprocess.run([sys.executable, "-m", "training", *_args(data_dir, straight, *CACHED)], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stderr
+    assert '"msg": "feature cache built"' in log
+    code = _kill_after([sys.executable, "-m", "training", *_args(data_dir, killed, *CACHED)],
+                       '"phase": 1, "epoch": 2,', 0.05, signal.SIGTERM)
+    assert code in (0, 75)
+    log = subprocess.run([sys.executable, "-m", "training", *_args(data_dir, killed, *CACHED)], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stderr
+    assert '"msg": "feature cache loaded"' in log, "the resumed run must reuse the saved cache"
+    _assert_same_result(_final(straight), killed, "cached phase 1")
