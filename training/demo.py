@@ -39,9 +39,10 @@ def serve_and_ask(version_dir: Path, images: list[Path]) -> int:
     import httpx
     port = free_port()
     env = dict(os.environ, SERVING_MODEL_DIR=str(version_dir), BENTOML_DO_NOT_TRACK="True", ORT_DISABLE_TELEMETRY="1")
-    server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:ImageClassifier",
-                               "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # serving.run = bentoml serve with a graceful stop (what the container runs); its own session, so a stuck
+    # server and its workers can be killed as a group and nothing else.
+    server = subprocess.Popen([sys.executable, "-m", "serving.run", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -52,7 +53,7 @@ def serve_and_ask(version_dir: Path, images: list[Path]) -> int:
             except httpx.HTTPError:
                 pass
             if server.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {server.returncode}")
+                raise RuntimeError(f"the service exited with {server.returncode}")
             time.sleep(1)
         else:
             raise RuntimeError("service not ready after 180 s")
@@ -70,9 +71,10 @@ def serve_and_ask(version_dir: Path, images: list[Path]) -> int:
     finally:
         server.send_signal(signal.SIGTERM)
         try:
-            server.wait(30)
+            server.wait(60)
         except subprocess.TimeoutExpired:
-            server.kill()
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 def demo(overrides: list[str]) -> int:

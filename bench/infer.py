@@ -1,0 +1,129 @@
+"""Raw inference speed on this machine: onnxruntime vs PyTorch eager, and onnxruntime session settings, in one run.
+
+python bench/infer.py [--backbone resnet50] [--size 224] [--batches 1 8 32] [--peak-gflops 190]
+
+The model is the product's own (training.model.Classifier, random init: speed does not depend on the weights),
+exported through the product's own ONNX path (uint8 NHWC contract, normalisation in the graph). Each variant runs in
+turn, round after round, and the median round counts, so a noisy neighbour hits all variants alike. img/s are turned
+into GFLOP/s with the network's cost per image (ResNet50 at 224 px: 8.2 GFLOP = 4.1 GMAC) and set against the
+machine's FMA peak. Appends the tables to bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import onnxruntime as ort  # noqa: E402
+
+from training.config import ModelConfig  # noqa: E402
+from training.export import ContractWrapper, export_onnx  # noqa: E402
+from training.model import build_model  # noqa: E402
+
+GFLOP_PER_IMAGE = {("resnet50", 224): 8.2, ("efficientnet_lite0", 224): 0.8, ("mobilenet_v3_large", 224): 0.44}
+
+
+def ort_runner(path: Path, level="ORT_ENABLE_ALL", threads=0, arena=True):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.enable_cpu_mem_arena = arena
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(["logits"], {"images": batch})[0]
+
+
+def eager_runner(model, channels_last: bool):
+    wrapper = ContractWrapper(model).eval()
+    if channels_last:
+        wrapper = wrapper.to(memory_format=torch.channels_last)
+
+    def run(batch: np.ndarray):
+        with torch.inference_mode():
+            return wrapper(torch.from_numpy(batch))[0].numpy()
+    return run
+
+
+def race(runners: dict, batch: np.ndarray, rounds: int, min_seconds: float) -> dict[str, float]:
+    """img/s per runner: rounds of (every runner for >= min_seconds), median round."""
+    for run in runners.values():
+        run(batch)  # warm-up: allocations, kernel choice
+    rates = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            n, t0 = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - t0) < min_seconds or n == 0:
+                run(batch)
+                n += 1
+            rates[name].append(n * len(batch) / elapsed)
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backbone", default="resnet50")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--peak-gflops", type=float, default=190.0, help="the machine's FMA peak (2 cores here)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=args.backbone, weights="none"), 1000).eval()
+    path = Path(tempfile.mkdtemp()) / "model.onnx"
+    export_onnx(model, path, args.size, 18)
+    gflop = GFLOP_PER_IMAGE.get((args.backbone, args.size))
+    rng = np.random.default_rng(0)
+    main_rows, variant_rows = [], []
+    for bs in args.batches:
+        batch = rng.integers(0, 256, (bs, args.size, args.size, 3), dtype=np.uint8)
+        r = race({"ort": ort_runner(path), "eager": eager_runner(model, False),
+                  "eager_cl": eager_runner(model, True)}, batch, args.rounds, args.seconds)
+        best_eager = max(r["eager"], r["eager_cl"])
+        peak = f"{100 * r['ort'] * gflop / args.peak_gflops:.0f} %" if gflop else "-"
+        main_rows.append(f"| {bs} | {r['ort']:.1f} | {r['eager']:.1f} | {r['eager_cl']:.1f} | "
+                         f"{r['ort'] / best_eager:.2f} | {r['ort'] * gflop:.0f} | {peak} |" if gflop else
+                         f"| {bs} | {r['ort']:.1f} | {r['eager']:.1f} | {r['eager_cl']:.1f} | "
+                         f"{r['ort'] / best_eager:.2f} | - | - |")
+    bs = max(args.batches)
+    batch = rng.integers(0, 256, (bs, args.size, args.size, 3), dtype=np.uint8)
+    variants = {"ENABLE_ALL, threads=auto, arena (the service's)": ort_runner(path),
+                "ENABLE_EXTENDED": ort_runner(path, "ORT_ENABLE_EXTENDED"),
+                "ENABLE_BASIC": ort_runner(path, "ORT_ENABLE_BASIC"),
+                "DISABLE_ALL": ort_runner(path, "ORT_DISABLE_ALL"),
+                "ENABLE_ALL, 1 thread": ort_runner(path, threads=1),
+                "ENABLE_ALL, no memory arena": ort_runner(path, arena=False)}
+    r = race(variants, batch, args.rounds, args.seconds)
+    base = r["ENABLE_ALL, threads=auto, arena (the service's)"]
+    for name, rate in r.items():
+        variant_rows.append(f"| {name} | {rate:.1f} | {rate / base:.2f} |")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    where = f"{stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, onnxruntime {ort.__version__}, " \
+            f"torch {torch.__version__}"
+    text = "\n".join([
+        f"\n### bench/infer.py: {args.backbone} at {args.size} px ({gflop or '?'} GFLOP/img), {where}\n",
+        f"| batch | onnxruntime img/s | eager img/s | eager channels_last img/s | ORT / best eager | ORT GFLOP/s | "
+        f"ORT % of {args.peak_gflops:.0f} GFLOP/s peak |", "|---|---|---|---|---|---|---|", *main_rows,
+        f"\nonnxruntime session settings at batch {bs}:\n", "| session | img/s | vs the service's |", "|---|---|---|",
+        *variant_rows, ""])
+    print(text)
+    with open(args.results, "a") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()

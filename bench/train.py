@@ -1,0 +1,136 @@
+"""Training speed, variants side by side in one run: phase 1 with the backbone every epoch vs on cached features,
+and the input pipeline's share of a phase-2 step for several DataLoader worker counts.
+
+python bench/train.py [--config training/configs/hymenoptera.yaml] [--set key=value ...] [--epochs 6]
+
+Phase 1 table: head-epoch img/s (training part of each epoch), what building the cache cost, and the test accuracy
+after phase 1 for both (same seed, same epochs): the cache must be faster at equal accuracy.
+Pipeline table: one phase-2 epoch (top stage unfrozen) per worker count; "waiting" is the time the training loop
+spent blocked on the DataLoader, as a share of the step time. Appends both tables to bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from training import metrics  # noqa: E402
+from training.config import load_config  # noqa: E402
+from training.data import load_splits  # noqa: E402
+from training.job import logits_of  # noqa: E402
+from training.model import build_model, set_trainable, train_mode  # noqa: E402
+from training.train import Trainer, setup_runtime  # noqa: E402
+
+
+def phase1(cfg, splits, device) -> dict:
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(cfg, splits, build_model(cfg.model, len(splits.classes)).to(device), device)
+    epoch_s, cache_s = [], [0.0]
+    train_epoch, phase1_cache = trainer.train_epoch, trainer.phase1_cache
+
+    def timed_epoch(*args):
+        t = time.perf_counter()
+        row = train_epoch(*args)
+        epoch_s.append(time.perf_counter() - t)
+        return row
+
+    def timed_cache():
+        t = time.perf_counter()
+        cache = phase1_cache()
+        cache_s[0] = time.perf_counter() - t
+        return cache
+
+    trainer.train_epoch, trainer.phase1_cache = timed_epoch, timed_cache
+    t0 = time.perf_counter()
+    trainer.run_phase(1, None)
+    wall = time.perf_counter() - t0
+    logits, labels = logits_of(trainer.model, splits.test, cfg, device)
+    images = trainer.sampler.batches_per_epoch() * cfg.data.batch_size
+    return {"img_s": images * len(epoch_s) / sum(epoch_s), "cache_s": cache_s[0], "wall": wall,
+            "epochs": len(epoch_s), "test_acc": metrics.quick(logits, labels)["acc"]}
+
+
+def pipeline(cfg, splits, device, workers: int) -> dict:
+    """One phase-2 epoch; time blocked in the loader vs total."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.data.num_workers = workers
+    model = build_model(cfg.model, len(splits.classes)).to(device)
+    trainer = Trainer(cfg, splits, model, device)
+    set_trainable(model, cfg.stages_to_unfreeze(), "frozen")
+    train_mode(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    trainer.sampler.set_epoch(0)
+    wait = 0.0
+    t0 = time.perf_counter()
+    it = iter(trainer.train_loader)
+    n = 0
+    while True:
+        t = time.perf_counter()
+        try:
+            images, labels = next(it)
+        except StopIteration:
+            break
+        wait += time.perf_counter() - t
+        x, y = trainer.image_input(images, labels)
+        loss = trainer.criterion(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += len(labels)
+    total = time.perf_counter() - t0
+    return {"img_s": n / total, "wait": wait / total, "step_ms": 1000 * total / max(1, n // cfg.data.batch_size)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", type=Path, default=ROOT / "training" / "configs" / "hymenoptera.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = ap.parse_args()
+    base = ["model.backbone=efficientnet_lite0", f"phase1.epochs={args.epochs}", "augment.mixup_alpha=0",
+            "early_stop.patience=99", "output_dir=/tmp/bench-train"]
+    cfg = load_config(args.config, base + args.overrides)
+    device = setup_runtime(cfg)
+    torch.use_deterministic_algorithms(False)
+    splits = load_splits(cfg.data, cfg.seed)
+    rows = {}
+    for mode in ("never", "always"):
+        c = cfg.model_copy(deep=True)
+        c.phase1.feature_cache = mode
+        c.output_dir = Path(f"/tmp/bench-train-{mode}")
+        rows[mode] = phase1(c, splits, device)
+    pipe = {w: pipeline(cfg, splits, device, w) for w in args.workers}
+    a, b = rows["never"], rows["always"]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    where = (f"{stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+             f"{'CUDA ' + torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}")
+    text = "\n".join([
+        f"\n### bench/train.py: {cfg.model.backbone} at {cfg.data.image_size} px, {len(splits.train)} training "
+        f"images, {where}\n",
+        f"Phase 1 ({args.epochs} epochs, frozen backbone, {c.phase1.cache_views} cached views):\n",
+        "| variant | head-epoch img/s | cache build s | phase 1 wall s | test acc after phase 1 |", "|---|---|---|---|---|",
+        f"| backbone every epoch | {a['img_s']:.1f} | - | {a['wall']:.1f} | {a['test_acc']:.4f} |",
+        f"| cached features | {b['img_s']:.1f} | {b['cache_s']:.1f} | {b['wall']:.1f} | {b['test_acc']:.4f} |",
+        f"\nhead epochs on cached features: **{b['img_s'] / a['img_s']:.0f}×** the img/s; phase 1 wall "
+        f"{a['wall'] / b['wall']:.1f}× shorter; test accuracy {b['test_acc'] - a['test_acc']:+.4f}\n",
+        "Input pipeline (one phase-2 epoch, top stage unfrozen):\n",
+        "| DataLoader workers | img/s | ms per step | time waiting for data |", "|---|---|---|---|",
+        *[f"| {w} | {p['img_s']:.1f} | {p['step_ms']:.0f} | {100 * p['wait']:.0f} % |" for w, p in pipe.items()],
+        ""])
+    print(text)
+    with open(args.results, "a") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
