@@ -1,5 +1,6 @@
 """Training speed, variants side by side in one run: phase 1 with the backbone every epoch vs on cached features,
-and the input pipeline's share of a phase-2 step for several DataLoader worker counts.
+the input pipeline's share of a phase-2 step for several DataLoader worker counts, and the compute variants of a
+training step (channels_last, fused AdamW, torch.compile, and bf16 autocast where CUDA is present).
 
 python bench/train.py [--config training/configs/hymenoptera.yaml] [--set key=value ...] [--epochs 6]
 
@@ -89,12 +90,60 @@ def pipeline(cfg, splits, device, workers: int) -> dict:
     return {"img_s": n / total, "wait": wait / total, "step_ms": 1000 * total / max(1, n // cfg.data.batch_size)}
 
 
+def step_variants(cfg, splits, device, steps: int) -> dict[str, dict]:
+    """Phase-2 training steps (top stage unfrozen) on a fixed random batch, so only the compute differs:
+    fp32 vs channels_last vs fused AdamW vs torch.compile, and bf16 autocast where CUDA is present."""
+    variants = {"fp32, contiguous": dict(channels_last=False, fused=False, compile=False, amp=False),
+                "+ channels_last": dict(channels_last=True, fused=False, compile=False, amp=False),
+                "+ fused AdamW": dict(channels_last=True, fused=True, compile=False, amp=False),
+                "+ torch.compile": dict(channels_last=True, fused=True, compile=True, amp=False)}
+    if device.type == "cuda":
+        variants["+ bf16 autocast"] = dict(channels_last=True, fused=True, compile=True, amp=True)
+    bs, size = cfg.data.batch_size, cfg.data.image_size
+    x = torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8, device=device).float().div_(255)
+    y = torch.randint(0, len(splits.classes), (bs,), device=device)
+    out = {}
+    for name, v in variants.items():
+        torch.manual_seed(0)
+        model = build_model(cfg.model, len(splits.classes)).to(device)
+        set_trainable(model, cfg.stages_to_unfreeze(), "frozen")
+        train_mode(model)
+        inp = x
+        if v["channels_last"]:
+            model, inp = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        net = torch.compile(model) if v["compile"] else model
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=v["fused"])
+        dtype = torch.bfloat16 if v["amp"] else None
+
+        def step():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = torch.nn.functional.cross_entropy(net(inp).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        t = time.perf_counter()
+        step()  # the first step pays for compilation and allocation
+        first = time.perf_counter() - t
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out[name] = {"img_s": steps * bs / (time.perf_counter() - t), "first_s": first}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", type=Path, default=ROOT / "training" / "configs" / "hymenoptera.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per compute variant")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
     base = ["model.backbone=efficientnet_lite0", f"phase1.epochs={args.epochs}", "augment.mixup_alpha=0",
@@ -110,6 +159,7 @@ def main() -> None:
         c.output_dir = Path(f"/tmp/bench-train-{mode}")
         rows[mode] = phase1(c, splits, device)
     pipe = {w: pipeline(cfg, splits, device, w) for w in args.workers}
+    compute = step_variants(cfg, splits, device, args.steps)
     a, b = rows["never"], rows["always"]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     where = (f"{stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
@@ -126,6 +176,10 @@ def main() -> None:
         "Input pipeline (one phase-2 epoch, top stage unfrozen):\n",
         "| DataLoader workers | img/s | ms per step | time waiting for data |", "|---|---|---|---|",
         *[f"| {w} | {p['img_s']:.1f} | {p['step_ms']:.0f} | {100 * p['wait']:.0f} % |" for w, p in pipe.items()],
+        f"\nTraining-step compute (phase 2, top stage unfrozen, batch {cfg.data.batch_size}, fixed batch, no loader):\n",
+        "| variant (cumulative) | img/s | vs fp32 | first step s |", "|---|---|---|---|",
+        *[f"| {n} | {v['img_s']:.1f} | {v['img_s'] / compute['fp32, contiguous']['img_s']:.2f} | {v['first_s']:.1f} |"
+          for n, v in compute.items()],
         ""])
     print(text)
     with open(args.results, "a") as f:

@@ -120,6 +120,9 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile the training forward/backward (pays off on long GPU runs; "
+                                             "the first steps pay for the compilation)")
+    fused_optimizer: bool | None = Field(None, description="fused AdamW kernel; default: on CUDA")
     threads: int | None = Field(None, ge=1)
     lr_scaling: Literal["linear", "none"] = Field(
         "linear", description="under torchrun: multiply learning rates by the number of processes")

@@ -220,6 +220,8 @@ class Trainer:
             set_trainable(self.model, stages, "frozen" if phase == 1 else self.cfg.phase2.batchnorm)
             if self.net_stages != (phase, tuple(stages)):
                 self.net = distributed.wrap(self.model, self.d, self.device)
+                if self.cfg.compile:  # recompiled when the trainable set changes, like the DDP wrapper
+                    self.net = torch.compile(self.net)
                 self.net_stages = (phase, tuple(stages))
             t0 = time.perf_counter()
             row = {"phase": phase, "epoch": epoch + 1, "trainable": stages or ["head"]}

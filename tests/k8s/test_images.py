@@ -14,11 +14,18 @@ def test_hadolint_clean(dockerfile):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _entrypoint(name: str) -> list[str]:
+    entry = [line for line in (ROOT / name).read_text().splitlines() if line.startswith("ENTRYPOINT")]
+    assert entry, name
+    return json.loads(entry[0].split(" ", 1)[1])
+
+
 def test_images_stop_cleanly_on_sigterm():
-    """A Python PID 1 ignores SIGTERM: both images run under dumb-init, which forwards it."""
-    for name in ("Dockerfile.train", "Dockerfile.serve"):
-        entry = [line for line in (ROOT / name).read_text().splitlines() if line.startswith("ENTRYPOINT")]
-        assert entry and json.loads(entry[0].split(" ", 1)[1])[:2] == ["dumb-init", "--"], name
+    """A Python PID 1 ignores SIGTERM: both images run under dumb-init, which forwards it. The serving image forwards
+    it to serving.run alone, which drains before stopping bentoml serve (a signal to the whole group would stop
+    bentoml's workers at once)."""
+    assert _entrypoint("Dockerfile.train")[:2] == ["dumb-init", "--"]
+    assert _entrypoint("Dockerfile.serve") == ["dumb-init", "--single-child", "--", "python", "-m", "serving.run"]
 
 
 @pytest.mark.slow

@@ -60,3 +60,17 @@ def test_gradual_unfreezing_plan():
         ["layer4"], ["layer4"], ["layer4", "layer3"], ["layer4", "layer3"],
         ["layer4", "layer3", "layer2"], ["layer4", "layer3", "layer2"]]
     assert trainable_stages(cfg, 1, 0) == []
+
+
+def test_fused_optimizer_default_on_cuda_only_and_settable():
+    from training.config import load_config
+    from training.model import build_model
+    from training.optim import make_optimizer
+    cfg = load_config(None, ["model.backbone=small_cnn", "model.weights=none"], environ={})
+    model = build_model(cfg.model, 3)
+    assert not make_optimizer(model, cfg, 1).defaults["fused"], "CPU default: the per-tensor loop"
+    cfg = load_config(None, ["model.backbone=small_cnn", "model.weights=none", "fused_optimizer=true"], environ={})
+    opt = make_optimizer(model, cfg, 2)
+    assert opt.defaults["fused"]
+    model(torch.rand(2, 3, 32, 32)).sum().backward()
+    opt.step()  # the fused kernel exists for CPU tensors too
