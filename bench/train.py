@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -157,6 +158,7 @@ def main() -> None:
         c = cfg.model_copy(deep=True)
         c.phase1.feature_cache = mode
         c.output_dir = Path(f"/tmp/bench-train-{mode}")
+        shutil.rmtree(c.output_dir, ignore_errors=True)  # a saved cache or checkpoint would skip the work measured
         rows[mode] = phase1(c, splits, device)
     pipe = {w: pipeline(cfg, splits, device, w) for w in args.workers}
     compute = step_variants(cfg, splits, device, args.steps)
