@@ -164,16 +164,17 @@ class ImageClassifier:
         return [self._answer(row, top_k) for row in softmax(logits, self.card.temperature)]
 
     async def _infer(self, batch: np.ndarray, attempts: int = 3) -> np.ndarray:
-        """Model.infer over BentoML's pooled connection. A keep-alive connection the Model server has just closed
-        surfaces as ServerDisconnectedError (seen under load); inference is idempotent, so try again."""
+        """Model.infer over BentoML's pooled connection. A dropped connection (ServerDisconnectedError; frequent
+        before the runner_connection fix above, kept as a safeguard) is retried: inference is idempotent."""
         for attempt in range(attempts):
             try:
                 return await self.model.to_async.infer(batch)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 log.warning("model service connection dropped (%s), attempt %d/%d", exc, attempt + 1, attempts)
-            except bentoml.exceptions.ServiceUnavailable:  # the Model service refused its model; its log says why
+            except bentoml.exceptions.ServiceUnavailable:  # BentoML hides the Model service's own message
                 raise bentoml.exceptions.ServiceUnavailable(
-                    "no model loaded: the Model service rejected model.onnx (see its log); /readyz is 503") from None
+                    "the model service answered 503: over its latency budget (max_latency_ms; retry later) or no "
+                    "model loaded (its log says why; /readyz is then 503)") from None
         raise bentoml.exceptions.ServiceUnavailable("the model service keeps dropping connections; retry later")
 
     def _answer(self, probs: np.ndarray, top_k: int) -> Prediction:

@@ -40,6 +40,9 @@ class DataConfig(Strict):
     interpolation: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(64, ge=1)
+    augment_on: Literal["loader", "device"] = Field(
+        "loader", description="device: datasets held in memory (CIFAR) stay uint8 tensors on the training device and "
+                              "are cropped, flipped and jittered there in batches (training.batch_augment)")
     num_workers: int = Field(2, ge=0)
     balance: Literal["none", "loss_weights", "sampler"] = "none"
     limit_per_class: int | None = Field(None, ge=1, description="cap images per class and split (quick runs)")
@@ -134,6 +137,13 @@ class TrainConfig(Strict):
     early_stop: EarlyStopConfig = EarlyStopConfig()
     export: ExportConfig = ExportConfig()
     evaluate: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _device_augmentation_has_its_ops(self) -> "TrainConfig":
+        if self.data.augment_on == "device" and (self.augment.rotation or self.augment.trivial_augment):
+            raise ValueError("data.augment_on=device offers crop, flip and colour jitter only: set augment.rotation=0 "
+                             "and augment.trivial_augment=false, or data.augment_on=loader")
+        return self
 
     @model_validator(mode="after")
     def _unfreeze_names_a_stage(self) -> "TrainConfig":

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import checkpoint, distributed, feature_cache, metrics
+from .batch_augment import BatchAugment
 from .config import TrainConfig
 from .data import Splits, load_splits
 from .loader import EpochSampler, eval_loader, train_loader
@@ -72,6 +73,13 @@ class Trainer:
         self.eval_tf = eval_transform(cfg.data.resize_size, cfg.data.image_size, cfg.data.interpolation)
         self.val_loader = eval_loader(splits.val, self.eval_tf, cfg.data.eval_batch_size, cfg.data.num_workers, pin)
         self.mixer = batch_mixer(cfg.augment, len(splits.classes))
+        self.batch_augment, self.train_array = None, None
+        if cfg.data.augment_on == "device":
+            if splits.train.array is None:
+                raise ValueError("data.augment_on=device needs a dataset held in memory (CIFAR layout); folders of "
+                                 "image files go through data.augment_on=loader")
+            self.batch_augment = BatchAugment(cfg.data.image_size, cfg.augment)
+            self.train_array = torch.from_numpy(splits.train.array).to(device)  # uint8: CIFAR-10 is 150 MB
         self.stop_requested = False
         self.cache: feature_cache.FeatureCache | None = None
         self.state = {"phase": 1, "epoch": 0, "batch": 0, "best": None, "best_where": None, "patience": 0,
@@ -136,7 +144,8 @@ class Trainer:
         train_mode(self.model)
         total = self.sampler.batches_per_epoch()
         cached = phase == 1 and self.cache is not None
-        batches = self.cached_batches(epoch) if cached else self.train_loader
+        batches = (self.cached_batches(epoch) if cached else
+                   self.array_batches() if self.batch_augment is not None else self.train_loader)
         net = self.model.head if cached else self.net
         bar = progress(batches, total - st["batch"], f"phase {phase} epoch {epoch + 1}")
         for inputs, labels in bar:
@@ -170,10 +179,20 @@ class Trainer:
         return {"train_loss": loss / seen, "train_acc": correct / seen}
 
     def image_input(self, images: torch.Tensor, y: torch.Tensor):
-        x = images.to(self.device, non_blocking=True).float().div_(255)
+        if self.batch_augment is not None:
+            x = self.batch_augment(images)  # uint8 NHWC already on the device -> augmented float NCHW
+        else:
+            x = images.to(self.device, non_blocking=True).float().div_(255)
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.mixer(x, y) if self.mixer is not None else (x, y)
+
+    def array_batches(self):
+        """uint8 NHWC batches indexed straight from the in-memory array on the device, in the sampler's order."""
+        order = torch.tensor([i for i, _ in self.sampler], dtype=torch.long)
+        labels = torch.tensor(self.splits.train.labels)
+        for idx in order.split(self.cfg.data.batch_size):
+            yield self.train_array[idx.to(self.device)], labels[idx]
 
     def cached_batches(self, epoch: int):
         """Rows of the feature cache in the sampler's order: the same batches the image loader would give."""

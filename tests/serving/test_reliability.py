@@ -223,7 +223,7 @@ def test_broken_model_never_becomes_ready_and_says_why(artifact, tmp_path, photo
         assert not srv.wait_ready(timeout=8)
         assert httpx.get(srv.url + "/readyz").status_code == 503
         r = httpx.post(srv.url + "/predict", files={"image": ("x.jpg", photo, "image/jpeg")}, timeout=30)
-        assert r.status_code == 503 and "no model loaded" in r.text
+        assert r.status_code == 503 and "no model loaded" in r.json()["message"]
     finally:
         srv.stop()
     log = (tmp_path / "serve.log").read_text()

@@ -133,9 +133,10 @@ def volume(tmp_path):
         opts = f"size={size}" + (",ro" if readonly else "")
         holder = subprocess.Popen(["unshare", "-rm", "--propagation", "private", "sh", "-c",
                                    f"mount -t tmpfs -o {opts} none {point} && echo mounted && exec sleep 3600"],
-                                  stdout=subprocess.PIPE, text=True)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         holders.append(holder)
-        assert holder.stdout.readline().strip() == "mounted", "could not mount a tmpfs in a user namespace"
+        if holder.stdout.readline().strip() != "mounted":  # a kernel or sandbox without user namespaces
+            pytest.skip(f"cannot mount a tmpfs in a user namespace here: {holder.stderr.read().strip()}")
         return Path(f"/proc/{holder.pid}/root") / point.relative_to("/")
 
     yield mount
