@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from serving.artifact import load_card, resolve  # noqa: E402
+from serving.artifact import load_card, resolve_path  # noqa: E402
 from serving.preprocess import preprocess  # noqa: E402
 from serving.runtime import OnnxClassifier  # noqa: E402
 from server import Server  # noqa: E402
@@ -85,8 +85,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=192)
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
-    version = resolve(args.model, None, None) if (args.model / "model.onnx").is_file() else \
-        resolve(None, args.model.parent, args.model.name)
+    version = resolve_path(args.model)
     card = load_card(version)
     blobs = [p.read_bytes() for p in sorted(args.data.rglob("*.jpg"))[:64]]
     t0 = time.perf_counter()

@@ -179,7 +179,7 @@ def table(r: dict) -> str:
 
 def main() -> None:
     from server import Server
-    from serving.artifact import load_card, resolve
+    from serving.artifact import load_card, resolve_path
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=ROOT / "artifacts" / "hymenoptera")
@@ -189,8 +189,7 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=50_000)
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
-    version = resolve(args.model, None, None) if (args.model / "model.onnx").is_file() else \
-        resolve(None, args.model.parent, args.model.name)
+    version = resolve_path(args.model)
     card = load_card(version)
     srv = Server({"SERVING_MODEL_DIR": str(version), "SERVING_ACCESS_LOG": "false"},
                  Path(os.environ.get("TMPDIR", "/tmp")) / "bench-soak.log")

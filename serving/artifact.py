@@ -60,6 +60,12 @@ def resolve(model_dir: Path | None, artifacts_root: Path | None, model_name: str
     return latest.parent / latest.read_text().strip()
 
 
+def resolve_path(path: Path) -> Path:
+    """A version directory (holds model.onnx) as is, or a model directory (artifacts/<name>) through its LATEST."""
+    path = Path(path)
+    return path if (path / "model.onnx").is_file() else resolve(None, path.parent, path.name)
+
+
 def load_card(version_dir: Path, verify: bool = True) -> ModelCard:
     version_dir = Path(version_dir)
     card_path, onnx_path = version_dir / "model.json", version_dir / "model.onnx"

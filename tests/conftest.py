@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from helpers import DATA
 # Tools installed into the venv (kubernetes-validate, hadolint, kubectl, torchrun) are found even when pytest is
@@ -13,6 +14,12 @@ from helpers import DATA
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+# The test command replays the same fuzz examples on every run (a red CI must mean a regression, and be
+# reproducible); a person hunting bugs runs `HYPOTHESIS_PROFILE=explore FUZZ_EXAMPLES=1000 pytest tests/serving/test_reliability.py`.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Small and fast, but real: pretrained EfficientNet-Lite0 on real photos at 64 px.
 QUICK = ["data.image_size=64", "data.resize_size=73", "data.num_workers=0", "data.batch_size=16",

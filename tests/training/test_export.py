@@ -36,6 +36,14 @@ def test_contract(artifact):
     assert (artifact.parent / "LATEST").read_text().strip() == artifact.name
 
 
+def test_a_model_directory_resolves_through_latest(artifact, tmp_path):
+    from serving.artifact import ArtifactError, resolve_path
+    assert resolve_path(artifact) == artifact  # a version directory as is
+    assert resolve_path(artifact.parent) == artifact  # artifacts/<name> follows LATEST
+    with pytest.raises(ArtifactError, match="LATEST"):
+        resolve_path(tmp_path / "nothing-published")
+
+
 def test_fp16_variant(artifact):
     from serving.artifact import ArtifactError, load_card, model_file
     card = json.loads((artifact / "model.json").read_text())
