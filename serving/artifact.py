@@ -41,11 +41,8 @@ class ModelCard(BaseModel):
 
 
 def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def resolve(model_dir: Path | None, artifacts_root: Path | None, model_name: str | None) -> Path:
