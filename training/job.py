@@ -103,6 +103,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     checkpoint.atomic_save(bundle, out / "final" / "model.pt")
     write_json(out / "final" / "metrics.json", bundle["metrics"])
     print(summary_table(history))
+    if trainer.cache_seconds is not None:  # phase-1 rows then time only the head; the backbone ran once, before
+        print(f"phase 1 trained the head on cached backbone features, built in {trainer.cache_seconds:.1f} s")
     print(f"test accuracy {test['accuracy']:.4f}  macro F1 {test['macro_f1']:.4f}  (n={test['n']})  "
           f"report {out / 'report' / 'report.html'}")
     result = {"test_accuracy": test["accuracy"], "final": str(out / "final" / "model.pt"), "history": history,

@@ -82,6 +82,7 @@ class Trainer:
             self.train_array = torch.from_numpy(splits.train.array).to(device)  # uint8: CIFAR-10 is 150 MB
         self.stop_requested = False
         self.cache: feature_cache.FeatureCache | None = None
+        self.cache_seconds: float | None = None  # what building the phase-1 cache cost (it is freed after phase 1)
         self.state = {"phase": 1, "epoch": 0, "batch": 0, "best": None, "best_where": None, "patience": 0,
                       "history": [], "running": None}
 
@@ -227,6 +228,7 @@ class Trainer:
                       "frozen" if phase == 1 else self.cfg.phase2.batchnorm)
         if phase == 1:
             self.cache = self.phase1_cache()
+            self.cache_seconds = self.cache.seconds if self.cache is not None else None
         optimizer = make_optimizer(self.model, self.cfg, phase, self.lr_factor())
         mode = "min" if self.cfg.early_stop.metric == "val_loss" else "max"
         schedule = Schedule(optimizer, pcfg.schedule, pcfg.warmup_epochs, pcfg.epochs,
@@ -302,7 +304,7 @@ class Trainer:
 def summary_table(history: list[dict]) -> str:
     head = f"{'phase':>5} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'val_loss':>8} {'val_acc':>7} {'sec':>6}"
     rows = [f"{r['phase']:>5} {r['epoch']:>5} {r['train_loss']:>10.4f} {r['train_acc']:>9.3f} "
-            f"{r['val_loss']:>8.4f} {r['val_acc']:>7.3f} {r['seconds']:>6.1f}" for r in history]
+            f"{r['val_loss']:>8.4f} {r['val_acc']:>7.3f} {r['seconds']:>6.2f}" for r in history]
     return "\n".join([head, *rows])
 
 
