@@ -77,13 +77,20 @@ def raw_ort(version: Path, arrays: np.ndarray, batch: int, seconds: float = 4.0)
     return n / (time.perf_counter() - start)
 
 
-def main() -> None:
+def service_bench_parser() -> argparse.ArgumentParser:
+    """The arguments every service benchmark takes: the model, the photos it is sent, where the table goes."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path, default=ROOT / "artifacts" / "hymenoptera")
+    ap.add_argument("--model", type=Path, default=ROOT / "artifacts" / "hymenoptera",
+                    help="a version directory, or artifacts/<name> (follows LATEST)")
     ap.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data" / "hymenoptera_data" / "val")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    return ap
+
+
+def main() -> None:
+    ap = service_bench_parser()
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--requests", type=int, default=192)
-    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
     version = resolve_path(args.model)
     card = load_card(version)

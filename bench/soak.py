@@ -8,7 +8,6 @@ at the start, half-way and at the end (after a warm-up at full load), and whethe
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import io
@@ -178,16 +177,12 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    from server import Server
-    from serving.artifact import load_card, resolve_path
+    from serve import Server, load_card, resolve_path, service_bench_parser
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path, default=ROOT / "artifacts" / "hymenoptera")
-    ap.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data" / "hymenoptera_data" / "val")
+    ap = service_bench_parser()
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--max-requests", type=int, default=50_000)
-    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
     version = resolve_path(args.model)
     card = load_card(version)

@@ -19,12 +19,15 @@ def cuda_available() -> bool:
 
 class OnnxClassifier:
     def __init__(self, path: Path, num_classes: int, image_size: int, device: str = "auto",
-                 intra_threads: int = 0, inter_threads: int = 1):
+                 intra_threads: int = 0, inter_threads: int = 1, spinning: bool = True):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = intra_threads  # 0: onnxruntime picks (one per physical core)
         opts.inter_op_num_threads = inter_threads
         opts.log_severity_level = 3
+        if not spinning:  # idle threads sleep instead of spinning on cores the decoding needs
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         wanted = ["CPUExecutionProvider"]
         if device in ("auto", "cuda") and cuda_available():
             wanted.insert(0, "CUDAExecutionProvider")

@@ -71,11 +71,11 @@ class Model:
                                               and cuda_available())
         path = model_file(version_dir, self.card, want_fp16, S.verify_sha256)
         clf = OnnxClassifier(path, len(self.card.classes), self.card.image_size, S.device, S.intra_op_threads,
-                             S.inter_op_threads)
+                             S.inter_op_threads, S.spinning)
         if want_fp16 and S.precision == "auto" and clf.provider != "CUDAExecutionProvider":
             path = version_dir / "model.onnx"
             clf = OnnxClassifier(path, len(self.card.classes), self.card.image_size, S.device,
-                                 S.intra_op_threads, S.inter_op_threads)  # CUDA did not load: fp16 on CPU is slow
+                                 S.intra_op_threads, S.inter_op_threads, S.spinning)  # CUDA did not load: fp16 on CPU is slow
         log.info("serving %s on %s", path.name, clf.provider)
         return clf
 

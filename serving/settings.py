@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     batching: bool = Field(True, description="false: every request runs alone (for comparison)")
     intra_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default (physical cores)")
     inter_op_threads: int = Field(1, ge=1)
+    spinning: bool = Field(False, description="onnxruntime's threads busy-wait between runs: lower latency on idle "
+                                              "cores, CPU taken from decoding on busy ones (bench/serve.py)")
     api_workers: int = Field(1, ge=1, description="processes that decode and preprocess")
     max_request_bytes: int = Field(32 << 20, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)

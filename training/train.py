@@ -17,10 +17,10 @@ from torch import nn
 from . import checkpoint, distributed, feature_cache, metrics
 from .batch_augment import BatchAugment
 from .config import TrainConfig
-from .data import Splits, load_splits
+from .data import Splits
 from .loader import EpochSampler, eval_loader, train_loader
 from .log import event, progress
-from .model import Classifier, build_model, set_trainable, train_mode
+from .model import Classifier, set_trainable, train_mode
 from .optim import Schedule, class_weights, make_optimizer, trainable_stages
 from .transforms import batch_mixer, eval_transform, train_transform
 

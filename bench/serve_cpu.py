@@ -1,0 +1,90 @@
+"""Where the service's CPU goes, per image, and service settings compared at one concurrency, in one run.
+
+python bench/serve_cpu.py --model artifacts/hymenoptera [--concurrency 32] [--requests 640] [--rounds 2]
+
+For each variant (SERVING_* settings) the real service is started, loaded with real JPEGs by bench/serve.py's
+client, and the CPU time of every process is read before and after: the load generator, the HTTP-facing
+ImageClassifier (decode, multipart, JSON) and the Model service (onnxruntime). Variants alternate over rounds so that
+drift on a shared machine hits all of them. With C cores, img/s can be at most C * 1000 / (core-ms per image), which
+says how far any setting can go and what the service costs beyond onnxruntime itself.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+from serve import Server, load, load_card, resolve_path, service_bench_parser  # the same client and start
+
+VARIANTS = {
+    "default (spinning off)": {},
+    "onnxruntime spinning on": {"SERVING_SPINNING": "true"},
+    "max_latency_ms 10000": {"SERVING_MAX_LATENCY_MS": "10000"},
+}
+
+
+def cpu_ms(procs: list[psutil.Process]) -> list[float]:
+    return [sum(p.cpu_times()[:2]) * 1000 for p in procs]
+
+
+def measure(version: Path, env: dict, blobs: list[bytes], concurrency: int, requests: int) -> dict:
+    srv = Server({"SERVING_MODEL_DIR": str(version), "SERVING_MAX_BATCH_SIZE": "64", **env},
+                 Path(os.environ.get("TMPDIR", "/tmp")) / "bench-serve-cpu.log")
+    try:
+        assert srv.wait_ready(), "service did not become ready"
+        load(srv.url, blobs, concurrency, 2 * concurrency)  # warm-up: sessions, thread pools, batch sizes
+        workers = psutil.Process(srv.proc.pid).children(recursive=True)
+        by_name = {name: [p for p in workers if f"--service-name {name}" in " ".join(p.cmdline())]
+                   for name in ("ImageClassifier", "Model")}
+        before, client0 = {n: sum(cpu_ms(ps)) for n, ps in by_name.items()}, time.process_time()
+        row = load(srv.url, blobs, concurrency, requests)
+        after, client1 = {n: sum(cpu_ms(ps)) for n, ps in by_name.items()}, time.process_time()
+    finally:
+        srv.stop()
+    row["client_ms"] = (client1 - client0) * 1000 / requests
+    for name in by_name:
+        row[f"{name}_ms"] = (after[name] - before[name]) / requests
+    return row
+
+
+def main() -> None:
+    ap = service_bench_parser()
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=640)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    version = resolve_path(args.model)
+    card = load_card(version)
+    blobs = [p.read_bytes() for p in sorted(args.data.rglob("*.jpg"))[:64]]
+    runs = {name: [] for name in VARIANTS}
+    for _ in range(args.rounds):
+        for name, env in VARIANTS.items():
+            runs[name].append(measure(version, env, blobs, args.concurrency, args.requests))
+            print(name, f"{runs[name][-1]['img_s']:.1f} img/s", flush=True)
+    base = statistics.median(r["img_s"] for r in runs["default (spinning off)"])
+    cores = len(os.sched_getaffinity(0))
+    head = ("| variant | img/s (median) | / default | p50 ms | p99 ms | mean batch | client | ImageClassifier | Model | "
+            "all | img/s bound = cores x 1000 / all |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = []
+    for name, rows in runs.items():
+        m = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        total = m["client_ms"] + m["ImageClassifier_ms"] + m["Model_ms"]
+        lines.append(f"| {name} | {m['img_s']:.1f} | {m['img_s'] / base:.2f} | {m['p50']:.0f} | {m['p99']:.0f} | "
+                     f"{m['mean_batch']:.1f} | {m['client_ms']:.1f} | {m['ImageClassifier_ms']:.1f} | "
+                     f"{m['Model_ms']:.1f} | {total:.1f} | {cores * 1000 / total:.0f} |")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (f"\n### bench/serve_cpu.py: {card.name} ({card.image_size} px), c = {args.concurrency}, {args.requests} "
+            f"requests x {args.rounds} rounds, {stamp}, {platform.machine()}, {cores} cores, CPU\n\n"
+            "CPU core-ms per image by process (user + system), median over rounds:\n\n" + "\n".join([head, *lines]) + "\n")
+    print(text)
+    with open(args.results, "a") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
