@@ -87,13 +87,18 @@ def service_bench_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse_with_model(ap: argparse.ArgumentParser):
+    """(arguments, the model's version directory, its card)."""
+    args = ap.parse_args()
+    version = resolve_path(args.model)
+    return args, version, load_card(version)
+
+
 def main() -> None:
     ap = service_bench_parser()
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--requests", type=int, default=192)
-    args = ap.parse_args()
-    version = resolve_path(args.model)
-    card = load_card(version)
+    args, version, card = parse_with_model(ap)
     blobs = [p.read_bytes() for p in sorted(args.data.rglob("*.jpg"))[:64]]
     t0 = time.perf_counter()
     arrays = np.stack([preprocess(b, card.spec, 10**9) for b in blobs])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from serve import Server, load, load_card, resolve_path, service_bench_parser  # the same client and start
+from serve import Server, load, parse_with_model, service_bench_parser  # the same client and start
 
 VARIANTS = {
     "default (spinning off)": {},
@@ -57,9 +57,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--requests", type=int, default=640)
     ap.add_argument("--rounds", type=int, default=2)
-    args = ap.parse_args()
-    version = resolve_path(args.model)
-    card = load_card(version)
+    args, version, card = parse_with_model(ap)
     blobs = [p.read_bytes() for p in sorted(args.data.rglob("*.jpg"))[:64]]
     runs = {name: [] for name in VARIANTS}
     for _ in range(args.rounds):

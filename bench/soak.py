@@ -177,15 +177,13 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    from serve import Server, load_card, resolve_path, service_bench_parser
+    from serve import Server, parse_with_model, service_bench_parser
 
     ap = service_bench_parser()
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--max-requests", type=int, default=50_000)
-    args = ap.parse_args()
-    version = resolve_path(args.model)
-    card = load_card(version)
+    args, version, card = parse_with_model(ap)
     srv = Server({"SERVING_MODEL_DIR": str(version), "SERVING_ACCESS_LOG": "false"},
                  Path(os.environ.get("TMPDIR", "/tmp")) / "bench-soak.log")
     try:
