@@ -10,6 +10,8 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort  # noqa: E402
 
+from .cpus import cpu_allotment  # noqa: E402
+
 log = logging.getLogger("serving")
 
 
@@ -22,7 +24,10 @@ class OnnxClassifier:
                  intra_threads: int = 0, inter_threads: int = 1, spinning: bool = True):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = intra_threads  # 0: onnxruntime picks (one per physical core)
+        # 0: the container's CPU allotment (affinity, cgroup quota) where it is smaller than the host, else
+        # onnxruntime's own choice (one per physical core)
+        self.intra_threads = intra_threads or cpu_allotment() or 0
+        opts.intra_op_num_threads = self.intra_threads
         opts.inter_op_num_threads = inter_threads
         opts.log_severity_level = 3
         if not spinning:  # idle threads sleep instead of spinning on cores the decoding needs
@@ -44,7 +49,8 @@ class OnnxClassifier:
         probe = self.run(np.zeros((1, image_size, image_size, 3), np.uint8))
         if probe.shape[1] != num_classes:
             raise ValueError(f"model outputs {probe.shape[1]} logits but model.json lists {num_classes} classes")
-        log.info("onnxruntime session ready: provider=%s", self.provider)
+        log.info("onnxruntime session ready: provider=%s, intra-op threads=%s", self.provider,
+                 self.intra_threads or "onnxruntime's default (physical cores)")
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] -> logits float32 [N, C]."""

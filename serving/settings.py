@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=1024)
     max_latency_ms: int = Field(2000, ge=1, description="batching latency budget; BentoML sheds requests beyond it with 503")
     batching: bool = Field(True, description="false: every request runs alone (for comparison)")
-    intra_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default (physical cores)")
+    intra_op_threads: int = Field(0, ge=0, description="0: the container's CPU allotment (affinity, cgroup "
+                                                        "quota), else onnxruntime's default (physical cores)")
     inter_op_threads: int = Field(1, ge=1)
     spinning: bool = Field(False, description="onnxruntime's threads busy-wait between runs: lower latency on idle "
                                               "cores, CPU taken from decoding on busy ones (bench/serve.py)")

@@ -86,6 +86,9 @@ def test_deployment_probes_match_the_service():
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/livez"
     artifacts = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "artifacts")
     assert artifacts["persistentVolumeClaim"]["readOnly"]
+    # onnxruntime's threads follow the container's CPU request (the node's core count would oversubscribe it)
+    threads = next(e for e in c["env"] if e["name"] == "SERVING_INTRA_OP_THREADS")["valueFrom"]["resourceFieldRef"]
+    assert threads["containerName"] == c["name"] and threads["resource"] == "requests.cpu" and "cpu" in c["resources"]["requests"]
 
 
 @pytest.mark.parametrize("mutate", [

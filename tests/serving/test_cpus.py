@@ -1,0 +1,42 @@
+"""The CPU allotment that sets onnxruntime's thread count: cgroup v2 and v1 quota files as the kernel writes them."""
+import os
+
+import pytest
+
+from serving.cpus import cgroup_cpu_quota, cpu_allotment
+
+
+@pytest.mark.parametrize("files, cpus", [
+    ({"cpu.max": "200000 100000\n"}, 2.0),  # v2: 2 CPUs
+    ({"cpu.max": "150000 100000\n"}, 1.5),
+    ({"cpu.max": "max 100000\n"}, None),  # v2: no quota
+    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1: no quota
+    ({}, None),  # no cgroup files at all
+])
+def test_quota_from_cgroup_files(tmp_path, files, cpus):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(tmp_path) == cpus
+
+
+def test_allotment_is_the_smallest_limit(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    affinity = len(os.sched_getaffinity(0))
+    assert cpu_allotment(tmp_path) == min(2, affinity)  # 1.5 CPUs of quota: 2 threads, never 0
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_allotment(tmp_path) == (affinity if affinity < os.cpu_count() else None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to pin to 1")
+def test_a_session_pinned_to_one_cpu_runs_one_thread(artifact):
+    """A real onnxruntime session in a process pinned to one CPU (as a cpuset-limited container is) takes 1 thread."""
+    import subprocess
+    import sys
+    code = ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from serving.runtime import OnnxClassifier; "
+            f"c = OnnxClassifier(sys.argv[1] + '/model.onnx', 2, 64, 'cpu'); print(c.intra_threads)")
+    out = subprocess.run([sys.executable, "-c", code, str(artifact)], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "1", out.stderr[-2000:]
