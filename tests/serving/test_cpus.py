@@ -37,6 +37,6 @@ def test_a_session_pinned_to_one_cpu_runs_one_thread(artifact):
     import sys
     code = ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
             "from serving.runtime import OnnxClassifier; "
-            f"c = OnnxClassifier(sys.argv[1] + '/model.onnx', 2, 64, 'cpu'); print(c.intra_threads)")
+            "c = OnnxClassifier(sys.argv[1] + '/model.onnx', 2, 64, 'cpu'); print(c.intra_threads)")
     out = subprocess.run([sys.executable, "-c", code, str(artifact)], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "1", out.stderr[-2000:]
