@@ -69,13 +69,15 @@ class Model:
         """fp32 on CPU; the fp16 variant where asked, or on CUDA with precision=auto (includes a warm-up run)."""
         want_fp16 = S.precision == "fp16" or (S.precision == "auto" and S.device != "cpu" and has_fp16(self.card)
                                               and cuda_available())
+        def session(path: Path) -> OnnxClassifier:
+            return OnnxClassifier(path, len(self.card.classes), self.card.image_size, S.device, S.intra_op_threads,
+                                  S.inter_op_threads, S.spinning)
+
         path = model_file(version_dir, self.card, want_fp16, S.verify_sha256)
-        clf = OnnxClassifier(path, len(self.card.classes), self.card.image_size, S.device, S.intra_op_threads,
-                             S.inter_op_threads, S.spinning)
+        clf = session(path)
         if want_fp16 and S.precision == "auto" and clf.provider != "CUDAExecutionProvider":
             path = version_dir / "model.onnx"
-            clf = OnnxClassifier(path, len(self.card.classes), self.card.image_size, S.device,
-                                 S.intra_op_threads, S.inter_op_threads, S.spinning)  # CUDA did not load: fp16 on CPU is slow
+            clf = session(path)  # CUDA did not load: fp16 on CPU is slow
         log.info("serving %s on %s", path.name, clf.provider)
         return clf
 

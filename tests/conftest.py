@@ -16,7 +16,8 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # The test command replays the same fuzz examples on every run (a red CI must mean a regression, and be
-# reproducible); a person hunting bugs runs `HYPOTHESIS_PROFILE=explore FUZZ_EXAMPLES=1000 pytest tests/serving/test_reliability.py`.
+# reproducible); a person hunting bugs runs
+# `HYPOTHESIS_PROFILE=explore FUZZ_EXAMPLES=1000 pytest tests/serving/test_reliability.py`.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
