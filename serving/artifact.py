@@ -6,6 +6,7 @@ class list that does not match the model's output size. Each refusal says exactl
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -55,6 +56,21 @@ def resolve(model_dir: Path | None, artifacts_root: Path | None, model_name: str
     if not latest.is_file():
         raise ArtifactError(f"no published model: {latest} does not exist (run the training job first)")
     return latest.parent / latest.read_text().strip()
+
+
+def pin_version(settings):
+    """Resolve LATEST once per server start, for every process of it: the resolved version directory becomes
+    SERVING_MODEL_DIR, which `bentoml serve` hands to each service worker it spawns (and respawns). Otherwise
+    ImageClassifier and Model would each read LATEST when they start, and a publish in between (or a worker restart
+    after one) would pair one version's classes and preprocessing with another version's weights."""
+    if settings.model_dir is not None or settings.artifacts_root is None or not settings.model_name:
+        return settings
+    try:
+        version_dir = resolve(None, settings.artifacts_root, settings.model_name)
+    except (ArtifactError, OSError):
+        return settings  # nothing published yet: the services stay unready and say why
+    os.environ["SERVING_MODEL_DIR"] = str(version_dir)
+    return settings.model_copy(update={"model_dir": version_dir})
 
 
 def resolve_path(path: Path) -> Path:

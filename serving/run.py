@@ -20,6 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from .artifact import pin_version
 from .settings import load_settings
 
 log = logging.getLogger("serving.run")
@@ -64,7 +65,9 @@ def local_url(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] [serving.run] %(message)s")
     argv = sys.argv[1:] if argv is None else argv
-    settings = load_settings()
+    settings = pin_version(load_settings())  # one version for this whole server start (serving.artifact)
+    if settings.model_dir is not None:
+        log.info("model version directory for this start: %s", settings.model_dir)
     flag = Path(tempfile.mkdtemp(prefix="imgcls-serve-")) / "draining"
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

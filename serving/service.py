@@ -22,14 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from . import metrics, multipart
-from .artifact import ArtifactError, ModelCard, has_fp16, load_card, model_file, resolve
+from .artifact import ArtifactError, ModelCard, has_fp16, load_card, model_file, pin_version, resolve
 from .limits import RequestGuard
 from .preprocess import ImageError, preprocess
 from .runtime import OnnxClassifier, cuda_available, softmax
 from .settings import load_settings
 
 log = logging.getLogger("bentoml.serving")
-S = load_settings()
+S = pin_version(load_settings())  # bentoml serve imports this module before it spawns the services' workers
 
 
 def _load_card() -> tuple[ModelCard | None, Path | None, str | None]:

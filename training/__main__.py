@@ -1,4 +1,8 @@
-"""python -m training {train,export,predict} ... (console script: imgcls-train)."""
+"""python -m training {train,export,predict,evaluate,publish,compare,baseline,demo} ... (console script: imgcls-train).
+
+Exit codes: 0 done; 1 a clear error (data, weights, export checks); 2 bad config or an output directory holding
+another run; 3 trained and exported but not published (publish gate); 75 preempted (checkpoint written, resumable).
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +11,8 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .publish import EXIT_NOT_PUBLISHED, PublishRefused
+from .run_identity import RunMismatch
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set phase2.epochs=8 (repeatable)")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--restart", action="store_true",
+                   help="start over in output_dir: delete the run there (checkpoints, final/, report/) first")
     e = sub.add_parser("export", help="checkpoint -> published ONNX artifact")
     e.add_argument("--checkpoint", type=Path, required=True, help="runs/<name>/final/model.pt")
     e.add_argument("--out", type=Path, help="artifacts root (default: the run's artifacts_dir)")
@@ -37,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train on the default dataset, export, serve, predict over HTTP")
     d.add_argument("--data", help="dataset folder (default ../shared/data/hymenoptera_data)")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    d.add_argument("--restart", action="store_true", help="start the demo's run over")
+    pub = sub.add_parser("publish", help="make a version the one served (LATEST), by hand")
+    pub.add_argument("--model", type=Path, required=True, help="artifacts/<name>")
+    pub.add_argument("version", help="a version directory name under artifacts/<name>")
     return ap
 
 
@@ -49,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(cfg.model_dump(mode="json"), indent=2))
                 return 0
             from .job import train_job
-            train_job(cfg)
+            train_job(cfg, args.restart)
         elif args.command in ("compare", "baseline"):
             from . import compare
             getattr(compare, args.command)(load_config(args.config, args.overrides), args.results)
@@ -58,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             print(evaluate_job(args.model, args.data, args.out))
         elif args.command == "demo":
             from .demo import demo
-            return demo(([f"data.path={args.data}"] if args.data else []) + args.overrides)
+            return demo(args.data, args.overrides, args.restart)
+        elif args.command == "publish":
+            from .publish import publish_by_hand
+            print(publish_by_hand(args.model, args.version))
         elif args.command == "export":
             from .job import export_job
             print(export_job(args.checkpoint, args.out))
@@ -67,9 +82,12 @@ def main(argv: list[str] | None = None) -> int:
             for row in predict_files(args.model, args.images, args.top_k):
                 print(row["file"] + "  " + "  ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top_k"]))
         return 0
-    except ConfigError as exc:
+    except (ConfigError, RunMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PublishRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOT_PUBLISHED
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         # User-facing failures (bad data, missing weights, skew gate) end in one clear line, not a traceback.
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

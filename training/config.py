@@ -30,9 +30,28 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ManifestConfig(Strict):
+    """How a CSV manifest names its images (data.path = the .csv file; relative paths are under its folder)."""
+    path_column: str = "path"
+    label_column: str = "label"
+    path_template: str | None = Field(None, description="build the path from columns, e.g. 'train/{id}.jpg'; "
+                                                        "replaces path_column")
+    split_column: str | None = Field(None, description="a column of train / val / test (also training, valid, "
+                                                       "validation, dev, testing, test_set): the team's own split")
+
+
 class DataConfig(Strict):
     path: Path = Path("../shared/data/hymenoptera_data")
     source: Literal["auto", "folder", "csv", "cifar10", "cifar100"] = "auto"
+    manifest: ManifestConfig = ManifestConfig()
+    small_classes: Literal["error", "drop"] = Field(
+        "error", description="a class with too few images to put one in every split: stop with its name and count "
+                             "(error), or leave it out of the model and say so in the log and data report (drop)")
+    duplicates: Literal["warn", "drop_from_train"] = Field(
+        "warn", description="the same image in train and val/test (exact or near copy): report it (warn), or also "
+                            "remove the training copies (drop_from_train)")
+    near_duplicate_bits: int = Field(4, ge=0, le=32, description="pHash bits (of 64) two images may differ by and "
+                                                                  "still count as near-copies; 0: exact pHash only")
     val_ratio: float = Field(0.15, gt=0, lt=0.5)
     test_ratio: float = Field(0.2, gt=0, lt=0.5)
     image_size: int = Field(224, ge=16, le=1024, description="S: side of the square the model sees")
@@ -109,6 +128,9 @@ class ExportConfig(Strict):
     fp16: bool = False
     opset: int = Field(18, ge=13)
     skew_tolerance: float = Field(0.3, ge=0, description="allowed |acc_onnx - acc_torch| in points")
+    min_test_accuracy: float = Field(0.0, ge=0, le=1, description="publish gate: LATEST moves only at or above it")
+    max_regression: float = Field(2.0, ge=0, description="publish gate: points of test accuracy the new version may "
+                                                         "lose against the published one (same classes)")
 
 
 class EvalConfig(Strict):

@@ -1,46 +1,41 @@
 """Find the labelled images of a dataset and split them into train / val / test.
 
-Three layouts: a folder of class folders (optionally already split into train/ val/ test/), a CSV manifest
-`path,label`, and CIFAR-10/100 in their python-batch archive layout. Unreadable images are skipped and reported,
-never fatal; a dataset that cannot train (missing, empty class, single class) is a clear error.
+Layouts: class folders, optionally inside split folders under their usual names (training.layouts); a CSV manifest
+with configurable columns, path template and split column (training.manifest); CIFAR-10/100 python batches.
+Unreadable images are skipped and reported, never fatal. A dataset that cannot train (missing, empty or too small
+class, single class) is a clear error, or follows data.small_classes=drop.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
+import math
 import pickle
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from .config import DataConfig
+from .errors import DataError
+from .image_files import IMAGE_SUFFIXES, FileInfo, inspect_all, inspect_array, load_rgb
+from .layouts import detect
+from .manifest import read_manifest
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-
-
-class DataError(ValueError):
-    """The dataset cannot be used as given; the message says what to fix."""
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode as the service does: EXIF orientation applied, any mode converted to RGB."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+__all__ = ["DataError", "ImageSet", "Splits", "load_rgb", "load_splits"]
+SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclass
 class ImageSet:
-    """Images of one split: file paths, or an in-memory uint8 array [N, H, W, 3] (CIFAR)."""
+    """Images of one split: file paths, or an in-memory uint8 array [N, H, W, 3] (CIFAR); infos per image."""
     classes: list[str]
     labels: list[int]
     paths: list[Path] | None = None
     array: np.ndarray | None = None
+    infos: list[FileInfo] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,10 +47,14 @@ class ImageSet:
         idx = list(idx)
         return ImageSet(self.classes, [self.labels[i] for i in idx],
                         [self.paths[i] for i in idx] if self.paths is not None else None,
-                        self.array[idx] if self.array is not None else None)
+                        self.array[idx] if self.array is not None else None,
+                        [self.infos[i] for i in idx] if self.infos is not None else None)
 
     def counts(self) -> list[int]:
         return np.bincount(self.labels, minlength=len(self.classes)).tolist()
+
+    def name(self, i: int) -> str:
+        return str(self.paths[i]) if self.paths is not None else f"#{i}"
 
     def files_digest(self) -> str:
         """Identity of the split's contents (files and labels, or the array's bytes), for cache keys."""
@@ -66,6 +65,13 @@ class ImageSet:
             h.update(np.ascontiguousarray(self.array).data)
         return h.hexdigest()
 
+    def relabelled(self, classes: list[str]) -> "ImageSet":
+        """Only the images of `classes` (a subset of self.classes), labelled by their index there."""
+        keep = [i for i, y in enumerate(self.labels) if self.classes[y] in classes]
+        part = self.subset(keep)
+        part.classes, part.labels = classes, [classes.index(self.classes[y]) for y in part.labels]
+        return part
+
 
 @dataclass
 class Splits:
@@ -73,72 +79,79 @@ class Splits:
     val: ImageSet
     test: ImageSet
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    layout: str = ""
+    dropped_classes: dict[str, str] = field(default_factory=dict)  # class -> why (data.small_classes=drop)
 
     @property
     def classes(self) -> list[str]:
         return self.train.classes
 
+    def parts(self) -> dict[str, ImageSet]:
+        return {"train": self.train, "val": self.val, "test": self.test}
 
-def _check_image(path: Path) -> str | None:
-    """None if the file decodes fully, else the reason. Draft mode keeps JPEG checks cheap but still reads every byte."""
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (64, 64))
-            im.load()
-        return None
-    except Exception as exc:  # PIL raises many types for bad files; all mean "skip it"
-        return f"{type(exc).__name__}: {exc}"
-
-
-def _keep_readable(paths: list[Path], labels: list[int], skipped: list) -> tuple[list[Path], list[int]]:
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        reasons = list(pool.map(_check_image, paths))
-    kept = [(p, y) for p, y, r in zip(paths, labels, reasons) if r is None]
-    skipped.extend((str(p), r) for p, r in zip(paths, reasons) if r is not None)
-    return [p for p, _ in kept], [y for _, y in kept]
+    def data_digest(self) -> str:
+        """What was trained on, by content: classes, and each split's (class, file sha256) pairs in any order."""
+        h = hashlib.sha256(json.dumps(self.classes).encode())
+        for name, part in self.parts().items():
+            rows = sorted(f"{part.classes[y]}\t{info.sha256}" for y, info in zip(part.labels, part.infos))
+            h.update(f"\n[{name}]\n".encode() + "\n".join(rows).encode())
+        return h.hexdigest()
 
 
-def _class_folders(root: Path) -> list[str]:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root} has no class folders: expected {root}/<class>/<image files>")
-    return classes
+@dataclass
+class ClassPolicy:
+    """data.small_classes: a class that cannot fill every split stops the job (error) or is left out (drop)."""
+    mode: str
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    def too_small(self, problems: dict[str, str], advice: str) -> None:
+        if not problems:
+            return
+        if self.mode == "error":
+            raise DataError("; ".join(f"class '{c}': {why}" for c, why in problems.items()) + ". " + advice +
+                            ", or set data.small_classes=drop to leave such classes out (listed in the data report)")
+        for c, why in problems.items():
+            self.dropped.setdefault(c, why)
+
+
+def _keep_readable(paths: list[Path], labels: list[int], skipped: list) -> tuple[list[Path], list[int], list]:
+    results = inspect_all(paths)
+    kept = [(p, y, info) for p, y, (info, _) in zip(paths, labels, results) if info is not None]
+    skipped.extend((str(p), reason) for p, (info, reason) in zip(paths, results) if info is None)
+    return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
 
 
 def _scan_folder(root: Path, classes: list[str], skipped: list) -> ImageSet:
     paths, labels = [], []
     for y, name in enumerate(classes):
         folder = root / name
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")) \
+            if folder.is_dir() else []
         for p in files:
             if p.suffix.lower() in IMAGE_SUFFIXES:
                 paths.append(p)
                 labels.append(y)
             else:  # reported, not silently dropped: a stray file in a class folder is usually a data mistake
                 skipped.append((str(p), f"unsupported file type '{p.suffix}' (reads {', '.join(sorted(IMAGE_SUFFIXES))})"))
-    paths, labels = _keep_readable(paths, labels, skipped)
-    return ImageSet(classes, labels, paths=paths)
+    paths, labels, infos = _keep_readable(paths, labels, skipped)
+    return ImageSet(classes, labels, paths=paths, infos=infos)
 
 
-def _stratified(images: ImageSet, ratio: float, seed: int) -> tuple[ImageSet, ImageSet]:
+def _carve(images: ImageSet, ratio: float, seed: int, what: str, policy: ClassPolicy) -> tuple[ImageSet, ImageSet]:
+    """Stratified split of `ratio` off `images`; every class must be able to put an image in both parts."""
+    need = math.ceil(1 / min(ratio, 1 - ratio))
+    counts = images.counts()
+    policy.too_small({c: f"{n} image(s) where splitting off {ratio:.0%} for {what} needs at least {need} (one in "
+                      "each part)" for c, n in zip(images.classes, counts) if 0 < n < need and c not in policy.dropped},
+                     f"Add images, merge or remove the class, or raise the {what} ratio")
+    keep = [i for i, y in enumerate(images.labels) if images.classes[y] not in policy.dropped]
+    images = images.subset(keep)
     idx = np.arange(len(images))
     try:
         a, b = train_test_split(idx, test_size=ratio, random_state=seed, stratify=images.labels)
     except ValueError as exc:
-        raise DataError(f"cannot split {len(images)} images by class with ratio {ratio}: {exc}") from None
+        raise DataError(f"cannot split {len(images)} images by class for {what} with ratio {ratio}: {exc}") from None
     return images.subset(sorted(a)), images.subset(sorted(b))
-
-
-def _read_csv(path: Path, skipped: list) -> ImageSet:
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise DataError(f"{path}: expected a header 'path,label' and at least one row")
-    classes = sorted({r["label"] for r in rows})
-    paths = [(path.parent / r["path"]) if not Path(r["path"]).is_absolute() else Path(r["path"]) for r in rows]
-    labels = [classes.index(r["label"]) for r in rows]
-    paths, labels = _keep_readable(paths, labels, skipped)
-    return ImageSet(classes, labels, paths=paths)
 
 
 def _unpickle(path: Path) -> dict:
@@ -152,10 +165,11 @@ def _cifar_set(batches: list[Path], label_key: str, classes: list[str]) -> Image
         d = _unpickle(b)
         data.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels += list(d[label_key])
-    return ImageSet(classes, labels, array=np.ascontiguousarray(np.concatenate(data)))
+    array = np.ascontiguousarray(np.concatenate(data))
+    return ImageSet(classes, labels, array=array, infos=inspect_array(array))
 
 
-def _read_cifar(root: Path, kind: str) -> tuple[ImageSet, ImageSet]:
+def _read_cifar(root: Path, kind: str) -> dict[str, ImageSet]:
     for sub in ("cifar-10-batches-py", "cifar-100-python", "."):
         if (root / sub / ("batches.meta" if kind == "cifar10" else "meta")).is_file():
             root = root / sub
@@ -164,13 +178,35 @@ def _read_cifar(root: Path, kind: str) -> tuple[ImageSet, ImageSet]:
         raise DataError(f"{root}: no {kind} python-batch archive (batches.meta / meta) found")
     if kind == "cifar10":
         classes = _unpickle(root / "batches.meta")["label_names"]
-        train = _cifar_set(sorted(root.glob("data_batch_*")), "labels", classes)
-        test = _cifar_set([root / "test_batch"], "labels", classes)
-    else:
-        classes = _unpickle(root / "meta")["fine_label_names"]
-        train = _cifar_set([root / "train"], "fine_labels", classes)
-        test = _cifar_set([root / "test"], "fine_labels", classes)
-    return train, test
+        return {"train": _cifar_set(sorted(root.glob("data_batch_*")), "labels", classes),
+                "test": _cifar_set([root / "test_batch"], "labels", classes)}
+    classes = _unpickle(root / "meta")["fine_label_names"]
+    return {"train": _cifar_set([root / "train"], "fine_labels", classes),
+            "test": _cifar_set([root / "test"], "fine_labels", classes)}
+
+
+def _read_csv(path: Path, cfg: DataConfig, skipped: list) -> tuple[dict[str, ImageSet], str]:
+    m = read_manifest(path, cfg.manifest)
+    classes = sorted(set(m.labels))
+    roles = m.roles or ["all"] * len(m.paths)
+    paths, labels, infos = _keep_readable(m.paths, [classes.index(c) for c in m.labels], skipped)
+    row_role = dict(zip(m.paths, roles))
+    everything = ImageSet(classes, labels, paths=paths, infos=infos)
+    given = {r: everything.subset(i for i, p in enumerate(paths) if row_role[p] == r) for r in sorted(set(roles))}
+    if set(given) == {"train"}:
+        raise DataError(f"{path}: the split column {cfg.manifest.split_column} marks every row as train; mark "
+                        "some val and/or test, or unset data.manifest.split_column to split at random")
+    if "all" not in given and "train" not in given:
+        raise DataError(f"{path}: the split column has no train rows")
+    kind = f"split column '{cfg.manifest.split_column}'" if m.roles else "random split"
+    return given, f"CSV manifest {path.name} ({kind})"
+
+
+def _read_folders(root: Path, skipped: list) -> tuple[dict[str, ImageSet], str]:
+    layout = detect(root)
+    if not layout.splits:
+        return {"all": _scan_folder(root, layout.classes, skipped)}, layout.describe()
+    return {r: _scan_folder(f, layout.classes, skipped) for r, f in layout.splits.items()}, layout.describe()
 
 
 def _detect_source(path: Path) -> str:
@@ -181,6 +217,20 @@ def _detect_source(path: Path) -> str:
     if (path / "cifar-100-python").is_dir() or (path / "meta").is_file():
         return "cifar100"
     return "folder"
+
+
+def _complete(given: dict[str, ImageSet], cfg: DataConfig, seed: int, policy: ClassPolicy):
+    """train/val/test from what the dataset provides. Nothing split: stratified by seed and ratios (of the whole).
+    train + test: val carved from train. train + val only: val is the test split and val is carved from train."""
+    if "all" in given:
+        train, test = _carve(given["all"], cfg.test_ratio, seed, "test (data.test_ratio)", policy)
+        train, val = _carve(train, cfg.val_ratio / (1 - cfg.test_ratio), seed, "validation (data.val_ratio)", policy)
+        return train, val, test
+    if "val" in given and "test" in given:
+        return given["train"], given["val"], given["test"]
+    test = given.get("test", given.get("val"))
+    train, val = _carve(given["train"], cfg.val_ratio, seed, "validation (data.val_ratio)", policy)
+    return train, val, test
 
 
 def _limit(images: ImageSet, per_class: int | None) -> ImageSet:
@@ -195,45 +245,34 @@ def _limit(images: ImageSet, per_class: int | None) -> ImageSet:
     return images.subset(keep)
 
 
-def _check_usable(splits: Splits) -> None:
-    classes = splits.classes
-    if len(classes) < 2:
-        raise DataError(f"only one class ({classes}): classification needs at least two class folders")
-    for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
-        empty = [c for c, n in zip(classes, part.counts()) if n == 0]
-        if empty:
-            raise DataError(f"{name} split has no readable images for class(es) {empty}; add images or remove the class")
+def _check_usable(parts: dict[str, ImageSet], policy: ClassPolicy) -> list[str]:
+    """The classes the model will have: every class needs images in every split (or is dropped by the policy)."""
+    classes = parts["train"].classes
+    for name, part in parts.items():
+        policy.too_small({c: f"no readable images in the {name} split" for c, n in zip(classes, part.counts())
+                          if n == 0 and c not in policy.dropped}, "Add images or remove the class")
+    kept = [c for c in classes if c not in policy.dropped]
+    if len(kept) < 2:
+        raise DataError(f"only one class ({kept}): classification needs at least two class folders"
+                        + (f" (left out as too small: {sorted(policy.dropped)})" if policy.dropped else ""))
+    return kept
 
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    """train/val/test. With split folders: test = test/ (or val/ when there is no test/), val carved from train
-    unless both val/ and test/ exist. Without: stratified split by seed and ratios."""
     root = Path(cfg.path)
     if not root.exists():
         raise DataError(f"dataset not found: {root} (set data.path to a folder of class folders, a CSV or CIFAR)")
     source = _detect_source(root) if cfg.source == "auto" else cfg.source
     skipped: list = []
+    policy = ClassPolicy(cfg.small_classes)
     if source in ("cifar10", "cifar100"):
-        train, test = _read_cifar(root, source)
-        train, val = _stratified(train, cfg.val_ratio, seed)
+        given, layout = _read_cifar(root, source), f"{source} python batches (train, test)"
     elif source == "csv":
-        train, test = _stratified(_read_csv(root, skipped), cfg.test_ratio, seed)
-        train, val = _stratified(train, cfg.val_ratio / (1 - cfg.test_ratio), seed)
-    elif (root / "train").is_dir():
-        classes = _class_folders(root / "train")
-        train = _scan_folder(root / "train", classes, skipped)
-        has_val, has_test = (root / "val").is_dir(), (root / "test").is_dir()
-        if has_val and has_test:
-            val, test = _scan_folder(root / "val", classes, skipped), _scan_folder(root / "test", classes, skipped)
-        elif not (has_val or has_test):
-            raise DataError(f"{root}/train exists but neither val/ nor test/: add one, or drop the split folders")
-        else:
-            test = _scan_folder(root / ("test" if has_test else "val"), classes, skipped)
-            train, val = _stratified(train, cfg.val_ratio, seed)
+        given, layout = _read_csv(root, cfg, skipped)
     else:
-        everything = _scan_folder(root, _class_folders(root), skipped)
-        train, test = _stratified(everything, cfg.test_ratio, seed)
-        train, val = _stratified(train, cfg.val_ratio / (1 - cfg.test_ratio), seed)
-    splits = Splits(*(_limit(s, cfg.limit_per_class) for s in (train, val, test)), skipped=skipped)
-    _check_usable(splits)
-    return splits
+        given, layout = _read_folders(root, skipped)
+    parts = dict(zip(SPLIT_NAMES, (_limit(s, cfg.limit_per_class) for s in _complete(given, cfg, seed, policy))))
+    kept = _check_usable(parts, policy)
+    if policy.dropped:
+        parts = {k: v.relabelled(kept) for k, v in parts.items()}
+    return Splits(**parts, skipped=skipped, layout=layout, dropped_classes=policy.dropped)

@@ -1,10 +1,14 @@
 """The README's main command: train on the real default dataset, evaluate, export, serve, predict over HTTP, stop.
 
-python -m training demo [--data DIR] [--set key=value ...]
+python -m training demo [--data DIR] [--restart] [--set key=value ...]
+
+With --data, the run is named after the dataset (runs/<name>, artifacts/<name>), so another dataset never resumes
+or replaces the default one; the photos sent over HTTP come from the test split it trained on, whatever the layout.
 """
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,7 +39,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_and_ask(version_dir: Path, images: list[Path]) -> int:
+def dataset_name(data: str) -> str:
+    """A run name (training.config's pattern) from a dataset folder or CSV file name."""
+    path = Path(data).resolve()
+    stem = path.stem if path.is_file() else path.name
+    return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._") or "dataset"
+
+
+def serve_and_ask(version_dir: Path, samples: list[dict]) -> int:
     import httpx
     port = free_port()
     env = dict(os.environ, SERVING_MODEL_DIR=str(version_dir), BENTOML_DO_NOT_TRACK="True", ORT_DISABLE_TELEMETRY="1")
@@ -59,14 +70,17 @@ def serve_and_ask(version_dir: Path, images: list[Path]) -> int:
             raise RuntimeError("service not ready after 180 s")
         print(f"service ready on {base}")
         right = 0
-        for path in images:
+        for sample in samples:
+            path = Path(sample["path"])
             with open(path, "rb") as f:
-                r = httpx.post(base + "/predict", files={"image": (path.name, f, "image/jpeg")}, timeout=60)
+                r = httpx.post(base + "/predict", files={"image": (path.name, f, "application/octet-stream")},
+                               timeout=60)
             r.raise_for_status()
             answer = r.json()
-            right += answer["label"] == path.parent.name
-            print(f"  {path.parent.name}/{path.name}: {answer['label']} ({answer['confidence']:.3f})")
-        print(f"{right}/{len(images)} answered correctly over HTTP")
+            right += answer["label"] == sample["label"]
+            print(f"  {sample['label']}/{path.name}: {answer['label']} ({answer['confidence']:.3f}, "
+                  f"version {answer['version']})")
+        print(f"{right}/{len(samples)} answered correctly over HTTP")
         return 0
     finally:
         server.send_signal(signal.SIGTERM)
@@ -77,10 +91,12 @@ def serve_and_ask(version_dir: Path, images: list[Path]) -> int:
             server.wait()
 
 
-def demo(overrides: list[str]) -> int:
-    cfg = load_config(CONFIG, overrides)
+def demo(data: str | None, overrides: list[str], restart: bool = False) -> int:
+    own = []
+    if data is not None:
+        name = dataset_name(data)
+        own = [f"data.path={data}", f"name={name}", f"output_dir=runs/{name}"]
+    cfg = load_config(CONFIG, own + overrides)  # the user's --set still wins
     pick_backbone(cfg)
-    result = train_job(cfg)
-    test_dir = Path(cfg.data.path) / "val"
-    images = [p for c in sorted(test_dir.iterdir()) if c.is_dir() for p in sorted(c.iterdir())[:3]]
-    return serve_and_ask(Path(result["artifact"]), images)
+    result = train_job(cfg, restart)
+    return serve_and_ask(Path(result["artifact"]), result["test_samples"])

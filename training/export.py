@@ -21,7 +21,7 @@ import torch
 import torchvision
 
 from .data import ImageSet
-from .publish import publish, sha256_of
+from .publish import PublishRefused, gate, install, promote, sha256_of
 
 PARITY_ATOL = 1e-3
 # fp16 keeps ~3 significant digits; logits of a few units move by up to ~0.02 (measured on real photos).
@@ -143,8 +143,9 @@ def library_versions() -> dict:
 def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifacts_root: Path,
                    parity_images: np.ndarray, opset: int = 18, skew_tolerance: float = 0.3,
                    preprocess_override: dict | None = None, report_dir: Path | None = None,
-                   fp16_images: np.ndarray | None = None) -> Path:
-    """Export, check parity and skew, write model.json (+ report/), publish; returns the published directory."""
+                   fp16_images: np.ndarray | None = None, gate_limits: tuple[float, float] = (0.0, 100.0)) -> Path:
+    """Export, check parity and skew, write model.json (+ report/), install the version, move LATEST if the publish
+    gate passes (else PublishRefused); returns the version directory."""
     pre = dict(bundle["preprocess"], **(preprocess_override or {}))
     name = bundle["name"]
     root = Path(artifacts_root) / name
@@ -168,13 +169,21 @@ def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifac
         if fp16_images is not None:
             card["variants"] = {"fp16": export_fp16(model, staging, pre["image_size"], opset,
                                                     bundle.get("temperature", 1.0), fp16_images)}
+        # Written twice: the skew gate scores the staging directory through the service's own loader, which
+        # reads model.json; the final card then adds the gate's results.
         (staging / "model.json").write_text(json.dumps(card, indent=2))
         card["skew_gate"] = skew_gate(staging, test, bundle["metrics"]["test"]["accuracy"], skew_tolerance)
+        card["publish_gate"] = gate(card, root, *gate_limits)
         card["export_seconds"] = round(time.perf_counter() - t0, 1)
         (staging / "model.json").write_text(json.dumps(card, indent=2))
         if report_dir is not None and Path(report_dir).is_dir():
             shutil.copytree(report_dir, staging / "report")
-        return publish(staging, root, version)
+        target = install(staging, root, version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if not card["publish_gate"]["passed"]:
+        raise PublishRefused(target, card["publish_gate"]["reasons"])
+    promote(root, version, "publish gate passed" + (f" (vs {card['publish_gate']['compared_with']['version']})"
+                                                    if card["publish_gate"]["compared_with"] else ""))
+    return target

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, distributed, metrics
+from . import checkpoint, data_report, distributed, metrics, run_identity
 from .config import TrainConfig
 from .data import ImageSet, Splits, load_splits
 from .export import build_artifact
+from .publish import PublishRefused
 from .loader import eval_loader
 from .log import event
 from .model import Classifier, build_model
@@ -54,33 +55,53 @@ def evaluate_model(model: Classifier, splits: Splits, cfg: TrainConfig, device: 
     return test, temperature
 
 
-def report_skipped(splits: Splits, out: Path) -> None:
-    write_json(out / "skipped_images.json", [{"path": p, "reason": r} for p, r in splits.skipped])
-    if splits.skipped:
-        event(f"skipped {len(splits.skipped)} unreadable image(s)", files=[p for p, _ in splits.skipped][:20],
-              list=str(out / "skipped_images.json"))
+def intake(cfg: TrainConfig, d: distributed.Dist, out: Path, restart: bool) -> tuple[Splits, dict]:
+    """Load and check the data, make `out` this run's directory (run identity), then log and write the data report."""
+    splits, report = data_report.prepare(load_splits(cfg.data, cfg.seed), cfg.data.duplicates,
+                                         cfg.data.near_duplicate_bits, cfg.data.image_size)
+    if d.main:
+        how = run_identity.claim(out, run_identity.identity(cfg, splits), restart)
+        event(f"run directory {out}: " + {"new": "new run", "same": "same data and config (resumes if it has a "
+                                          "checkpoint)", "restarted": "--restart: previous outputs removed"}[how])
+        data_report.log(report)
+        data_report.write(report, out / "report")
+        write_json(out / "skipped_images.json", report["skipped"])
+    if d.enabled:
+        torch.distributed.barrier()  # no rank resumes before rank 0 has checked (or cleared) the directory
+    return splits, report
 
 
-def train_job(cfg: TrainConfig) -> dict:
+def sample_test_images(test: ImageSet, per_class: int, folder: Path) -> list[dict]:
+    """A few test images per class as files (in-memory sets are written as PNGs), for the demo's requests."""
+    picks = []
+    for y, name in enumerate(test.classes):
+        for i in [i for i, label in enumerate(test.labels) if label == y][:per_class]:
+            if test.paths is not None:
+                path = test.paths[i]
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"{name}-{i}.png"
+                test.image(i).save(path)
+            picks.append({"path": str(path), "label": name})
+    return picks
+
+
+def train_job(cfg: TrainConfig, restart: bool = False) -> dict:
     d = distributed.init("cuda" if resolve_device(cfg.device).type == "cuda" else "cpu")
     try:
-        return _train(cfg, d)
+        return _train(cfg, d, restart)
     finally:
         distributed.finish(d)
 
 
-def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
+def _train(cfg: TrainConfig, d: distributed.Dist, restart: bool) -> dict:
     device = setup_runtime(cfg, d.local_rank)
     out = Path(cfg.output_dir)
     if d.main:
         checkpoint.check_writable(out)
     if d.enabled:
         event("process", all_ranks=True, pid=os.getpid(), world_size=d.world, device=str(device))
-    splits = load_splits(cfg.data, cfg.seed)
-    event("data", classes=splits.classes, train=len(splits.train), val=len(splits.val), test=len(splits.test),
-          train_counts=splits.train.counts(), skipped=len(splits.skipped))
-    if d.main:
-        report_skipped(splits, out)
+    splits, data_summary = intake(cfg, d, out, restart)
     model = build_model(cfg.model, len(splits.classes)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -92,8 +113,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks ended with different weights: {digests}")
     history = trainer.state["history"]
-    test, temperature = evaluate_model(model, splits, cfg, device, history,
-                                       {"skipped_images": [p for p, _ in splits.skipped]})
+    test, temperature = evaluate_model(model, splits, cfg, device, history, {"data": data_summary})
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     bundle = {"name": cfg.name, "classes": splits.classes, "config": cfg.model_dump(mode="json"),
               "preprocess": preprocess_spec(cfg), "history": history,
@@ -108,11 +128,16 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     print(f"test accuracy {test['accuracy']:.4f}  macro F1 {test['macro_f1']:.4f}  (n={test['n']})  "
           f"report {out / 'report' / 'report.html'}")
     result = {"test_accuracy": test["accuracy"], "final": str(out / "final" / "model.pt"), "history": history,
-              "world_size": d.world, "weights_sha256_per_rank": digests}
+              "world_size": d.world, "weights_sha256_per_rank": digests,
+              "test_samples": sample_test_images(splits.test, 3, out / "samples")}
     if cfg.export.enabled:
-        published = export_bundle(model, bundle, splits, cfg)
-        result["artifact"] = str(published)
-        print(f"published {published}")
+        try:
+            result.update(artifact=str(export_bundle(model, bundle, splits, cfg)), published=True)
+            print(f"published {result['artifact']}")
+        except PublishRefused as exc:  # the version exists; the result says so before the job fails
+            result.update(artifact=str(exc.version_dir), published=False, not_published_because=str(exc))
+            write_json(out / "final" / "result.json", result)
+            raise
     write_json(out / "final" / "result.json", result)
     return result
 
@@ -123,6 +148,7 @@ def export_bundle(model: Classifier, bundle: dict, splits: Splits, cfg: TrainCon
                                eval_images(splits.test, bundle["preprocess"], 8), cfg.export.opset,
                                cfg.export.skew_tolerance, preprocess_override,
                                report_dir=Path(cfg.output_dir) / "report",
+                               gate_limits=(cfg.export.min_test_accuracy, cfg.export.max_regression),
                                fp16_images=eval_images(splits.test, bundle["preprocess"]) if cfg.export.fp16 else None)
     card = json.loads((published / "model.json").read_text())
     event("exported", artifact=str(published), skew_gap_points=card["skew_gate"]["gap_points"],

@@ -9,7 +9,7 @@ import pytest
 
 from training.export import ExportError, ort_session
 from training.job import export_job
-from training.publish import publish
+from training.publish import install, promote
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +102,7 @@ def test_publish_is_atomic_under_a_concurrent_reader(tmp_path):
             for _ in range(16):  # written slowly, in pieces
                 f.write(b"x" * (1 << 16))
         (staging / "model.json").write_text("{}")
-        publish(staging, root, f"v{i:03d}")
+        promote(root, install(staging, root, f"v{i:03d}").name, "test")
     stop.set()
     t.join()
     assert not problems and len(set(seen)) > 1

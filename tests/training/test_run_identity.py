@@ -1,0 +1,107 @@
+"""A run directory knows what it was trained from: other data or config never resumes it (failure 2 of issue 14),
+--restart starts over, the publish gate keeps LATEST where it was and `publish` moves it by hand."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT
+from training.publish import gate
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "training", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def _train(data, out, artifacts, *extra, flags=()):
+    sets = [f"data.path={data}", f"output_dir={out}", f"artifacts_dir={artifacts}", "name=insects",
+            "data.image_size=48", "data.resize_size=56", "data.limit_per_class=24", "data.batch_size=8",
+            "data.num_workers=0", "model.backbone=efficientnet_lite0", "phase1.epochs=1", "phase2.epochs=1",
+            "threads=2", *extra]
+    return _cli("train", *flags, *[a for s in sets for a in ("--set", s)])
+
+
+def _other_dataset(tmp_path, data_dir) -> Path:
+    """The same photos in a Kaggle-style layout with fewer images: other data by content and split."""
+    root = tmp_path / "kaggle"
+    for split, src, n in (("training_set", "train", 20), ("test_set", "val", 8)):
+        for label in ("ants", "bees"):
+            (root / split / label).mkdir(parents=True)
+            for p in sorted((data_dir / src / label).glob("*.jpg"))[:n]:
+                shutil.copy(p, root / split / label / p.name)
+    return root
+
+
+def _latest(artifacts) -> str:
+    return (artifacts / "insects" / "LATEST").read_text().strip()
+
+
+def test_other_data_never_resumes_and_the_gate_guards_latest(tmp_path, data_dir):
+    out, artifacts = tmp_path / "run", tmp_path / "artifacts"
+    first = _train(data_dir, out, artifacts)
+    assert first.returncode == 0, first.stderr[-3000:]
+    identity = json.loads((out / "run.json").read_text())
+    assert identity["classes"] == ["ants", "bees"] and len(identity["data_digest"]) == 64
+    published = _latest(artifacts)
+    checkpoint = (out / "checkpoints" / "last.pt").read_bytes()
+
+    # other data, same directory: stops at once, names the difference and both ways on, touches nothing
+    other = _other_dataset(tmp_path, data_dir)
+    refused = _train(other, out, artifacts)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "other images, labels or split" in refused.stderr and "--restart" in refused.stderr
+    assert "output_dir" in refused.stderr and "Traceback" not in refused.stderr
+    assert (out / "checkpoints" / "last.pt").read_bytes() == checkpoint and _latest(artifacts) == published
+
+    # a config change that shapes the weights is refused the same way; an operational one is not
+    refused = _train(data_dir, out, artifacts, "phase2.head_lr=0.01")
+    assert refused.returncode == 2 and "phase2.head_lr: 0.001 -> 0.01" in refused.stderr
+
+    # the gate: the finished run re-exports, below min_test_accuracy -> version written, LATEST kept, exit 3
+    acc = json.loads((out / "final" / "metrics.json").read_text())["test"]["accuracy"]
+    assert acc < 1.0, "the gate check below needs a run under 100 % (deterministic on CPU)"
+    gated = _train(data_dir, out, artifacts, "data.num_workers=1", "export.min_test_accuracy=1.0")
+    assert gated.returncode == 3, gated.stderr[-3000:]
+    assert "not published (LATEST unchanged)" in gated.stderr and "python -m training publish" in gated.stderr
+    assert _latest(artifacts) == published
+    result = json.loads((out / "final" / "result.json").read_text())
+    assert result["published"] is False
+    refused_version = Path(result["artifact"]).name
+    card = json.loads((artifacts / "insects" / refused_version / "model.json").read_text())
+    assert card["publish_gate"]["passed"] is False and refused_version != published
+
+    # by hand: publish moves LATEST atomically, with the same log line
+    moved = _cli("publish", "--model", str(artifacts / "insects"), refused_version)
+    assert moved.returncode == 0, moved.stderr
+    assert _latest(artifacts) == refused_version
+    assert f"published insects {refused_version} (LATEST, was {published})" in moved.stderr
+    missing = _cli("publish", "--model", str(artifacts / "insects"), "no-such-version")
+    assert missing.returncode == 1 and "not a published version" in missing.stderr
+
+    # --restart: the other data trains from scratch in the same directory
+    restarted = _train(other, out, artifacts, flags=["--restart"])
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "--restart: previous outputs removed" in restarted.stderr
+    assert json.loads((out / "run.json").read_text())["data_digest"] != identity["data_digest"]
+    assert json.loads((out / "final" / "metrics.json").read_text())["test"]["n"] == 16
+
+
+def test_gate_compares_with_the_published_model_of_the_same_classes(tmp_path):
+    root = tmp_path / "m"
+    (root / "v1").mkdir(parents=True)
+    published = {"version": "v1", "classes": ["a", "b"], "metrics": {"test": {"accuracy": 0.90}}}
+    (root / "v1" / "model.json").write_text(json.dumps(published))
+    (root / "LATEST").write_text("v1\n")
+    card = {"classes": ["a", "b"], "metrics": {"test": {"accuracy": 0.87}}}
+    worse = gate(card, root, min_test_accuracy=0.5, max_regression=2.0)
+    assert not worse["passed"] and "3.00 points under the published version v1" in worse["reasons"][0]
+    assert gate(card, root, 0.5, 3.5)["passed"]
+    other_classes = dict(card, classes=["a", "b", "c"])  # another task: no comparison, only the floor
+    assert gate(other_classes, root, 0.5, 2.0) == {"passed": True, "reasons": [], "min_test_accuracy": 0.5,
+                                                   "max_regression_points": 2.0, "compared_with": None}
+    assert not gate(other_classes, root, 0.9, 2.0)["passed"]

@@ -1,0 +1,57 @@
+"""CSV manifests: one row per image, with configurable path and label columns, an optional path template
+(`train/{id}.jpg` for the common `id,breed` form) and an optional split column that is honoured."""
+from __future__ import annotations
+
+import csv
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ManifestConfig
+from .errors import DataError
+from .layouts import SPLIT_NAMES, split_role
+
+
+@dataclass
+class Manifest:
+    paths: list[Path]
+    labels: list[str]
+    roles: list[str] | None  # 'train' | 'val' | 'test' per row where the manifest has a split column
+
+
+def _needed_columns(m: ManifestConfig) -> list[str]:
+    template_keys = [] if m.path_template is None else [
+        name for _, name, _, _ in string.Formatter().parse(m.path_template) if name]
+    path_cols = template_keys if m.path_template is not None else [m.path_column]
+    return path_cols + [m.label_column] + ([m.split_column] if m.split_column else [])
+
+
+def _path_of(row: dict, m: ManifestConfig, base: Path) -> Path:
+    text = m.path_template.format(**row) if m.path_template is not None else row[m.path_column]
+    p = Path(text.strip())
+    return p if p.is_absolute() else base / p
+
+
+def read_manifest(path: Path, m: ManifestConfig) -> Manifest:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        rows = list(reader)
+    missing = [c for c in _needed_columns(m) if c not in header]
+    if missing or not rows:
+        raise DataError(f"{path}: " + (f"column(s) {missing} not in the header {header}; set data.manifest."
+                                       "path_column / label_column / split_column, or a path_template naming "
+                                       "columns in braces" if missing else "no rows"))
+    roles = None
+    if m.split_column:
+        roles = []
+        for i, row in enumerate(rows, start=2):  # line 1 is the header
+            role = split_role(row[m.split_column] or "")
+            if role is None:
+                allowed = ", ".join(n for names in SPLIT_NAMES.values() for n in names)
+                raise DataError(f"{path} line {i}: split '{row[m.split_column]}' is not one of {allowed}")
+            roles.append(role)
+    empty = [i for i, row in enumerate(rows, start=2) if not (row[m.label_column] or "").strip()]
+    if empty:
+        raise DataError(f"{path}: empty label on line(s) {empty[:10]}; every row needs a {m.label_column}")
+    return Manifest([_path_of(r, m, path.parent) for r in rows], [r[m.label_column].strip() for r in rows], roles)
