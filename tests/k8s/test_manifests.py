@@ -65,6 +65,9 @@ def test_train_job_validates_and_carries_a_valid_config(tmp_path):
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     rules = spec["podFailurePolicy"]["rules"]
     assert any(r["action"] == "Ignore" and 75 in r.get("onExitCodes", {}).get("values", []) for r in rules)
+    from training.publish import EXIT_NOT_PUBLISHED  # the gate's refusal must fail the Job, not be retried
+    assert any(r["action"] == "FailJob" and {2, EXIT_NOT_PUBLISHED} <= set(r.get("onExitCodes", {}).get("values", []))
+               for r in rules)
     assert any(r["action"] == "Ignore" and r.get("onPodConditions") for r in rules)
     sc = container["securityContext"]
     assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]
