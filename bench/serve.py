@@ -24,8 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from serving.artifact import load_card, resolve_path  # noqa: E402
-from serving.preprocess import preprocess  # noqa: E402
+from contract.card import load_card  # noqa: E402
+from contract.publish import resolve_path  # noqa: E402
+from contract.preprocess import preprocess  # noqa: E402
 from serving.runtime import OnnxClassifier  # noqa: E402
 from server import Server  # noqa: E402
 
@@ -126,7 +127,7 @@ def main() -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"\n### bench/serve.py: {card.name} ({getattr(card, 'backbone', '?')}, {card.image_size} px), {stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, "
             f"load generator on the same cores\n\n" + "\n".join([head, *lines]) +
-            f"\n\ndecode + resize + crop per image (serving.preprocess, real JPEGs): {decode_ms:.1f} ms\n")
+            f"\n\ndecode + resize + crop per image (contract.preprocess, real JPEGs): {decode_ms:.1f} ms\n")
     print(text)
     with open(args.results, "a") as f:
         f.write(text)

@@ -55,10 +55,3 @@ class OnnxClassifier:
     def run(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] -> logits float32 [N, C]."""
         return self.session.run(["logits"], {"images": images})[0]
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import load_card
-from .preprocess import preprocess
+from contract.card import load_card
+from contract.preprocess import preprocess
+
 from .runtime import OnnxClassifier
 
 

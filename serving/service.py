@@ -21,11 +21,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
+from contract.card import ArtifactError, ModelCard, load_card, model_file
+from contract.preprocess import ImageError, preprocess
+from contract.publish import resolve
+from contract.scores import softmax
+
 from . import metrics, multipart
-from .artifact import ArtifactError, ModelCard, has_fp16, load_card, model_file, pin_version, resolve
+from .artifact import pin_version
 from .limits import RequestGuard
-from .preprocess import ImageError, preprocess
-from .runtime import OnnxClassifier, cuda_available, softmax
+from .runtime import OnnxClassifier, cuda_available
 from .settings import load_settings
 
 log = logging.getLogger("bentoml.serving")
@@ -67,7 +71,7 @@ class Model:
 
     def _session(self, version_dir: Path) -> OnnxClassifier:
         """fp32 on CPU; the fp16 variant where asked, or on CUDA with precision=auto (includes a warm-up run)."""
-        want_fp16 = S.precision == "fp16" or (S.precision == "auto" and S.device != "cpu" and has_fp16(self.card)
+        want_fp16 = S.precision == "fp16" or (S.precision == "auto" and S.device != "cpu" and "fp16" in self.card.variants
                                               and cuda_available())
         def session(path: Path) -> OnnxClassifier:
             return OnnxClassifier(path, len(self.card.classes), self.card.image_size, S.device, S.intra_op_threads,

@@ -20,8 +20,12 @@ import onnx
 import torch
 import torchvision
 
+from contract.card import ModelCard, Variant
+from contract.files import sha256_of
+from contract.publish import install
+
 from .data import ImageSet
-from .publish import PublishRefused, gate, install, promote, sha256_of
+from .publish import PublishRefused, gate, promote
 
 PARITY_ATOL = 1e-3
 # fp16 keeps ~3 significant digits; logits of a few units move by up to ~0.02 (measured on real photos).
@@ -84,7 +88,7 @@ def check_parity(model: torch.nn.Module, path: Path, images: np.ndarray, batch_s
 
 
 def export_fp16(model: torch.nn.Module, staging: Path, image_size: int, opset: int, temperature: float,
-                images: np.ndarray) -> dict:
+                images: np.ndarray) -> Variant:
     """model.fp16.onnx for GPUs: half the weights' bytes, tensor-core friendly. Checked against the fp32 ONNX
     model: max |dlogit| <= FP16_ATOL on the parity images and equal top-1 on >= FP16_MIN_AGREEMENT of the test set."""
     half = copy.deepcopy(model).half().eval()
@@ -97,8 +101,8 @@ def export_fp16(model: torch.nn.Module, staging: Path, image_size: int, opset: i
     if delta > FP16_ATOL or agree < FP16_MIN_AGREEMENT:
         raise ExportError(f"fp16 parity failed: max |dlogit| {delta:.3g} (limit {FP16_ATOL}), top-1 agreement "
                           f"{agree:.4f} (limit {FP16_MIN_AGREEMENT}) on {len(images)} test images")
-    return {"file": path.name, "sha256": sha256_of(path), "max_abs_diff_vs_fp32": delta, "top1_agreement": agree,
-            "limits": {"max_abs_diff": FP16_ATOL, "top1_agreement": FP16_MIN_AGREEMENT}, "n": len(images)}
+    return Variant(file=path.name, sha256=sha256_of(path), max_abs_diff_vs_fp32=delta, top1_agreement=agree,
+                   limits={"max_abs_diff": FP16_ATOL, "top1_agreement": FP16_MIN_AGREEMENT}, n=len(images))
 
 
 def _as_files(images: ImageSet, folder: Path) -> list[tuple[str, int]]:
@@ -142,11 +146,11 @@ def library_versions() -> dict:
 
 def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifacts_root: Path,
                    parity_images: np.ndarray, opset: int = 18, skew_tolerance: float = 0.3,
-                   preprocess_override: dict | None = None, report_dir: Path | None = None,
+                   report_dir: Path | None = None,
                    fp16_images: np.ndarray | None = None, gate_limits: tuple[float, float] = (0.0, 100.0)) -> Path:
     """Export, check parity and skew, write model.json (+ report/), install the version, move LATEST if the publish
     gate passes (else PublishRefused); returns the version directory."""
-    pre = dict(bundle["preprocess"], **(preprocess_override or {}))
+    pre = bundle["preprocess"]
     name = bundle["name"]
     root = Path(artifacts_root) / name
     root.mkdir(parents=True, exist_ok=True)
@@ -158,32 +162,29 @@ def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifac
         parity = check_parity(model, staging / "model.onnx", parity_images)
         digest = sha256_of(staging / "model.onnx")
         version = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + digest[:8]
-        card = {"name": name, "version": version, "created": datetime.now(timezone.utc).isoformat(),
-                "classes": bundle["classes"], "image_size": pre["image_size"], "resize_size": pre["resize_size"],
-                "interpolation": pre["interpolation"], "input": {"name": "images", "dtype": "uint8",
-                                                                 "layout": "NHWC", "color": "RGB"},
-                "outputs": ["logits", "probabilities"], "temperature": bundle.get("temperature", 1.0),
-                "backbone": bundle["config"]["model"]["backbone"], "metrics": bundle["metrics"],
-                "config": bundle["config"], "libraries": library_versions(), "sha256": digest,
-                "parity": parity}
+        card = ModelCard(name=name, version=version, created=datetime.now(timezone.utc).isoformat(),
+                         classes=bundle["classes"], image_size=pre["image_size"], resize_size=pre["resize_size"],
+                         interpolation=pre["interpolation"], temperature=bundle.get("temperature", 1.0),
+                         backbone=bundle["config"]["model"]["backbone"], metrics=bundle["metrics"],
+                         config=bundle["config"], libraries=library_versions(), sha256=digest, parity=parity)
         if fp16_images is not None:
-            card["variants"] = {"fp16": export_fp16(model, staging, pre["image_size"], opset,
-                                                    bundle.get("temperature", 1.0), fp16_images)}
+            card.variants["fp16"] = export_fp16(model, staging, pre["image_size"], opset, card.temperature,
+                                                fp16_images)
         # Written twice: the skew gate scores the staging directory through the service's own loader, which
-        # reads model.json; the final card then adds the gate's results.
-        (staging / "model.json").write_text(json.dumps(card, indent=2))
-        card["skew_gate"] = skew_gate(staging, test, bundle["metrics"]["test"]["accuracy"], skew_tolerance)
-        card["publish_gate"] = gate(card, root, *gate_limits)
-        card["export_seconds"] = round(time.perf_counter() - t0, 1)
-        (staging / "model.json").write_text(json.dumps(card, indent=2))
+        # reads model.json; the final card then adds the gates' results.
+        card.write(staging)
+        card.skew_gate = skew_gate(staging, test, bundle["metrics"]["test"]["accuracy"], skew_tolerance)
+        card.publish_gate = gate(card.model_dump(mode="json"), root, *gate_limits)
+        card.export_seconds = round(time.perf_counter() - t0, 1)
+        card.write(staging)
         if report_dir is not None and Path(report_dir).is_dir():
             shutil.copytree(report_dir, staging / "report")
         target = install(staging, root, version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if not card["publish_gate"]["passed"]:
-        raise PublishRefused(target, card["publish_gate"]["reasons"])
-    promote(root, version, "publish gate passed" + (f" (vs {card['publish_gate']['compared_with']['version']})"
-                                                    if card["publish_gate"]["compared_with"] else ""))
+    if not card.publish_gate["passed"]:
+        raise PublishRefused(target, card.publish_gate["reasons"])
+    compared = card.publish_gate["compared_with"]
+    promote(root, version, "publish gate passed" + (f" (vs {compared['version']})" if compared else ""))
     return target

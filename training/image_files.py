@@ -16,6 +16,8 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps
 
+from contract.preprocess import load_rgb  # noqa: F401  (training decodes files as the service decodes requests)
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -25,13 +27,6 @@ class FileInfo:
     width: int
     height: int
     phash: int  # 64-bit DCT perceptual hash; near-copies differ in a few bits
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode as the service does: EXIF orientation applied, any mode converted to RGB."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
 
 
 def _phash(im: Image.Image) -> int:

@@ -21,6 +21,8 @@ from .report import write_report
 from .train import Trainer, resolve_device, setup_runtime, summary_table, write_json
 from .transforms import eval_transform
 
+from contract.preprocess import PreprocessSpec, resize_crop
+
 
 def preprocess_spec(cfg: TrainConfig) -> dict:
     """The one preprocessing specification: written to model.json, read by the service and by eval_transform."""
@@ -30,9 +32,8 @@ def preprocess_spec(cfg: TrainConfig) -> dict:
 
 def eval_images(images: ImageSet, spec: dict, count: int | None = None) -> np.ndarray:
     """uint8 NHWC images as the model contract takes them (for parity checks)."""
-    tf = eval_transform(**spec)
     n = len(images) if count is None else min(count, len(images))
-    return np.stack([tf(images.image(i)).permute(1, 2, 0).numpy() for i in range(n)])
+    return np.stack([resize_crop(images.image(i), PreprocessSpec(**spec)) for i in range(n)])
 
 
 def logits_of(model: Classifier, images: ImageSet, cfg: TrainConfig, device: torch.device):
@@ -142,11 +143,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist, restart: bool) -> dict:
     return result
 
 
-def export_bundle(model: Classifier, bundle: dict, splits: Splits, cfg: TrainConfig,
-                  preprocess_override: dict | None = None) -> Path:
+def export_bundle(model: Classifier, bundle: dict, splits: Splits, cfg: TrainConfig) -> Path:
     published = build_artifact(model, bundle, splits.test, cfg.artifacts_dir,
                                eval_images(splits.test, bundle["preprocess"], 8), cfg.export.opset,
-                               cfg.export.skew_tolerance, preprocess_override,
+                               cfg.export.skew_tolerance,
                                report_dir=Path(cfg.output_dir) / "report",
                                gate_limits=(cfg.export.min_test_accuracy, cfg.export.max_regression),
                                fp16_images=eval_images(splits.test, bundle["preprocess"]) if cfg.export.fp16 else None)
@@ -165,12 +165,12 @@ def load_bundle(path: Path) -> tuple[Classifier, dict, TrainConfig]:
     return model.eval(), bundle, cfg
 
 
-def export_job(checkpoint_path: Path, artifacts_dir: Path | None, preprocess_override: dict | None = None) -> Path:
+def export_job(checkpoint_path: Path, artifacts_dir: Path | None) -> Path:
     model, bundle, cfg = load_bundle(checkpoint_path)
     if artifacts_dir is not None:
         cfg.artifacts_dir = artifacts_dir
     splits = load_splits(cfg.data, cfg.seed)
-    return export_bundle(model, bundle, splits, cfg, preprocess_override)
+    return export_bundle(model, bundle, splits, cfg)
 
 
 def evaluate_job(checkpoint_path: Path, data: Path | None = None, out: Path | None = None) -> Path:

@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from sklearn import metrics as skm
 
+from contract.scores import softmax
+
 
 @torch.no_grad()
 def predict(model, loader, device, channels_last: bool = False, amp_dtype=None) -> tuple[np.ndarray, np.ndarray]:
@@ -20,13 +22,6 @@ def predict(model, loader, device, channels_last: bool = False, amp_dtype=None) 
         all_logits.append(logits.float().cpu())
         all_labels.append(labels)
     return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def quick(logits: np.ndarray, labels: np.ndarray) -> dict:

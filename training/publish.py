@@ -9,13 +9,17 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
+
+from contract import publish as versions
+from contract.card import load_card
+from contract.files import sha256_of
+from contract.publish import install
 
 from .log import event
 
+__all__ = ["EXIT_NOT_PUBLISHED", "PublishRefused", "gate", "install", "promote", "publish_by_hand", "sha256_of"]
 EXIT_NOT_PUBLISHED = 3  # trained and exported, but LATEST kept: the Job fails without retrying (podFailurePolicy)
 
 
@@ -27,32 +31,8 @@ class PublishRefused(RuntimeError):
                          f"{version_dir.parent} {version_dir.name}")
 
 
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-
-
-def install(staging: Path, root: Path, version: str) -> Path:
-    _fsync_tree(staging)
-    target = root / version
-    os.rename(staging, target)
-    return target
-
-
-def published_version(root: Path) -> str | None:
-    latest = root / "LATEST"
-    return latest.read_text().strip() if latest.is_file() else None
-
-
 def published_card(root: Path) -> dict | None:
-    version = published_version(root)
+    version = versions.published_version(root)
     card = root / version / "model.json" if version else None
     return json.loads(card.read_text()) if card is not None and card.is_file() else None
 
@@ -76,27 +56,19 @@ def gate(card: dict, root: Path, min_test_accuracy: float, max_regression: float
 
 
 def promote(root: Path, version: str, why: str) -> None:
-    previous = published_version(root)
-    tmp = root / f".LATEST.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(version + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / "LATEST")
+    previous = versions.promote(root, version)
     event(f"published {root.name} {version} (LATEST, was {previous or 'none'}): {why}", model=root.name,
           version=version, previous=previous)
 
 
 def publish_by_hand(model_dir: Path, version: str) -> Path:
-    """`python -m training publish`: a complete, intact version becomes LATEST."""
+    """`python -m training publish`: a complete, intact version (files present, sha256 as in model.json) becomes
+    LATEST."""
     target = Path(model_dir) / version
-    card_path, onnx_path = target / "model.json", target / "model.onnx"
-    for p in (card_path, onnx_path):
-        if not p.is_file():
-            versions = sorted(d.name for d in Path(model_dir).iterdir() if d.is_dir() and not d.name.startswith(".")) \
-                if Path(model_dir).is_dir() else []
-            raise FileNotFoundError(f"{p} is missing: not a published version (versions in {model_dir}: {versions})")
-    if sha256_of(onnx_path) != json.loads(card_path.read_text())["sha256"]:
-        raise ValueError(f"{onnx_path} does not match the sha256 in its model.json: the version is damaged")
+    if not target.is_dir():
+        versions_there = sorted(d.name for d in Path(model_dir).iterdir() if d.is_dir() and not d.name.startswith(".")) \
+            if Path(model_dir).is_dir() else []
+        raise FileNotFoundError(f"{target} is not a published version (versions in {model_dir}: {versions_there})")
+    load_card(target)  # ArtifactError (a RuntimeError: one clear line) if incomplete or damaged
     promote(Path(model_dir), version, "by hand (python -m training publish)")
     return target

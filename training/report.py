@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .data import ImageSet  # noqa: E402
-from .metrics import softmax  # noqa: E402
+from contract.scores import softmax  # noqa: E402
 
 
 def plot_curves(history: list[dict], path: Path) -> None:

@@ -1,12 +1,17 @@
-"""torchvision transforms v2 for training (augmentation) and evaluation (the serving contract).
+"""Training augmentation (torchvision transforms v2) and evaluation (the contract's preprocessing, the service's own).
 
-The evaluation transform is the reference the service's PIL/numpy preprocessing must equal: resize the shorter side
-to R with the recorded interpolation, centre-crop S. Both read R, S and interpolation from one place (model.json).
+Evaluation, the skew gate and the service run one implementation, contract.preprocess (resize the shorter side to R
+with the recorded interpolation, centre-crop S), so the test accuracy in model.json is measured on the pixels the
+service will compute. tests/serving/test_preprocess_parity.py holds it equal to torchvision's Resize + CenterCrop.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
+
+from contract.preprocess import PreprocessSpec, resize_crop
 
 from .config import AugmentConfig, DataConfig
 
@@ -14,12 +19,18 @@ INTERPOLATION = {"nearest": InterpolationMode.NEAREST, "bilinear": Interpolation
                  "bicubic": InterpolationMode.BICUBIC}
 
 
-def eval_transform(resize_size: int, image_size: int, interpolation: str) -> v2.Compose:
-    return v2.Compose([
-        v2.Resize(resize_size, interpolation=INTERPOLATION[interpolation]),
-        v2.CenterCrop(image_size),
-        v2.PILToTensor(),
-    ])
+class EvalTransform:
+    """PIL image -> uint8 [3, S, S] tensor through contract.preprocess (a class, so DataLoader workers can pickle it)."""
+
+    def __init__(self, spec: PreprocessSpec):
+        self.spec = spec
+
+    def __call__(self, im: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.array(resize_crop(im, self.spec))).permute(2, 0, 1)
+
+
+def eval_transform(resize_size: int, image_size: int, interpolation: str) -> EvalTransform:
+    return EvalTransform(PreprocessSpec(resize_size, image_size, interpolation))
 
 
 def train_transform(data: DataConfig, aug: AugmentConfig) -> v2.Compose:
@@ -48,8 +59,3 @@ def batch_mixer(aug: AugmentConfig, num_classes: int) -> v2.Transform | None:
     if not options:
         return None
     return options[0] if len(options) == 1 else v2.RandomChoice(options)
-
-
-def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N,3,H,W] -> float [0,1]; mean/std normalisation lives inside the model."""
-    return images.float().div_(255)

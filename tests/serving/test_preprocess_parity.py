@@ -1,13 +1,21 @@
-"""The service's PIL/numpy preprocessing equals the trainer's torchvision evaluation transform, pixel for pixel."""
+"""The contract's PIL/numpy preprocessing (the service's, and training's evaluation) equals torchvision's Resize +
+CenterCrop, the reference of torchvision's weights and references/classification, pixel for pixel."""
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from serving.preprocess import ImageError, PreprocessSpec, preprocess
-from training.data import load_rgb
-from training.transforms import eval_transform
+from torchvision.transforms import v2
+
+from contract.preprocess import ImageError, PreprocessSpec, load_rgb, preprocess
+from training.transforms import INTERPOLATION
+from training.transforms import eval_transform as training_eval
+
+
+def eval_transform(resize: int, size: int, interp: str) -> v2.Compose:
+    """torchvision's own evaluation preprocessing: the reference."""
+    return v2.Compose([v2.Resize(resize, interpolation=INTERPOLATION[interp]), v2.CenterCrop(size), v2.PILToTensor()])
 
 
 @pytest.mark.parametrize("resize, size, interp", [(256, 224, "bilinear"), (73, 64, "bicubic"), (160, 128, "nearest")])
@@ -20,6 +28,8 @@ def test_identical_pixels_on_real_photos(data_dir, resize, size, interp):
         got = preprocess(f.read_bytes(), spec, max_pixels=10**9)
         assert got.dtype == np.uint8 and got.shape == (size, size, 3)
         assert np.array_equal(ref, got), f"{f.name}: max diff {np.abs(ref.astype(int) - got).max()}"
+        trained_on = training_eval(resize, size, interp)(load_rgb(f)).permute(1, 2, 0).numpy()
+        assert np.array_equal(trained_on, got), "training's evaluation must see the service's pixels"
 
 
 def _encode(im, fmt, **kw) -> bytes:

@@ -7,9 +7,10 @@ import numpy as np
 import onnx
 import pytest
 
+from contract.publish import install, promote
+from training.checkpoint import atomic_save, load
 from training.export import ExportError, ort_session
 from training.job import export_job
-from training.publish import install, promote
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,8 @@ def test_contract(artifact):
 
 
 def test_a_model_directory_resolves_through_latest(artifact, tmp_path):
-    from serving.artifact import ArtifactError, resolve_path
+    from contract.card import ArtifactError
+    from contract.publish import resolve_path
     assert resolve_path(artifact) == artifact  # a version directory as is
     assert resolve_path(artifact.parent) == artifact  # artifacts/<name> follows LATEST
     with pytest.raises(ArtifactError, match="LATEST"):
@@ -45,7 +47,7 @@ def test_a_model_directory_resolves_through_latest(artifact, tmp_path):
 
 
 def test_fp16_variant(artifact):
-    from serving.artifact import ArtifactError, load_card, model_file
+    from contract.card import ArtifactError, load_card, model_file
     card = json.loads((artifact / "model.json").read_text())
     fp16 = card["variants"]["fp16"]
     assert fp16["max_abs_diff_vs_fp32"] <= 5e-2 and fp16["top1_agreement"] >= 0.99 and fp16["n"] == 80
@@ -68,12 +70,17 @@ def test_fp16_variant(artifact):
         path.write_bytes(bytes(data))
 
 
-def test_skew_gate_catches_wrong_preprocessing(trained):
+def test_skew_gate_catches_wrong_preprocessing(trained, tmp_path):
+    """A checkpoint whose recorded preprocessing differs from the one it was evaluated with (resize 160, not 73):
+    the served accuracy drifts from the PyTorch one and the export stops."""
     cfg, result = trained
-    ckpt = cfg.output_dir / "final" / "model.pt"
+    bundle = load(cfg.output_dir / "final" / "model.pt")
+    bundle["preprocess"] = dict(bundle["preprocess"], resize_size=160)
+    ckpt = tmp_path / "skewed.pt"
+    atomic_save(bundle, ckpt)
     before = sorted(p.name for p in (cfg.artifacts_dir / cfg.name).iterdir())
     with pytest.raises(ExportError, match="skew"):
-        export_job(ckpt, None, preprocess_override={"resize_size": 160})
+        export_job(ckpt, None)
     after = sorted(p.name for p in (cfg.artifacts_dir / cfg.name).iterdir())
     assert before == after, "a failed export must publish nothing and leave no staging directory"
 
@@ -102,7 +109,7 @@ def test_publish_is_atomic_under_a_concurrent_reader(tmp_path):
             for _ in range(16):  # written slowly, in pieces
                 f.write(b"x" * (1 << 16))
         (staging / "model.json").write_text("{}")
-        promote(root, install(staging, root, f"v{i:03d}").name, "test")
+        promote(root, install(staging, root, f"v{i:03d}").name)
     stop.set()
     t.join()
     assert not problems and len(set(seen)) > 1

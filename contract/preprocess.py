@@ -1,8 +1,9 @@
-"""Bytes -> the model's input: decode, EXIF-orient, convert to RGB, resize shorter side to R, centre-crop S.
+"""Bytes or a file -> the model's input: decode, EXIF-orient, convert to RGB, resize shorter side to R, centre-crop S.
 
-This is the serving half of the preprocessing contract (model.json: resize_size, image_size, interpolation). It is
-written to equal torchvision's Resize + CenterCrop on PIL images pixel for pixel: same size arithmetic, same PIL
-resampling call, same crop rounding. tests/test_preprocess_parity.py holds the two equal on real photos.
+The one implementation of the preprocessing contract (model.json: resize_size, image_size, interpolation): the
+service, the skew gate, training's evaluation and `python -m training predict` all call it. It equals torchvision's
+Resize + CenterCrop on PIL images pixel for pixel (same size arithmetic, same PIL resampling call, same crop
+rounding); tests/serving/test_preprocess_parity.py holds the two equal on real photos.
 """
 from __future__ import annotations
 
@@ -52,10 +53,20 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     if w * h > max_pixels:  # checked on the header: a decompression bomb never gets decoded
         raise ImageError("too_many_pixels", f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}", 413)
     try:
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")  # forces the full decode: truncation shows up here
+        return to_rgb(im)  # forces the full decode: truncation shows up here
     except Exception as exc:
         raise ImageError("corrupt", f"the image is truncated or corrupt: {exc}") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """EXIF orientation applied (phone photos), any mode converted to RGB."""
+    return ImageOps.exif_transpose(im).convert("RGB")
+
+
+def load_rgb(path) -> Image.Image:
+    """A training or test image file, decoded as the service decodes a request."""
+    with Image.open(path) as im:
+        return to_rgb(im)
 
 
 def resize_crop(im: Image.Image, spec: PreprocessSpec) -> np.ndarray:

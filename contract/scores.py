@@ -1,0 +1,11 @@
+"""Logits -> probabilities, with the softmax temperature model.json carries (fitted on the validation split)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)  # exp never overflows
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
