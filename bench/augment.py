@@ -1,6 +1,6 @@
 """Augmenting CIFAR-size images: per image with PIL in DataLoader workers vs whole uint8 batches on the device.
 
-python bench/augment.py [--images 2048] [--size 32] [--batch 256]
+python -m bench.augment [--images 2048] [--size 32] [--batch 256]
 
 Builds an in-memory uint8 dataset of real photos (hymenoptera, resized to size x size, repeated to --images), then
 times producing augmented float batches both ways in one run: the loader path (torchvision v2 RandomResizedCrop +
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,14 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from training.batch_augment import BatchAugment  # noqa: E402
-from training.config import AugmentConfig, DataConfig  # noqa: E402
-from training.data import ImageSet  # noqa: E402
-from training.loader import EpochSampler, train_loader  # noqa: E402
-from training.transforms import train_transform  # noqa: E402
+from training.batch_augment import BatchAugment
+from training.config import AugmentConfig, DataConfig
+from training.data import ImageSet
+from training.loader import EpochSampler, train_loader
+from training.transforms import train_transform
 
+ROOT = Path(__file__).resolve().parents[1]
 
 def photos(root: Path, size: int, n: int) -> ImageSet:
     files = sorted(root.rglob("*.jpg"))

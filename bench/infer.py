@@ -1,6 +1,6 @@
 """Raw inference speed on this machine: onnxruntime vs PyTorch eager, and onnxruntime session settings, in one run.
 
-python bench/infer.py [--backbone resnet50] [--size 224] [--batches 1 8 32] [--peak-gflops 190]
+python -m bench.infer [--backbone resnet50] [--size 224] [--batches 1 8 32] [--peak-gflops 190]
 
 The model is the product's own (training.model.Classifier, random init: speed does not depend on the weights),
 exported through the product's own ONNX path (uint8 NHWC contract, normalisation in the graph). Each variant runs in
@@ -14,23 +14,20 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-import onnxruntime as ort  # noqa: E402
+from training.config import ModelConfig
+from training.export import ContractWrapper, export_onnx
+from training.model import build_model
 
-from training.config import ModelConfig  # noqa: E402
-from training.export import ContractWrapper, export_onnx  # noqa: E402
-from training.model import build_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GFLOP_PER_IMAGE = {("resnet50", 224): 8.2, ("efficientnet_lite0", 224): 0.8, ("mobilenet_v3_large", 224): 0.44}
 
@@ -112,7 +109,8 @@ def main() -> None:
     for name, rate in r.items():
         variant_rows.append(f"| {name} | {rate:.1f} | {rate / base:.2f} |")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    where = f"{stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, onnxruntime {ort.__version__}, " \
+    where = f"{stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, " \
+            f"onnxruntime {ort.__version__}, " \
             f"torch {torch.__version__}"
     text = "\n".join([
         f"\n### bench/infer.py: {args.backbone} at {args.size} px ({gflop or '?'} GFLOP/img), {where}\n",

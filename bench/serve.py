@@ -1,6 +1,6 @@
 """Serving throughput and latency, batching on vs off, against raw onnxruntime, in one run.
 
-python bench/serve.py --model artifacts/hymenoptera [--concurrency 1 8 32 64] [--requests 192]
+python -m bench.serve --model artifacts/hymenoptera [--concurrency 1 8 32 64] [--requests 192]
 
 Starts the real `bentoml serve` on 127.0.0.1 (twice: adaptive batching on, then off), sends real JPEGs from the test
 split with N concurrent clients, reads the batch sizes from /metrics, and in the same run times raw onnxruntime at the
@@ -12,7 +12,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -21,15 +20,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-from contract.card import load_card  # noqa: E402
-from contract.publish import resolve_path  # noqa: E402
-from contract.preprocess import preprocess  # noqa: E402
-from serving.runtime import OnnxClassifier  # noqa: E402
-from server import Server  # noqa: E402
+from contract.card import load_card
+from contract.preprocess import preprocess
+from contract.publish import resolve_path
+from serving.launch import Server
+from serving.runtime import OnnxClassifier
 
+ROOT = Path(__file__).resolve().parents[1]
 
 def scrape_batches(url: str) -> tuple[float, float]:
     s = c = 0.0
@@ -117,7 +114,8 @@ def main() -> None:
         finally:
             srv.stop()
     head = ("| concurrency | batching img/s | p50 ms | p95 ms | p99 ms | mean batch | no-batching img/s | "
-            "batching / no-batching | raw ORT img/s (batch=c) | service / raw ORT |\n|---|---|---|---|---|---|---|---|---|---|")
+            "batching / no-batching | raw ORT img/s (batch=c) | service / raw ORT |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     lines = []
     for c in args.concurrency:
         on, off = rows[("true", c)], rows[("false", c)]
@@ -125,7 +123,8 @@ def main() -> None:
                      f"{on['mean_batch']:.1f} | {off['img_s']:.1f} | {on['img_s'] / off['img_s']:.2f} | {raw[c]:.1f} | "
                      f"{on['img_s'] / raw[c]:.2f} |")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = (f"\n### bench/serve.py: {card.name} ({getattr(card, 'backbone', '?')}, {card.image_size} px), {stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, "
+    text = (f"\n### bench/serve.py: {card.name} ({getattr(card, 'backbone', '?')}, {card.image_size} px), {stamp}, "
+            f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, "
             f"load generator on the same cores\n\n" + "\n".join([head, *lines]) +
             f"\n\ndecode + resize + crop per image (contract.preprocess, real JPEGs): {decode_ms:.1f} ms\n")
     print(text)

@@ -1,6 +1,6 @@
 """Where the service's CPU goes, per image, and service settings compared at one concurrency, in one run.
 
-python bench/serve_cpu.py --model artifacts/hymenoptera [--concurrency 32] [--requests 640] [--rounds 2]
+python -m bench.serve_cpu --model artifacts/hymenoptera [--concurrency 32] [--requests 640] [--rounds 2]
 
 For each variant (SERVING_* settings) the real service is started, loaded with real JPEGs by bench/serve.py's
 client, and the CPU time of every process is read before and after: the load generator, the HTTP-facing
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from serve import Server, load, parse_with_model, service_bench_parser  # the same client and start
+from bench.serve import Server, load, parse_with_model, service_bench_parser  # the same client and start
 
 VARIANTS = {
     "default (spinning off)": {},
@@ -66,7 +66,8 @@ def main() -> None:
             print(name, f"{runs[name][-1]['img_s']:.1f} img/s", flush=True)
     base = statistics.median(r["img_s"] for r in runs["default (spinning off)"])
     cores = len(os.sched_getaffinity(0))
-    head = ("| variant | img/s (median) | / default | p50 ms | p99 ms | mean batch | client | ImageClassifier | Model | "
+    head = ("| variant | img/s (median) | / default | p50 ms | p99 ms | mean batch | client | ImageClassifier | "
+            "Model | "
             "all | img/s bound = cores x 1000 / all |\n|---|---|---|---|---|---|---|---|---|---|---|")
     lines = []
     for name, rows in runs.items():
@@ -78,7 +79,8 @@ def main() -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"\n### bench/serve_cpu.py: {card.name} ({card.image_size} px), c = {args.concurrency}, {args.requests} "
             f"requests x {args.rounds} rounds, {stamp}, {platform.machine()}, {cores} cores, CPU\n\n"
-            "CPU core-ms per image by process (user + system), median over rounds:\n\n" + "\n".join([head, *lines]) + "\n")
+            "CPU core-ms per image by process (user + system), median over rounds:\n\n"
+            + "\n".join([head, *lines]) + "\n")
     print(text)
     with open(args.results, "a") as f:
         f.write(text)

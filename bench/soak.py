@@ -1,10 +1,11 @@
 """Soak: N concurrent clients for T seconds mixing good images, bad inputs and feedback against the real service.
 
-python bench/soak.py --model artifacts/hymenoptera [--clients 64] [--seconds 60] [--max-requests 50000]
+python -m bench.soak --model artifacts/hymenoptera [--clients 64] [--seconds 60] [--max-requests 50000]
 
 Starts the real service (serving.run -> bentoml serve) on 127.0.0.1, warms it up, then runs the mix with aiohttp
 and reports requests by kind and status, latency of the good ones, the resident memory of the server's processes
-at the start, half-way and at the end (after a warm-up at full load), and whether any worker process was replaced. Appends the table to bench/RESULTS.md.
+at the start, half-way and at the end (after a warm-up at full load), and whether any worker process was replaced.
+Appends the table to bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import json
 import os
 import platform
 import random
-import sys
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -26,7 +26,6 @@ import psutil
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def _png(size, mode="L") -> bytes:
@@ -177,7 +176,7 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    from serve import Server, parse_with_model, service_bench_parser
+    from bench.serve import Server, parse_with_model, service_bench_parser
 
     ap = service_bench_parser()
     ap.add_argument("--clients", type=int, default=64)

@@ -2,7 +2,7 @@
 the input pipeline's share of a phase-2 step for several DataLoader worker counts, and the compute variants of a
 training step (channels_last, fused AdamW, torch.compile, and bf16 autocast where CUDA is present).
 
-python bench/train.py [--config training/configs/hymenoptera.yaml] [--set key=value ...] [--epochs 6]
+python -m bench.train [--config training/configs/hymenoptera.yaml] [--set key=value ...] [--epochs 6]
 
 Phase 1 table: head-epoch img/s (training part of each epoch), what building the cache cost, and the test accuracy
 after phase 1 for both (same seed, same epochs): the cache must be faster at equal accuracy.
@@ -15,22 +15,21 @@ import argparse
 import os
 import platform
 import shutil
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from training import metrics  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.data import load_splits  # noqa: E402
-from training.job import logits_of  # noqa: E402
-from training.model import build_model, set_trainable, train_mode  # noqa: E402
-from training.train import Trainer, setup_runtime  # noqa: E402
+from training import metrics
+from training.config import load_config
+from training.data import load_splits
+from training.job import logits_of
+from training.model import build_model, set_trainable, train_mode
+from training.runtime import setup_runtime
+from training.train import Trainer
 
+ROOT = Path(__file__).resolve().parents[1]
 
 def phase1(cfg, splits, device) -> dict:
     torch.manual_seed(cfg.seed)
@@ -170,7 +169,8 @@ def main() -> None:
         f"\n### bench/train.py: {cfg.model.backbone} at {cfg.data.image_size} px, {len(splits.train)} training "
         f"images, {where}\n",
         f"Phase 1 ({args.epochs} epochs, frozen backbone, {c.phase1.cache_views} cached views):\n",
-        "| variant | head-epoch img/s | cache build s | phase 1 wall s | test acc after phase 1 |", "|---|---|---|---|---|",
+        "| variant | head-epoch img/s | cache build s | phase 1 wall s | test acc after phase 1 |",
+        "|---|---|---|---|---|",
         f"| backbone every epoch | {a['img_s']:.1f} | - | {a['wall']:.1f} | {a['test_acc']:.4f} |",
         f"| cached features | {b['img_s']:.1f} | {b['cache_s']:.1f} | {b['wall']:.1f} | {b['test_acc']:.4f} |",
         f"\nhead epochs on cached features: **{b['img_s'] / a['img_s']:.0f}×** the img/s; phase 1 wall "
@@ -178,7 +178,8 @@ def main() -> None:
         "Input pipeline (one phase-2 epoch, top stage unfrozen):\n",
         "| DataLoader workers | img/s | ms per step | time waiting for data |", "|---|---|---|---|",
         *[f"| {w} | {p['img_s']:.1f} | {p['step_ms']:.0f} | {100 * p['wait']:.0f} % |" for w, p in pipe.items()],
-        f"\nTraining-step compute (phase 2, top stage unfrozen, batch {cfg.data.batch_size}, fixed batch, no loader):\n",
+        f"\nTraining-step compute (phase 2, top stage unfrozen, batch {cfg.data.batch_size}, fixed batch, "
+        "no loader):\n",
         "| variant (cumulative) | img/s | vs fp32 | first step s |", "|---|---|---|---|",
         *[f"| {n} | {v['img_s']:.1f} | {v['img_s'] / compute['fp32, contiguous']['img_s']:.2f} | {v['first_s']:.1f} |"
           for n, v in compute.items()],

@@ -28,7 +28,8 @@ class RequestGuard:
         self.app, self.max_bytes = app, max_bytes
 
     async def _reject(self, send, size_text: str) -> None:
-        await reject(send, 413, "body_too_large", f"request body {size_text} exceeds the limit of {self.max_bytes} bytes")
+        await reject(send, 413, "body_too_large",
+                     f"request body {size_text} exceeds the limit of {self.max_bytes} bytes")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") != "POST":

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-import onnxruntime as ort  # noqa: E402
+import onnxruntime as ort
 
-from .cpus import cpu_allotment  # noqa: E402
+from .cpus import cpu_allotment
 
 log = logging.getLogger("serving")
 

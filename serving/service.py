@@ -71,7 +71,8 @@ class Model:
 
     def _session(self, version_dir: Path) -> OnnxClassifier:
         """fp32 on CPU; the fp16 variant where asked, or on CUDA with precision=auto (includes a warm-up run)."""
-        want_fp16 = S.precision == "fp16" or (S.precision == "auto" and S.device != "cpu" and "fp16" in self.card.variants
+        want_fp16 = S.precision == "fp16" or (S.precision == "auto" and S.device != "cpu"
+                                              and "fp16" in self.card.variants
                                               and cuda_available())
         def session(path: Path) -> OnnxClassifier:
             return OnnxClassifier(path, len(self.card.classes), self.card.image_size, S.device, S.intra_op_threads,
@@ -209,7 +210,8 @@ class ImageClassifier:
         return result[0] if isinstance(result, list) else result
 
     @bentoml.api(route="/predict_batch")
-    async def predict_batch(self, images: Annotated[list[Path], Field(min_length=1, max_length=S.max_images_per_request)],
+    async def predict_batch(self,
+                            images: Annotated[list[Path], Field(min_length=1, max_length=S.max_images_per_request)],
                             top_k: TopK = 3) -> list[Prediction]:
         """Several images as multipart file uploads, answered in order."""
         return await self._guarded([p.read_bytes() for p in images], top_k)
@@ -237,7 +239,8 @@ class ImageClassifier:
         """Ground truth for an earlier prediction; stateless, so any replica can take it."""
         if self.card is None:
             return unavailable(f"no model loaded: {self.error}")
-        unknown = [f"{k}='{v}'" for k, v in (("predicted", predicted), ("actual", actual)) if v not in self.card.classes]
+        unknown = [f"{k}='{v}'" for k, v in (("predicted", predicted), ("actual", actual))
+                   if v not in self.card.classes]
         if unknown:
             return error_response(ImageError("unknown_class", f"unknown class {', '.join(unknown)}; the model's "
                                              f"classes are {self.card.classes}", 422))

@@ -20,7 +20,8 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "fp16"] = Field(
         "auto", description="auto: the fp16 variant on CUDA when the artifact has one, fp32 otherwise")
     max_batch_size: int = Field(32, ge=1, le=1024)
-    max_latency_ms: int = Field(2000, ge=1, description="batching latency budget; BentoML sheds requests beyond it with 503")
+    max_latency_ms: int = Field(2000, ge=1,
+                                description="batching latency budget; BentoML sheds requests beyond it with 503")
     batching: bool = Field(True, description="false: every request runs alone (for comparison)")
     intra_op_threads: int = Field(0, ge=0, description="0: the container's CPU allotment (affinity, cgroup "
                                                         "quota), else onnxruntime's default (physical cores)")

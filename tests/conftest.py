@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import DATA
 from hypothesis import settings
 
-from helpers import DATA
 # Tools installed into the venv (kubernetes-validate, hadolint, kubectl, torchrun) are found even when pytest is
 # started as .venv/bin/python -m pytest without activating the venv.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")

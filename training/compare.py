@@ -38,12 +38,14 @@ def _run(label: str, cfg: TrainConfig) -> dict:
     m = json.loads((Path(cfg.output_dir) / "final" / "metrics.json").read_text())["test"]
     epochs = len(json.loads((Path(cfg.output_dir) / "final" / "result.json").read_text()).get("history", [])) or None
     return {"variant": label, "backbone": cfg.model.backbone, "weights": cfg.model.weights,
-            "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "epochs_budget": cfg.phase1.epochs + cfg.phase2.epochs,
+            "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+            "epochs_budget": cfg.phase1.epochs + cfg.phase2.epochs,
             "epochs_run": epochs, "wall_s": round(seconds, 1), "n_test": m["n"]}
 
 
 def table(rows: list[dict]) -> str:
-    head = "| variant | backbone | weights | test acc | macro F1 | epochs (budget) | wall s |\n|---|---|---|---|---|---|---|"
+    head = ("| variant | backbone | weights | test acc | macro F1 | epochs (budget) | wall s |\n"
+            "|---|---|---|---|---|---|---|")
     lines = [f"| {r['variant']} | {r['backbone']} | {r['weights']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
              f"{r['epochs_budget']} | {r['wall_s']} |" for r in rows]
     return "\n".join([head, *lines])
@@ -83,6 +85,7 @@ def baseline(cfg: TrainConfig, results_md: Path | None = None) -> list[dict]:
         m = json.loads(main.read_text())["test"]
         rows.insert(0, {"variant": "main run", "backbone": cfg.model.backbone, "weights": cfg.model.weights,
                         "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-                        "epochs_budget": cfg.phase1.epochs + cfg.phase2.epochs, "wall_s": "see its log", "n_test": m["n"]})
+                        "epochs_budget": cfg.phase1.epochs + cfg.phase2.epochs, "wall_s": "see its log",
+                        "n_test": m["n"]})
     print(record(rows, cfg, results_md))
     return rows

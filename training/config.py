@@ -144,6 +144,9 @@ class TrainConfig(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
+    deterministic: bool | None = Field(
+        None, description="deterministic kernels, so a resumed run ends with the same weights as an uninterrupted "
+                          "one; default: on for CPU, off for CUDA (cuDNN autotuning: faster, not bit-reproducible)")
     channels_last: bool = True
     compile: bool = Field(False, description="torch.compile the training forward/backward (pays off on long GPU runs; "
                                              "the first steps pay for the compilation)")

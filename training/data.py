@@ -132,7 +132,8 @@ def _scan_folder(root: Path, classes: list[str], skipped: list) -> ImageSet:
                 paths.append(p)
                 labels.append(y)
             else:  # reported, not silently dropped: a stray file in a class folder is usually a data mistake
-                skipped.append((str(p), f"unsupported file type '{p.suffix}' (reads {', '.join(sorted(IMAGE_SUFFIXES))})"))
+                reads = ", ".join(sorted(IMAGE_SUFFIXES))
+                skipped.append((str(p), f"unsupported file type '{p.suffix}' (reads {reads})"))
     paths, labels, infos = _keep_readable(paths, labels, skipped)
     return ImageSet(classes, labels, paths=paths, infos=infos)
 

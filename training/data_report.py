@@ -98,7 +98,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Data report\n\nlayout: {report['layout']}  \ndata digest: `{report['data_digest']}`\n",
              "| class | " + " | ".join(report["counts"]) + " |", "|---|" + "---:|" * len(report["counts"])]
     lines += [f"| {c} | " + " | ".join(str(report["counts"][s][c]) for s in report["counts"]) + " |" for c in classes]
-    lines.append("\n| split | width min/median/max | height min/median/max | shorter side < image_size |\n|---|---|---|---:|")
+    lines.append("\n| split | width min/median/max | height min/median/max | shorter side < image_size |\n"
+                 "|---|---|---|---:|")
     lines += [f"| {s} | {v['width']} | {v['height']} | {v['under_image_size']} |"
               for s, v in report["image_sizes"].items() if v]
     dup = report["duplicates"]
@@ -136,7 +137,8 @@ def log(report: dict) -> None:
         event(f"warning: {dup['exact']} exact and {dup['near']} near copies of the same image in two splits; "
               + ("removed from train" if dup["dropped_from_train"] else
                  "copies in train and test inflate the test accuracy (data.duplicates=drop_from_train removes them)"),
-              pairs=dup["by_splits"], first=[{k: v for k, v in d.items() if k.endswith("_file")} for d in dup["pairs"][:3]])
+              pairs=dup["by_splits"],
+              first=[{k: v for k, v in d.items() if k.endswith("_file")} for d in dup["pairs"][:3]])
 
 
 def prepare(splits: Splits, duplicates_policy: str, near_bits: int, image_size: int) -> tuple[Splits, dict]:

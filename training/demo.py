@@ -7,13 +7,7 @@ or replaces the default one; the photos sent over HTTP come from the test split 
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,12 +27,6 @@ def pick_backbone(cfg: TrainConfig) -> None:
         cfg.model.backbone = "efficientnet_lite0"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def dataset_name(data: str) -> str:
     """A run name (training.config's pattern) from a dataset folder or CSV file name."""
     path = Path(data).resolve()
@@ -48,32 +36,18 @@ def dataset_name(data: str) -> str:
 
 def serve_and_ask(version_dir: Path, samples: list[dict]) -> int:
     import httpx
-    port = free_port()
-    env = dict(os.environ, SERVING_MODEL_DIR=str(version_dir), BENTOML_DO_NOT_TRACK="True", ORT_DISABLE_TELEMETRY="1")
-    # serving.run = bentoml serve with a graceful stop (what the container runs); its own session, so a stuck
-    # server and its workers can be killed as a group and nothing else.
-    server = subprocess.Popen([sys.executable, "-m", "serving.run", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+
+    from serving.launch import Server  # what the tests and the benchmarks start too
+    server = Server({"SERVING_MODEL_DIR": str(version_dir)})
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                raise RuntimeError(f"the service exited with {server.returncode}")
-            time.sleep(1)
-        else:
+        if not server.wait_ready(180):
             raise RuntimeError("service not ready after 180 s")
-        print(f"service ready on {base}")
+        print(f"service ready on {server.url}")
         right = 0
         for sample in samples:
             path = Path(sample["path"])
             with open(path, "rb") as f:
-                r = httpx.post(base + "/predict", files={"image": (path.name, f, "application/octet-stream")},
+                r = httpx.post(server.url + "/predict", files={"image": (path.name, f, "application/octet-stream")},
                                timeout=60)
             r.raise_for_status()
             answer = r.json()
@@ -83,12 +57,7 @@ def serve_and_ask(version_dir: Path, samples: list[dict]) -> int:
         print(f"{right}/{len(samples)} answered correctly over HTTP")
         return 0
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        server.stop()
 
 
 def demo(data: str | None, overrides: list[str], restart: bool = False) -> int:

@@ -24,6 +24,8 @@ from .data import Splits
 from .loader import SeededImages
 from .log import event, progress
 from .model import Classifier
+from .runtime import autocast, model_input
+from .seeds import derive
 from .transforms import eval_transform, train_transform
 
 
@@ -58,7 +60,7 @@ def cache_key(cfg: TrainConfig, splits: Splits) -> str:
 
 
 def view_seed(seed: int, view: int, index: int) -> int:
-    return (seed * 1_000_003 + 7 + view) * 10_000_019 + index
+    return derive(seed, "cache view", view, index)
 
 
 @torch.no_grad()
@@ -66,11 +68,8 @@ def _features(model: Classifier, loader: DataLoader, device: torch.device, chann
               label: str) -> tuple[torch.Tensor, torch.Tensor]:
     feats, labels = [], []
     for images, y in progress(loader, len(loader), label):
-        x = images.to(device, non_blocking=True).float().div_(255)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            f = model.backbone((x - model.mean) / model.std)
+        with autocast(device, amp):
+            f = model.backbone((model_input(images, device, channels_last) - model.mean) / model.std)
         feats.append(f.float().cpu())
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)

@@ -1,4 +1,5 @@
-"""The training Job end to end: data -> two phases -> test metrics -> final checkpoint -> export -> artifact."""
+"""The training Job end to end, in named steps: intake (data, run identity, data report) -> two phases ->
+evaluation and report -> final checkpoint -> export, gates and publish."""
 from __future__ import annotations
 
 import json
@@ -8,20 +9,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from contract.files import write_atomic
+from contract.preprocess import PreprocessSpec, resize_crop
+
 from . import checkpoint, data_report, distributed, metrics, run_identity
+from .calibrate import fit_temperature
 from .config import TrainConfig
 from .data import ImageSet, Splits, load_splits
 from .export import build_artifact
-from .publish import PublishRefused
 from .loader import eval_loader
 from .log import event
 from .model import Classifier, build_model
-from .calibrate import fit_temperature
-from .report import write_report
-from .train import Trainer, resolve_device, setup_runtime, summary_table, write_json
+from .publish import PublishRefused
+from .report import summary_table, write_report
+from .runtime import resolve_device, setup_runtime
+from .train import Trainer
 from .transforms import eval_transform
 
-from contract.preprocess import PreprocessSpec, resize_crop
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
 def preprocess_spec(cfg: TrainConfig) -> dict:
@@ -103,44 +111,64 @@ def _train(cfg: TrainConfig, d: distributed.Dist, restart: bool) -> dict:
     if d.enabled:
         event("process", all_ranks=True, pid=os.getpid(), world_size=d.world, device=str(device))
     splits, data_summary = intake(cfg, d, out, restart)
-    model = build_model(cfg.model, len(splits.classes)).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    trainer = Trainer(cfg, splits, model, device, d)
-    trainer.fit()
+    model, trainer = fit(cfg, splits, device, d)
     digests = distributed.gather_digests(model, d)
     if not d.main:
         return {"rank": d.rank}  # rank 0 alone evaluates, reports and exports
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks ended with different weights: {digests}")
-    history = trainer.state["history"]
-    test, temperature = evaluate_model(model, splits, cfg, device, history, {"data": data_summary})
+    test, temperature = evaluate_model(model, splits, cfg, device, trainer.state.history, {"data": data_summary})
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+    bundle = save_final(model, trainer, splits, cfg, test, temperature)
+    print_summary(trainer, test, out)
+    result = {"test_accuracy": test["accuracy"], "final": str(out / "final" / "model.pt"),
+              "history": trainer.state.history, "world_size": d.world, "weights_sha256_per_rank": digests,
+              "test_samples": sample_test_images(splits.test, 3, out / "samples")}
+    if cfg.export.enabled:
+        export_and_publish(model, bundle, splits, cfg, result)
+    write_json(out / "final" / "result.json", result)
+    return result
+
+
+def fit(cfg: TrainConfig, splits: Splits, device: torch.device, d: distributed.Dist) -> tuple[Classifier, Trainer]:
+    model = build_model(cfg.model, len(splits.classes)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trainer = Trainer(cfg, splits, model, device, d)
+    trainer.fit()
+    return model, trainer
+
+
+def save_final(model: Classifier, trainer: Trainer, splits: Splits, cfg: TrainConfig, test: dict,
+               temperature: float) -> dict:
+    """final/model.pt: weights with everything export and evaluate need (classes, config, preprocessing, metrics)."""
+    st = trainer.state
     bundle = {"name": cfg.name, "classes": splits.classes, "config": cfg.model_dump(mode="json"),
-              "preprocess": preprocess_spec(cfg), "history": history,
-              "metrics": {"test": test, "best_val": {cfg.early_stop.metric: trainer.state["best"],
-                                                     "at": trainer.state["best_where"]}},
+              "preprocess": preprocess_spec(cfg), "history": st.history,
+              "metrics": {"test": test, "best_val": {cfg.early_stop.metric: st.best, "at": st.best_where}},
               "skipped": splits.skipped, "temperature": temperature, "state_dict": model.state_dict()}
-    checkpoint.atomic_save(bundle, out / "final" / "model.pt")
-    write_json(out / "final" / "metrics.json", bundle["metrics"])
-    print(summary_table(history))
+    out = Path(cfg.output_dir) / "final"
+    checkpoint.atomic_save(bundle, out / "model.pt")
+    write_json(out / "metrics.json", bundle["metrics"])
+    return bundle
+
+
+def print_summary(trainer: Trainer, test: dict, out: Path) -> None:
+    print(summary_table(trainer.state.history))
     if trainer.cache_seconds is not None:  # phase-1 rows then time only the head; the backbone ran once, before
         print(f"phase 1 trained the head on cached backbone features, built in {trainer.cache_seconds:.1f} s")
     print(f"test accuracy {test['accuracy']:.4f}  macro F1 {test['macro_f1']:.4f}  (n={test['n']})  "
           f"report {out / 'report' / 'report.html'}")
-    result = {"test_accuracy": test["accuracy"], "final": str(out / "final" / "model.pt"), "history": history,
-              "world_size": d.world, "weights_sha256_per_rank": digests,
-              "test_samples": sample_test_images(splits.test, 3, out / "samples")}
-    if cfg.export.enabled:
-        try:
-            result.update(artifact=str(export_bundle(model, bundle, splits, cfg)), published=True)
-            print(f"published {result['artifact']}")
-        except PublishRefused as exc:  # the version exists; the result says so before the job fails
-            result.update(artifact=str(exc.version_dir), published=False, not_published_because=str(exc))
-            write_json(out / "final" / "result.json", result)
-            raise
-    write_json(out / "final" / "result.json", result)
-    return result
+
+
+def export_and_publish(model: Classifier, bundle: dict, splits: Splits, cfg: TrainConfig, result: dict) -> None:
+    try:
+        result.update(artifact=str(export_bundle(model, bundle, splits, cfg)), published=True)
+        print(f"published {result['artifact']}")
+    except PublishRefused as exc:  # the version exists; the result says so before the job fails
+        result.update(artifact=str(exc.version_dir), published=False, not_published_because=str(exc))
+        write_json(Path(cfg.output_dir) / "final" / "result.json", result)
+        raise
 
 
 def export_bundle(model: Classifier, bundle: dict, splits: Splits, cfg: TrainConfig) -> Path:

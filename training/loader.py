@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .data import ImageSet
+from .seeds import derive
 
 
 class SeededImages(Dataset):
@@ -41,7 +42,7 @@ class EpochSampler(Sampler):
         self.epoch, self.start_batch = epoch, start_batch
 
     def _order(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(derive(self.seed, "order", self.epoch))
         if self.weights is not None:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
         else:
@@ -57,9 +58,8 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         order = self._order()
-        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + self.rank * self.n
         for pos in range(self.start_batch * self.batch_size, self.batches_per_epoch() * self.batch_size):
-            yield order[pos], base + pos
+            yield order[pos], derive(self.seed, "sample", self.epoch, self.rank, pos)
 
 
 def train_loader(images: ImageSet, transform, sampler: EpochSampler, workers: int, pin: bool) -> DataLoader:
@@ -71,3 +71,11 @@ def train_loader(images: ImageSet, transform, sampler: EpochSampler, workers: in
 def eval_loader(images: ImageSet, transform, batch_size: int, workers: int, pin: bool) -> DataLoader:
     return DataLoader(SeededImages(images, transform), batch_size=batch_size, shuffle=False,
                       num_workers=workers, pin_memory=pin)
+
+
+def sampled_rows(data: torch.Tensor, labels: torch.Tensor, sampler: EpochSampler, batch_size: int):
+    """Batches of rows of tensors already in memory (cached features, or uint8 images on the device), in the
+    sampler's order: the same batches an image loader over the same sampler would give."""
+    order = torch.tensor([i for i, _ in sampler], dtype=torch.long)
+    for idx in order.split(batch_size):
+        yield data[idx.to(data.device)], labels[idx.to(labels.device)]

@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import sys
-import time
 
 from tqdm import tqdm
 
@@ -51,12 +50,3 @@ def _short(v):
 def progress(iterable, total: int, desc: str):
     return tqdm(iterable, total=total, desc=desc, leave=False, disable=not INTERACTIVE or RANK != 0,
                 dynamic_ncols=True)
-
-
-class Timer:
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start

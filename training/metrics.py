@@ -7,6 +7,8 @@ from sklearn import metrics as skm
 
 from contract.scores import softmax
 
+from .runtime import autocast, model_input
+
 
 @torch.no_grad()
 def predict(model, loader, device, channels_last: bool = False, amp_dtype=None) -> tuple[np.ndarray, np.ndarray]:
@@ -14,11 +16,8 @@ def predict(model, loader, device, channels_last: bool = False, amp_dtype=None) 
     model.eval()
     all_logits, all_labels = [], []
     for images, labels in loader:
-        x = images.to(device, non_blocking=True).float().div_(255)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
+        with autocast(device, amp_dtype):
+            logits = model(model_input(images, device, channels_last))
         all_logits.append(logits.float().cpu())
         all_labels.append(labels)
     return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()

@@ -43,10 +43,6 @@ def build_model(cfg: ModelConfig, num_classes: int) -> Classifier:
     return Classifier(backbone, num_classes, cfg.hidden_dim, cfg.dropout)
 
 
-def stage_parameters(model: Classifier, stage: str) -> list[nn.Parameter]:
-    return list(model.stages[stage].parameters())
-
-
 def set_trainable(model: Classifier, stages: list[str], batchnorm: str = "frozen") -> None:
     """Head always trains; backbone stages in `stages` train; the rest get no gradients.
 

@@ -66,8 +66,9 @@ def publish_by_hand(model_dir: Path, version: str) -> Path:
     LATEST."""
     target = Path(model_dir) / version
     if not target.is_dir():
-        versions_there = sorted(d.name for d in Path(model_dir).iterdir() if d.is_dir() and not d.name.startswith(".")) \
-            if Path(model_dir).is_dir() else []
+        root = Path(model_dir)
+        versions_there = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")) \
+            if root.is_dir() else []
         raise FileNotFoundError(f"{target} is not a published version (versions in {model_dir}: {versions_there})")
     load_card(target)  # ArtifactError (a RuntimeError: one clear line) if incomplete or damaged
     promote(Path(model_dir), version, "by hand (python -m training publish)")

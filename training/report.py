@@ -9,11 +9,12 @@ import matplotlib
 import matplotlib.ticker
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from .data import ImageSet  # noqa: E402
-from contract.scores import softmax  # noqa: E402
+from contract.scores import softmax
+
+from .data import ImageSet
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -140,3 +141,10 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:10
 <h2>Config</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre></body></html>"""
     (out / "report.html").write_text(page)
     return out / "report.html"
+
+
+def summary_table(history: list[dict]) -> str:
+    head = f"{'phase':>5} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'val_loss':>8} {'val_acc':>7} {'sec':>6}"
+    rows = [f"{r['phase']:>5} {r['epoch']:>5} {r['train_loss']:>10.4f} {r['train_acc']:>9.3f} "
+            f"{r['val_loss']:>8.4f} {r['val_acc']:>7.3f} {r['seconds']:>6.2f}" for r in history]
+    return "\n".join([head, *rows])

@@ -20,7 +20,7 @@ INTERPOLATION = {"nearest": InterpolationMode.NEAREST, "bilinear": Interpolation
 
 
 class EvalTransform:
-    """PIL image -> uint8 [3, S, S] tensor through contract.preprocess (a class, so DataLoader workers can pickle it)."""
+    """PIL image -> uint8 [3, S, S] tensor through contract.preprocess (a class: DataLoader workers pickle it)."""
 
     def __init__(self, spec: PreprocessSpec):
         self.spec = spec

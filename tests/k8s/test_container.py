@@ -8,9 +8,9 @@ import time
 
 import httpx
 import pytest
-
 from helpers import ROOT
-from server import free_port, wait_ready
+
+from serving.launch import free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 DEBIAN = "http://deb.debian.org/debian"
@@ -32,7 +32,8 @@ def image(tmp_path_factory):
     rootfs = ROOT / ".cache" / "standin-rootfs"
     if not (rootfs / "usr" / "bin" / "python3").exists():
         shutil.rmtree(rootfs, ignore_errors=True)
-        subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-pip,ca-certificates",
+        subprocess.run(["debootstrap", "--variant=minbase",
+                        "--include=python3,python3-venv,python3-pip,ca-certificates",
                         "bookworm", str(rootfs), DEBIAN], check=True, capture_output=True)
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     subprocess.run(["podman", *store, "import", "-", "localhost/standin-python:bookworm"], stdin=tar.stdout,
@@ -51,7 +52,8 @@ def image(tmp_path_factory):
 def test_image_has_no_torch_and_a_healthcheck(image):
     run = subprocess.run(["podman", *image, "--runtime", "runc", "run", "--rm", *RUN_FLAGS, "--entrypoint", "python3",
                           "localhost/imgcls-serve:test", "-c",
-                          "import importlib.util as u; print(u.find_spec('torch') is None, u.find_spec('bentoml') is not None)"],
+                          "import importlib.util as u; "
+                          "print(u.find_spec('torch') is None, u.find_spec('bentoml') is not None)"],
                          capture_output=True, text=True)
     assert run.stdout.split() == ["True", "True"], run.stdout + run.stderr
     inspect = subprocess.run(["podman", *image, "image", "inspect", "--format", "{{.HealthCheck}} {{.User}}",
@@ -63,7 +65,8 @@ def test_container_serves_and_stops_on_sigterm(image, artifact, data_dir):
     port = free_port()
     name = f"imgcls-test-{port}"
     podman = ["podman", *image, "--runtime", "runc"]
-    subprocess.run([*podman, "run", "-d", "--name", name, "--network", "host", *RUN_FLAGS, "-v", f"{artifact}:/model:ro", "-e", "SERVING_MODEL_DIR=/model",
+    subprocess.run([*podman, "run", "-d", "--name", name, "--network", "host", *RUN_FLAGS,
+                    "-v", f"{artifact}:/model:ro", "-e", "SERVING_MODEL_DIR=/model",
                     "localhost/imgcls-serve:test", "--host", "127.0.0.1", "--port", str(port)],
                    check=True, capture_output=True)
     try:

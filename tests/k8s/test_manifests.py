@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as promop
-
 from helpers import ROOT
 
 K8S = ROOT / "k8s"
@@ -91,7 +90,8 @@ def test_deployment_probes_match_the_service():
     assert artifacts["persistentVolumeClaim"]["readOnly"]
     # onnxruntime's threads follow the container's CPU request (the node's core count would oversubscribe it)
     threads = next(e for e in c["env"] if e["name"] == "SERVING_INTRA_OP_THREADS")["valueFrom"]["resourceFieldRef"]
-    assert threads["containerName"] == c["name"] and threads["resource"] == "requests.cpu" and "cpu" in c["resources"]["requests"]
+    assert threads["containerName"] == c["name"] and threads["resource"] == "requests.cpu"
+    assert "cpu" in c["resources"]["requests"]
 
 
 @pytest.mark.parametrize("mutate", [

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import yaml
-
 from helpers import ROOT
-from server import Server, free_port
+
+from serving.launch import Server, free_port
 
 MON = ROOT / "k8s" / "monitoring"
 

@@ -1,9 +1,11 @@
 """The CPU allotment that sets onnxruntime's thread count: cgroup v2 and v1 quota files as the kernel writes them."""
 import os
+import subprocess
+import sys
 
 import pytest
 
-from serving.cpus import cgroup_cpu_quota, cpu_allotment
+from serving.cpus import cgroup_cpu_quota
 
 
 @pytest.mark.parametrize("files, cpus", [
@@ -21,21 +23,27 @@ def test_quota_from_cgroup_files(tmp_path, files, cpus):
     assert cgroup_cpu_quota(tmp_path) == cpus
 
 
+def _allotment_when_pinned(cpus: int, cgroup_root) -> str:
+    """cpu_allotment() in a process pinned to `cpus` CPUs, as a cpuset-limited container is."""
+    code = (f"import os; os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:{cpus}]); "
+            f"from pathlib import Path; from serving.cpus import cpu_allotment; "
+            f"print(cpu_allotment(Path({str(cgroup_root)!r})))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to pin to 1 and 2")
 def test_allotment_is_the_smallest_limit(tmp_path):
     (tmp_path / "cpu.max").write_text("150000 100000\n")
-    affinity = len(os.sched_getaffinity(0))
-    pinned = [affinity] if affinity < os.cpu_count() else []  # this process's own cpuset, where it has one
-    assert cpu_allotment(tmp_path) == min([2, *pinned])  # 1.5 CPUs of quota: 2 threads, never 0
+    assert _allotment_when_pinned(1, tmp_path) == "1"  # the cpuset is the tighter limit
+    assert _allotment_when_pinned(2, tmp_path) == "2"  # 1.5 CPUs of quota: 2 threads, never 1 (or 0)
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert cpu_allotment(tmp_path) == (pinned[0] if pinned else None)
+    assert _allotment_when_pinned(1, tmp_path) == "1"  # no quota: the cpuset alone
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to pin to 1")
 def test_a_session_pinned_to_one_cpu_runs_one_thread(artifact):
     """A real onnxruntime session in a process pinned to one CPU (as a cpuset-limited container is) takes 1 thread."""
-    import subprocess
-    import sys
     code = ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
             "from serving.runtime import OnnxClassifier; "
             "c = OnnxClassifier(sys.argv[1] + '/model.onnx', 2, 64, 'cpu'); print(c.intra_threads)")

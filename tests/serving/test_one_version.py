@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from server import Server
+from serving.launch import Server
 
 pytestmark = pytest.mark.slow
 

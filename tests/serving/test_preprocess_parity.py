@@ -5,7 +5,6 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-
 from torchvision.transforms import v2
 
 from contract.preprocess import ImageError, PreprocessSpec, load_rgb, preprocess

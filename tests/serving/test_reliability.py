@@ -19,19 +19,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import ROOT
-from server import Server
-
-sys.path.insert(0, str(ROOT / "bench"))
-import soak  # noqa: E402
+from bench import soak
+from serving.launch import Server
 
 pytestmark = pytest.mark.slow
-FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
 def server(artifact, tmp_path_factory):
-    srv = Server({"SERVING_MODEL_DIR": str(artifact), "SERVING_MAX_REQUEST_BYTES": "2000000"}, tmp_path_factory.mktemp("serve") / "serve.log")
+    srv = Server({"SERVING_MODEL_DIR": str(artifact), "SERVING_MAX_REQUEST_BYTES": "2000000"},
+                 tmp_path_factory.mktemp("serve") / "serve.log")
     try:
         assert srv.wait_ready(), open(srv.log.name).read()[-3000:]
         yield srv
@@ -90,7 +89,8 @@ def test_fuzz_damaged_real_photos(client, photo, data):
         assert r.status_code in (400, 413, 415) and is_error_with_message(r)
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                    | st.text(max_size=30),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=12)
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from server import Server
+from serving.launch import Server
 
 pytestmark = pytest.mark.slow
 MAX_BYTES, MAX_PIXELS = 2_000_000, 4_000_000

@@ -2,9 +2,9 @@ import pickle
 
 import numpy as np
 import pytest
+from helpers import copy_images
 from PIL import Image
 
-from helpers import copy_images
 from training.config import DataConfig
 from training.data import DataError, load_splits
 from training.optim import class_weights

@@ -8,8 +8,8 @@ import sys
 import time
 
 import pytest
-
 from helpers import ROOT
+
 from training.loader import EpochSampler
 
 ARGS = ["--set", "data.image_size=64", "--set", "data.resize_size=72", "--set", "data.limit_per_class=40",
@@ -31,7 +31,8 @@ def test_shards_are_disjoint_and_reshuffled_per_epoch():
 
 
 def _torchrun(data_dir, out, extra=(), restarts=0):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", str(restarts),
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "--max-restarts", str(restarts),
             "-m", "training", "train", "--set", f"data.path={data_dir}", "--set", f"output_dir={out}",
             "--set", "data.batch_size=8", *ARGS, *extra]
 

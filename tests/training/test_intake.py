@@ -4,12 +4,12 @@ import json
 import shutil
 
 import pytest
+from helpers import copy_images
 from PIL import Image
 
-from helpers import copy_images
+from training import data_report
 from training.config import DataConfig, ManifestConfig
 from training.data import DataError, load_splits
-from training import data_report
 
 
 def _classes(root, data_dir, split="train", ants=8, bees=8, start=0):

@@ -99,6 +99,8 @@ def test_baseline_runs_end_to_end(tmp_path, data_dir):
                              "data.limit_per_class=24", "data.num_workers=0", "phase1.epochs=1", "phase2.epochs=1",
                              f"output_dir={tmp_path / 'run'}", "threads=2"], environ={})
     rows = baseline(cfg, tmp_path / "RESULTS.md")
-    assert rows[-1]["backbone"] == "small_cnn" and 0 <= rows[-1]["accuracy"] <= 1
-    assert "small CNN from scratch" in (tmp_path / "RESULTS.md").read_text()
+    scratch = json.loads((tmp_path / "run-small-cnn" / "final" / "metrics.json").read_text())["test"]
+    assert rows[-1]["backbone"] == "small_cnn" and rows[-1]["accuracy"] == scratch["accuracy"]
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert f"| small CNN from scratch | small_cnn | none | {scratch['accuracy']:.4f} |" in table
     assert (tmp_path / "run" / "report" / "comparison.md").is_file()

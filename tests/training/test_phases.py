@@ -1,11 +1,13 @@
-"""Phase 1 must not touch the backbone (weights nor BatchNorm statistics); phase 2 changes exactly the unfrozen stages."""
-import torch
+"""Phase 1 must not touch the backbone (weights nor BatchNorm statistics); phase 2 changes exactly the unfrozen
+stages."""
 import pytest
+import torch
 
 from training.config import load_config
 from training.data import load_splits
 from training.model import build_model
-from training.train import Trainer, setup_runtime
+from training.runtime import setup_runtime
+from training.train import Trainer
 
 
 def _snapshot(model):

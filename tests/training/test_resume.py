@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import ROOT
+
 from training.checkpoint import load
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,8 @@ def _assert_same_result(reference, out, why):
 
 def _kill_after(cmd, marker: str, delay: float, sig) -> int:
     """Start cmd, wait for a stderr line containing marker, wait delay seconds, send sig; return the exit code."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"PYTHONUNBUFFERED": "1"})
     for line in proc.stderr:
         if marker in line:
             time.sleep(delay)

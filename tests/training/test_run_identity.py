@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT
+
 from training.publish import gate
 
 pytestmark = pytest.mark.slow

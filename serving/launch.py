@@ -1,5 +1,5 @@
-"""Start the real `bentoml serve` (through serving.run, as the container does) on a free 127.0.0.1 port; the caller
-stops it."""
+"""Start the real service (`python -m serving.run`, as the container does) on a free 127.0.0.1 port, wait for it, stop
+it: one helper for the demo, the tests and the benchmarks. The caller stops what it started."""
 from __future__ import annotations
 
 import os
@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -37,15 +35,16 @@ def wait_ready(url: str, timeout: float = 120, proc: subprocess.Popen | None = N
 
 
 class Server:
-    def __init__(self, env: dict, log: Path):
+    def __init__(self, env: dict, log: Path | None = None, cwd: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log, "w")
+        self.log = open(log if log is not None else os.devnull, "w")
         full_env = os.environ | {"BENTOML_DO_NOT_TRACK": "True", "ORT_DISABLE_TELEMETRY": "1",
                                  "SERVING_DRAIN_SECONDS": "0.2"} | env
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.run", "--host", "127.0.0.1", "--port", str(self.port)], cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [sys.executable, "-m", "serving.run", "--host", "127.0.0.1", "--port", str(self.port)], cwd=cwd,
+            env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # its own session: a stuck server and its workers are killed as a group
 
     def wait_ready(self, timeout: float = 120) -> bool:
         return wait_ready(self.url, timeout, self.proc)
