@@ -1,12 +1,15 @@
 """Raw inference speed on this machine: onnxruntime vs PyTorch eager, and onnxruntime session settings, in one run.
 
 python -m bench.infer [--backbone resnet50] [--size 224] [--batches 1 8 32] [--peak-gflops 190]
+python -m bench.infer --backbones resnet18 resnet50 resnet101 vgg16 mobilenet_v2 mobilenet_v3_large efficientnet_lite0
 
 The model is the product's own (training.model.Classifier, random init: speed does not depend on the weights),
 exported through the product's own ONNX path (uint8 NHWC contract, normalisation in the graph). Each variant runs in
 turn, round after round, and the median round counts, so a noisy neighbour hits all variants alike. img/s are turned
 into GFLOP/s with the network's cost per image (ResNet50 at 224 px: 8.2 GFLOP = 4.1 GMAC) and set against the
-machine's FMA peak. Appends the tables to bench/RESULTS.md.
+machine's FMA peak. With --backbones: one table of every backbone (parameters, GFLOP per image counted by
+torch.utils.flop_counter, onnxruntime img/s at one batch size), all raced in the same rounds.
+Appends the tables to bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from training.config import ModelConfig
 from training.export import ContractWrapper, export_onnx
@@ -29,7 +33,14 @@ from training.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
-GFLOP_PER_IMAGE = {("resnet50", 224): 8.2, ("efficientnet_lite0", 224): 0.8, ("mobilenet_v3_large", 224): 0.44}
+
+
+def gflop_per_image(model: torch.nn.Module, size: int) -> float:
+    """Forward FLOPs of one image (a multiply-add counts 2), counted by PyTorch's own FLOP counter."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
 
 
 def ort_runner(path: Path, level="ORT_ENABLE_ALL", threads=0, arena=True):
@@ -69,9 +80,38 @@ def race(runners: dict, batch: np.ndarray, rounds: int, min_seconds: float) -> d
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
+def machine(peak: str = "") -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"{stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, onnxruntime {ort.__version__}, "
+            f"torch {torch.__version__}{peak}")
+
+
+def compare_backbones(names: list[str], size: int, bs: int, rounds: int, seconds: float) -> str:
+    """Every backbone through the product's own ONNX export, raced round by round (noise hits all alike)."""
+    runners, facts = {}, {}
+    for name in names:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(backbone=name, weights="none"), 2).eval()
+        path = Path(tempfile.mkdtemp()) / f"{name}.onnx"
+        export_onnx(model, path, size, 18)
+        runners[name] = ort_runner(path)
+        params = sum(p.numel() for p in model.parameters())
+        facts[name] = (params / 1e6, gflop_per_image(model, 224), path.stat().st_size / 2**20)
+    batch = np.random.default_rng(0).integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
+    rates = race(runners, batch, rounds, seconds)
+    fastest = max(rates.values())
+    rows = [f"| {n} | {facts[n][0]:.1f} | {facts[n][1]:.2f} | {facts[n][2]:.0f} | {rates[n]:.1f} | "
+            f"{rates[n] / fastest:.2f} |" for n in names]
+    return "\n".join([f"\n### bench/infer.py --backbones at {size} px, batch {bs}, {machine()}\n",
+                      "| backbone | parameters (M, with a 2-class head) | GFLOP / image at 224 px | ONNX MB | "
+                      "onnxruntime img/s | / fastest |", "|---|---|---|---|---|---|", *rows, ""])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backbone", default="resnet50")
+    ap.add_argument("--backbones", nargs="+", help="compare these backbones in one table (batch: the largest of "
+                                                   "--batches)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--peak-gflops", type=float, default=190.0, help="the machine's FMA peak (2 cores here)")
@@ -79,11 +119,17 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
+    if args.backbones:
+        text = compare_backbones(args.backbones, args.size, max(args.batches), args.rounds, args.seconds)
+        print(text)
+        with open(args.results, "a") as f:
+            f.write(text)
+        return
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone=args.backbone, weights="none"), 1000).eval()
     path = Path(tempfile.mkdtemp()) / "model.onnx"
     export_onnx(model, path, args.size, 18)
-    gflop = GFLOP_PER_IMAGE.get((args.backbone, args.size))
+    gflop = gflop_per_image(model, args.size)
     rng = np.random.default_rng(0)
     main_rows, variant_rows = [], []
     for bs in args.batches:
@@ -108,12 +154,9 @@ def main() -> None:
     base = r["ENABLE_ALL, threads=auto, arena (the service's)"]
     for name, rate in r.items():
         variant_rows.append(f"| {name} | {rate:.1f} | {rate / base:.2f} |")
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    where = f"{stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, " \
-            f"onnxruntime {ort.__version__}, " \
-            f"torch {torch.__version__}"
+    where = machine()
     text = "\n".join([
-        f"\n### bench/infer.py: {args.backbone} at {args.size} px ({gflop or '?'} GFLOP/img), {where}\n",
+        f"\n### bench/infer.py: {args.backbone} at {args.size} px ({gflop:.2f} GFLOP/img), {where}\n",
         f"| batch | onnxruntime img/s | eager img/s | eager channels_last img/s | ORT / best eager | ORT GFLOP/s | "
         f"ORT % of {args.peak_gflops:.0f} GFLOP/s peak |", "|---|---|---|---|---|---|---|", *main_rows,
         f"\nonnxruntime session settings at batch {bs}:\n", "| session | img/s | vs the service's |", "|---|---|---|",

@@ -53,23 +53,51 @@ def _torchvision_weights(enum_member, allow_download: bool) -> dict:
         raise WeightsError(f"could not fetch {enum_member.url} into {file}: {exc}") from None
 
 
-def _resnet50(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
-    net = models.resnet50()
+def _resnet(arch: str, enum_member, features: int):
+    def build(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
+        net = getattr(models, arch)()
+        if weights == "imagenet":
+            net.load_state_dict(_torchvision_weights(enum_member, allow_download))
+        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        stages = {"stem": stem, "layer1": net.layer1, "layer2": net.layer2, "layer3": net.layer3,
+                  "layer4": net.layer4}
+        return net, Backbone(Pooled(nn.Sequential(*stages.values())), features, stages, IMAGENET_MEAN, IMAGENET_STD)
+    return build
+
+
+def _grouped(blocks: nn.Sequential, groups: dict[str, list[int]]) -> dict[str, nn.Sequential]:
+    """Stages as named groups of a torchvision `features` sequence (by output resolution)."""
+    return {name: nn.Sequential(*[blocks[i] for i in idx]) for name, idx in groups.items()}
+
+
+def _vgg16(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
+    """VGG16's five conv blocks (each ends with its max-pool); the head sees their 512 channels, global-average
+    pooled (VGG's own 4096-wide fully connected layers, 124 M of its 138 M parameters, are not used)."""
+    net = models.vgg16()
     if weights == "imagenet":
-        net.load_state_dict(_torchvision_weights(models.ResNet50_Weights.IMAGENET1K_V2, allow_download))
-    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-    stages = {"stem": stem, "layer1": net.layer1, "layer2": net.layer2, "layer3": net.layer3, "layer4": net.layer4}
-    return net, Backbone(Pooled(nn.Sequential(*stages.values())), 2048, stages, IMAGENET_MEAN, IMAGENET_STD)
+        net.load_state_dict(_torchvision_weights(models.VGG16_Weights.IMAGENET1K_V1, allow_download))
+    stages = _grouped(net.features, {"block1": list(range(0, 5)), "block2": list(range(5, 10)),
+                                     "block3": list(range(10, 17)), "block4": list(range(17, 24)),
+                                     "block5": list(range(24, 31))})
+    return net, Backbone(Pooled(nn.Sequential(*stages.values())), 512, stages, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _mobilenet_v2(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
+    net = models.mobilenet_v2()
+    if weights == "imagenet":
+        net.load_state_dict(_torchvision_weights(models.MobileNet_V2_Weights.IMAGENET1K_V2, allow_download))
+    # 19 modules: stem conv + 17 inverted-residual blocks + the last 1x1 conv (1280), grouped by output resolution
+    stages = _grouped(net.features, {"stem": [0, 1], "stage2": [2, 3], "stage3": [4, 5, 6],
+                                     "stage4": list(range(7, 14)), "stage5": list(range(14, 19))})
+    return net, Backbone(Pooled(nn.Sequential(*stages.values())), 1280, stages, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def _mobilenet_v3_large(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
     net = models.mobilenet_v3_large()
     if weights == "imagenet":
         net.load_state_dict(_torchvision_weights(models.MobileNet_V3_Large_Weights.IMAGENET1K_V2, allow_download))
-    f = net.features  # 17 blocks; grouped by output resolution
-    groups = {"stem": [0, 1], "stage2": [2, 3], "stage3": [4, 5, 6], "stage4": [7, 8, 9, 10, 11, 12],
-              "stage5": [13, 14, 15, 16]}
-    stages = {name: nn.Sequential(*[f[i] for i in idx]) for name, idx in groups.items()}
+    stages = _grouped(net.features, {"stem": [0, 1], "stage2": [2, 3], "stage3": [4, 5, 6],  # 17 blocks, by
+                                     "stage4": list(range(7, 13)), "stage5": list(range(13, 17))})  # resolution
     return net, Backbone(Pooled(nn.Sequential(*stages.values())), 960, stages, IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -131,8 +159,11 @@ def _small_cnn(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]
     return net, Backbone(Pooled(net), 128, stages, IMAGENET_MEAN, IMAGENET_STD)
 
 
-BUILDERS = {"small_cnn": _small_cnn, "resnet50": _resnet50, "efficientnet_lite0": _efficientnet_lite0,
-            "mobilenet_v3_large": _mobilenet_v3_large}
+BUILDERS = {"small_cnn": _small_cnn, "efficientnet_lite0": _efficientnet_lite0,
+            "resnet18": _resnet("resnet18", models.ResNet18_Weights.IMAGENET1K_V1, 512),
+            "resnet50": _resnet("resnet50", models.ResNet50_Weights.IMAGENET1K_V2, 2048),
+            "resnet101": _resnet("resnet101", models.ResNet101_Weights.IMAGENET1K_V2, 2048),
+            "vgg16": _vgg16, "mobilenet_v2": _mobilenet_v2, "mobilenet_v3_large": _mobilenet_v3_large}
 assert set(BUILDERS) == set(BACKBONE_STAGES)
 
 

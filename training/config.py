@@ -16,10 +16,20 @@ ENV_PREFIX = "TRAINING__"  # TRAINING__PHASE2__EPOCHS=8 is the same as --set pha
 
 
 # Stage names bottom-up, per backbone (training.backbones builds them); phase2.unfreeze names one of them.
-BACKBONE_STAGES = {"resnet50": ["stem", "layer1", "layer2", "layer3", "layer4"],
-                   "efficientnet_lite0": ["stem", "stage2", "stage3", "stage4", "stage5"],
-                   "mobilenet_v3_large": ["stem", "stage2", "stage3", "stage4", "stage5"],
+_RESNET = ["stem", "layer1", "layer2", "layer3", "layer4"]
+_BY_RESOLUTION = ["stem", "stage2", "stage3", "stage4", "stage5"]
+BACKBONE_STAGES = {"resnet18": _RESNET, "resnet50": _RESNET, "resnet101": _RESNET,
+                   "vgg16": ["block1", "block2", "block3", "block4", "block5"],
+                   "mobilenet_v2": _BY_RESOLUTION, "mobilenet_v3_large": _BY_RESOLUTION,
+                   "efficientnet_lite0": _BY_RESOLUTION,
                    "small_cnn": ["block1", "block2", "block3"]}  # the from-scratch baseline
+# (resize R, crop S, interpolation) as each backbone's ImageNet weights publish them (torchvision's weight enums'
+# transforms(); tests/training/test_backbones.py holds this table equal to them). data.resize_size, image_size and
+# interpolation default to these (timm's resolve_data_config: the model's defaults, overridden only when asked).
+WEIGHTS_PREPROCESSING = {"resnet18": (256, 224, "bilinear"), "resnet50": (232, 224, "bilinear"),
+                         "resnet101": (232, 224, "bilinear"), "vgg16": (256, 224, "bilinear"),
+                         "mobilenet_v2": (232, 224, "bilinear"), "mobilenet_v3_large": (232, 224, "bilinear"),
+                         "efficientnet_lite0": (256, 224, "bilinear"), "small_cnn": (256, 224, "bilinear")}
 
 
 class ConfigError(ValueError):
@@ -54,9 +64,11 @@ class DataConfig(Strict):
                                                                   "still count as near-copies; 0: exact pHash only")
     val_ratio: float = Field(0.15, gt=0, lt=0.5)
     test_ratio: float = Field(0.2, gt=0, lt=0.5)
-    image_size: int = Field(224, ge=16, le=1024, description="S: side of the square the model sees")
-    resize_size: int = Field(256, ge=16, le=2048, description="R: shorter side before the centre crop (eval)")
-    interpolation: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
+    image_size: int | None = Field(None, ge=16, le=1024, description="S: side of the square the model sees; "
+                                                                     "default: the backbone weights' crop")
+    resize_size: int | None = Field(None, ge=16, le=2048, description="R: shorter side before the centre crop "
+                                                                      "(eval); default: the weights' resize")
+    interpolation: Literal["nearest", "bilinear", "bicubic"] | None = None
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     augment_on: Literal["loader", "device"] = Field(
@@ -68,7 +80,7 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _crop_fits(self) -> "DataConfig":
-        if self.resize_size < self.image_size:
+        if self.resize_size is not None and self.image_size is not None and self.resize_size < self.image_size:
             raise ValueError(f"resize_size ({self.resize_size}) must be >= image_size ({self.image_size})")
         return self
 
@@ -162,6 +174,20 @@ class TrainConfig(Strict):
     early_stop: EarlyStopConfig = EarlyStopConfig()
     export: ExportConfig = ExportConfig()
     evaluate: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _preprocessing_from_the_weights(self) -> "TrainConfig":
+        """Unset sizes and interpolation follow the backbone's published preprocessing; with image_size alone set,
+        R keeps the weights' ratio R/S (232/224 -> 73 for 64)."""
+        d = self.data
+        resize, crop, interp = WEIGHTS_PREPROCESSING[self.model.backbone]
+        if d.image_size is None:
+            d.image_size = crop
+        if d.resize_size is None:
+            d.resize_size = max(d.image_size, round(d.image_size * resize / crop))
+        if d.interpolation is None:
+            d.interpolation = interp
+        return self
 
     @model_validator(mode="after")
     def _device_augmentation_has_its_ops(self) -> "TrainConfig":

@@ -84,7 +84,8 @@ def test_other_data_never_resumes_and_the_gate_guards_latest(tmp_path, data_dir)
     assert missing.returncode == 1 and "not a published version" in missing.stderr
 
     # --restart: the other data trains from scratch in the same directory
-    restarted = _train(other, out, artifacts, flags=["--restart"])
+    # (a smaller dataset may test lower than the published model: that comparison is the gate's, tested above)
+    restarted = _train(other, out, artifacts, "export.max_regression=100", flags=["--restart"])
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert "--restart: previous outputs removed" in restarted.stderr
     assert json.loads((out / "run.json").read_text())["data_digest"] != identity["data_digest"]
