@@ -18,9 +18,11 @@ import numpy as np
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
+from contract.preprocess import load_rgb  # training decodes files as the service decodes requests
+
 from .config import DataConfig
 from .errors import DataError
-from .image_files import IMAGE_SUFFIXES, FileInfo, inspect_all, inspect_array, load_rgb
+from .image_files import IMAGE_SUFFIXES, FileInfo, inspect_all, inspect_array
 from .layouts import detect
 from .manifest import read_manifest
 

@@ -16,8 +16,6 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps
 
-from contract.preprocess import load_rgb  # noqa: F401  (training decodes files as the service decodes requests)
-
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
