@@ -53,6 +53,7 @@ class ModelCard(BaseModel):
     variants: dict[str, Variant] = Field(default_factory=dict)
     skew_gate: dict | None = None
     publish_gate: dict | None = None
+    monitoring: dict | None = Field(None, description="ATC thresholds and drift reference (contract.monitoring)")
     export_seconds: float | None = None
 
     @model_validator(mode="after")

@@ -34,3 +34,14 @@ model_info = bentoml.metrics.Gauge(
 offline_accuracy = bentoml.metrics.Gauge(
     name=P + "offline_test_accuracy", documentation="test-split accuracy recorded in model.json",
     labelnames=["name", "version"], multiprocess_mode="max")
+# Accuracy without labels (contract.monitoring, README "Accuracy without labels"): estimated accuracy over a window
+# = increase(atc_confident_total{score}) / increase(confidence_count); drift: predicted shares vs reference shares.
+atc_confident = bentoml.metrics.Counter(
+    name=P + "atc_confident_total", documentation="predictions whose score reaches the model's ATC threshold "
+    "(score: mc = top-1 probability, ne = negative entropy)", labelnames=["score"])
+atc_threshold = bentoml.metrics.Gauge(
+    name=P + "atc_threshold", documentation="ATC thresholds from model.json, fitted on the validation split",
+    labelnames=["score"], multiprocess_mode="max")
+reference_share = bentoml.metrics.Gauge(
+    name=P + "reference_class_share", documentation="share of each predicted class on the test split (model.json): "
+    "the reference for prediction drift", labelnames=["predicted"], multiprocess_mode="max")

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
+from contract import monitoring
 from contract.card import ArtifactError, ModelCard, load_card, model_file
 from contract.preprocess import ImageError, preprocess
 from contract.publish import resolve
@@ -150,6 +151,9 @@ class ImageClassifier:
 
     def __init__(self) -> None:
         self.card, _, self.error = _load_card()
+        self.thresholds = None
+        if self.card is not None:
+            self.thresholds = _monitoring_gauges(self.card)
 
     def __is_ready__(self) -> bool:
         # BentoML's probe also waits for Model.__is_ready__; draining: serving.run got SIGTERM (still serving)
@@ -168,7 +172,17 @@ class ImageClassifier:
         arrays = [await anyio.to_thread.run_sync(self._prepare, b) for b in blobs]
         chunks = [np.stack(arrays[i:i + S.max_batch_size]) for i in range(0, len(arrays), S.max_batch_size)]
         logits = np.concatenate(await asyncio.gather(*(self._infer(c) for c in chunks)))
-        return [self._answer(row, top_k) for row in softmax(logits, self.card.temperature)]
+        probs = softmax(logits, self.card.temperature)
+        self._count_confident(probs)
+        return [self._answer(row, top_k) for row in probs]
+
+    def _count_confident(self, probs: np.ndarray) -> None:
+        if self.thresholds is None:
+            return
+        for name, values in monitoring.scores(probs).items():
+            confident = int((values >= self.thresholds[name]).sum())
+            if confident:
+                metrics.atc_confident.labels(score=name).inc(confident)
 
     async def _infer(self, batch: np.ndarray, attempts: int = 3) -> np.ndarray:
         """Model.infer over BentoML's pooled connection. A dropped connection (ServerDisconnectedError; frequent
@@ -258,6 +272,24 @@ class ImageClassifier:
                 "image_size": self.card.image_size, "resize_size": self.card.resize_size,
                 "interpolation": self.card.interpolation,
                 "test_metrics": {k: test[k] for k in ("accuracy", "macro_f1", "roc_auc", "n") if k in test}}
+
+
+def _monitoring_gauges(card: ModelCard) -> dict[str, float] | None:
+    """Thresholds and drift reference from model.json as gauges; every class's prediction counter (and the ATC
+    counters) start at 0, so PromQL sees a class nobody has predicted yet as 0, not as missing."""
+    for c in card.classes:
+        metrics.predictions.labels(predicted=c).inc(0)
+    if not card.monitoring:
+        log.warning("model.json has no monitoring block (exported before it existed): no label-free accuracy "
+                    "estimate or drift reference for %s %s", card.name, card.version)
+        return None
+    thresholds = card.monitoring["thresholds"]
+    for name, value in thresholds.items():
+        metrics.atc_threshold.labels(score=name).set(value)
+        metrics.atc_confident.labels(score=name).inc(0)
+    for c, share in card.monitoring["reference_shares"].items():
+        metrics.reference_share.labels(predicted=c).set(share)
+    return thresholds
 
 
 def _b64(text: str, field: str) -> bytes:

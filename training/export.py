@@ -166,7 +166,8 @@ def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifac
                          classes=bundle["classes"], image_size=pre["image_size"], resize_size=pre["resize_size"],
                          interpolation=pre["interpolation"], temperature=bundle.get("temperature", 1.0),
                          backbone=bundle["config"]["model"]["backbone"], metrics=bundle["metrics"],
-                         config=bundle["config"], libraries=library_versions(), sha256=digest, parity=parity)
+                         config=bundle["config"], libraries=library_versions(), sha256=digest, parity=parity,
+                         monitoring=bundle.get("monitoring"))
         if fp16_images is not None:
             card.variants["fp16"] = export_fp16(model, staging, pre["image_size"], opset, card.temperature,
                                                 fp16_images)

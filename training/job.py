@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from contract import monitoring
 from contract.files import write_atomic
 from contract.preprocess import PreprocessSpec, resize_crop
+from contract.scores import softmax
 
 from . import checkpoint, data_report, distributed, metrics, run_identity
 from .calibrate import fit_temperature
@@ -51,17 +53,21 @@ def logits_of(model: Classifier, images: ImageSet, cfg: TrainConfig, device: tor
 
 
 def evaluate_model(model: Classifier, splits: Splits, cfg: TrainConfig, device: torch.device,
-                   history: list[dict], extra: dict | None = None) -> tuple[dict, float]:
-    """Test metrics (+ temperature fitted on val), report/ with plots and report.html; returns (metrics, T)."""
-    temperature = 1.0
-    if cfg.evaluate.temperature_scaling:
-        temperature = fit_temperature(*logits_of(model, splits.val, cfg, device))
+                   history: list[dict], extra: dict | None = None) -> tuple[dict, float, dict]:
+    """Test metrics (+ temperature fitted on val), the monitoring block (ATC thresholds fitted on val after
+    temperature scaling, drift reference from test), report/ with plots and report.html; returns (metrics, T,
+    monitoring)."""
+    val_logits, val_labels = logits_of(model, splits.val, cfg, device)
+    temperature = fit_temperature(val_logits, val_labels) if cfg.evaluate.temperature_scaling else 1.0
     logits, labels = logits_of(model, splits.test, cfg, device)
     test = metrics.full(logits, labels, splits.classes, temperature)
     test["ece_uncalibrated"] = metrics.full(logits, labels, splits.classes)["ece"]
+    watch = monitoring.fit(softmax(val_logits, temperature), val_labels, softmax(logits, temperature), labels,
+                           splits.classes)
     write_report(Path(cfg.output_dir) / "report", splits.test, logits, labels, test, history,
-                 cfg.model_dump(mode="json") | {"name": cfg.name}, extra, temperature)
-    return test, temperature
+                 cfg.model_dump(mode="json") | {"name": cfg.name}, (extra or {}) | {"monitoring": watch},
+                 temperature)
+    return test, temperature, watch
 
 
 def intake(cfg: TrainConfig, d: distributed.Dist, out: Path, restart: bool) -> tuple[Splits, dict]:
@@ -117,10 +123,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist, restart: bool) -> dict:
         return {"rank": d.rank}  # rank 0 alone evaluates, reports and exports
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks ended with different weights: {digests}")
-    test, temperature = evaluate_model(model, splits, cfg, device, trainer.state.history, {"data": data_summary})
+    test, temperature, watch = evaluate_model(model, splits, cfg, device, trainer.state.history,
+                                              {"data": data_summary})
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
-    bundle = save_final(model, trainer, splits, cfg, test, temperature)
-    print_summary(trainer, test, out)
+    bundle = save_final(model, trainer, splits, cfg, test, temperature, watch)
+    print_summary(trainer, test, out, watch)
     result = {"test_accuracy": test["accuracy"], "final": str(out / "final" / "model.pt"),
               "history": trainer.state.history, "world_size": d.world, "weights_sha256_per_rank": digests,
               "test_samples": sample_test_images(splits.test, 3, out / "samples")}
@@ -140,25 +147,29 @@ def fit(cfg: TrainConfig, splits: Splits, device: torch.device, d: distributed.D
 
 
 def save_final(model: Classifier, trainer: Trainer, splits: Splits, cfg: TrainConfig, test: dict,
-               temperature: float) -> dict:
+               temperature: float, watch: dict) -> dict:
     """final/model.pt: weights with everything export and evaluate need (classes, config, preprocessing, metrics)."""
     st = trainer.state
     bundle = {"name": cfg.name, "classes": splits.classes, "config": cfg.model_dump(mode="json"),
               "preprocess": preprocess_spec(cfg), "history": st.history,
               "metrics": {"test": test, "best_val": {cfg.early_stop.metric: st.best, "at": st.best_where}},
-              "skipped": splits.skipped, "temperature": temperature, "state_dict": model.state_dict()}
+              "skipped": splits.skipped, "temperature": temperature, "monitoring": watch,
+              "state_dict": model.state_dict()}
     out = Path(cfg.output_dir) / "final"
     checkpoint.atomic_save(bundle, out / "model.pt")
     write_json(out / "metrics.json", bundle["metrics"])
     return bundle
 
 
-def print_summary(trainer: Trainer, test: dict, out: Path) -> None:
+def print_summary(trainer: Trainer, test: dict, out: Path, watch: dict) -> None:
     print(summary_table(trainer.state.history))
     if trainer.cache_seconds is not None:  # phase-1 rows then time only the head; the backbone ran once, before
         print(f"phase 1 trained the head on cached backbone features, built in {trainer.cache_seconds:.1f} s")
     print(f"test accuracy {test['accuracy']:.4f}  macro F1 {test['macro_f1']:.4f}  (n={test['n']})  "
           f"report {out / 'report' / 'report.html'}")
+    check = watch["self_check"]  # what the service's label-free estimate would say on the test split
+    print(f"estimated without labels on the test split: ATC-MC {check['atc_mc']:.4f}  ATC-NE {check['atc_ne']:.4f}  "
+          f"AC {check['ac']:.4f}  (true {check['accuracy']:.4f})")
 
 
 def export_and_publish(model: Classifier, bundle: dict, splits: Splits, cfg: TrainConfig, result: dict) -> None:
