@@ -58,8 +58,12 @@ def differences(recorded: dict, current: dict) -> list[str]:
                      f"({current['counts']}): other images, labels or split (digest {recorded['data_digest'][:12]} -> "
                      f"{current['data_digest'][:12]})")
     old, new = recorded["config"], current["config"]
-    diffs += [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in sorted(set(old) | set(new))
-              if old.get(k) != new.get(k)]
+    defaults = _learning_config(TrainConfig())
+    for k in sorted(set(old) | set(new)):
+        if k not in old and new.get(k) == defaults.get(k):
+            continue  # a setting added since the run was recorded, at its default: what the run did all along
+        if old.get(k) != new.get(k):
+            diffs.append(f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}")
     return diffs
 
 

@@ -106,3 +106,14 @@ def test_gate_compares_with_the_published_model_of_the_same_classes(tmp_path):
     assert gate(other_classes, root, 0.5, 2.0) == {"passed": True, "reasons": [], "min_test_accuracy": 0.5,
                                                    "max_regression_points": 2.0, "compared_with": None}
     assert not gate(other_classes, root, 0.9, 2.0)["passed"]
+
+
+def test_a_setting_added_since_the_run_was_recorded_is_no_difference_at_its_default():
+    from training.config import TrainConfig
+    from training.run_identity import _learning_config, differences
+    current = {"classes": ["a", "b"], "data_digest": "d", "data_path": "p", "counts": {},
+               "config": _learning_config(TrainConfig())}
+    recorded = dict(current, config={k: v for k, v in current["config"].items() if k != "deterministic"})
+    assert differences(recorded, current) == []  # recorded before `deterministic` existed; its default is unchanged
+    changed = dict(current, config=dict(current["config"], deterministic=True))
+    assert differences(recorded, changed) == ["deterministic: (unset) -> True"]
