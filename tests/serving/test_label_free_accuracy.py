@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import httpx
 import numpy as np
@@ -71,3 +72,24 @@ def test_counts_from_metrics_equal_the_offline_estimate(artifact, data_dir, tmp_
     assert _value(text, "imgcls_confidence_sum") / n == pytest.approx(offline["ac"], abs=1e-5)
     for c, share in card.monitoring["reference_shares"].items():
         assert _value(text, r'imgcls_reference_class_share\{predicted="%s"\}' % c) == pytest.approx(share)
+
+
+def test_a_model_without_the_block_still_serves_and_says_so_once(artifact, data_dir, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(artifact, old)
+    card = json.loads((old / "model.json").read_text())
+    del card["monitoring"]  # exported before the block existed
+    (old / "model.json").write_text(json.dumps(card))
+    log = tmp_path / "serve.log"
+    srv = Server({"SERVING_MODEL_DIR": str(old)}, log)
+    try:
+        assert srv.wait_ready(), log.read_text()[-2000:]
+        photo = sorted((data_dir / "val" / "bees").glob("*.jpg"))[0]
+        for _ in range(3):
+            assert httpx.post(srv.url + "/predict", files={"image": photo.open("rb")}, timeout=60).status_code == 200
+        text = _scrape(srv.url)
+    finally:
+        srv.stop()
+    assert "imgcls_atc_threshold{" not in text and "imgcls_atc_confident_total{" not in text
+    assert _value(text, "imgcls_confidence_count") == 3
+    assert log.read_text().count("has no monitoring block") == 1
