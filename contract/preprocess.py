@@ -8,6 +8,7 @@ rounding); tests/serving/test_preprocess_parity.py holds the two equal on real p
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ Image.MAX_IMAGE_PIXELS = None
 
 INTERPOLATION = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
                  "bicubic": Image.Resampling.BICUBIC}
+ORIENTATION = 0x0112  # the EXIF tag
 FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"}
 
 
@@ -36,7 +38,14 @@ class PreprocessSpec:
     interpolation: str
 
 
-def decode(data: bytes, max_pixels: int) -> Image.Image:
+def decode(data: bytes, max_pixels: int, min_side: int | None = None) -> tuple[Image.Image, tuple[float, float]]:
+    """RGB image of the bytes, after the checks a request needs, and the whole picture's extent in its pixels.
+
+    With min_side, a JPEG is decoded by libjpeg's DCT scaling at 1/2, 1/4 or 1/8 of its size where its shorter side
+    stays >= min_side: a 12 MP phone photo bound for a 256 px resize is decoded at 1/4 (a sixteenth of the work).
+    The reduced image is ceil(W/s) x ceil(H/s) pixels for a picture of W/s x H/s: the extent says which, so the
+    resize reads exactly the picture and the geometry is the full decode's (tests/serving/test_preprocess_parity.py).
+    """
     if not data:
         raise ImageError("empty", "the image is empty (0 bytes)")
     try:
@@ -52,8 +61,15 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     w, h = im.size
     if w * h > max_pixels:  # checked on the header: a decompression bomb never gets decoded
         raise ImageError("too_many_pixels", f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}", 413)
+    extent = (float(w), float(h))
+    if min_side and im.format in ("JPEG", "MPO") and min(w, h) >= 2 * min_side:
+        factor = min(w, h) / min_side
+        _, box = im.draft(None, (math.ceil(w / factor), math.ceil(h / factor)))
+        extent = (box[2], box[3])
+    if im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # exif_transpose turns it by 90 degrees
+        extent = extent[::-1]
     try:
-        return to_rgb(im)  # forces the full decode: truncation shows up here
+        return to_rgb(im), extent  # forces the full decode: truncation shows up here
     except Exception as exc:
         raise ImageError("corrupt", f"the image is truncated or corrupt: {exc}") from None
 
@@ -69,18 +85,29 @@ def load_rgb(path) -> Image.Image:
         return to_rgb(im)
 
 
-def resize_crop(im: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """RGB uint8 [S, S, 3], as torchvision's Resize(R) then CenterCrop(S) computes it."""
-    w, h = im.size
+def resize_crop(im: Image.Image, spec: PreprocessSpec, extent: tuple[float, float] | None = None) -> np.ndarray:
+    """RGB uint8 [S, S, 3], as torchvision's Resize(R) then CenterCrop(S) computes it. extent: the picture's size
+    in im's pixels where it is not im.size (a reduced JPEG decode, see decode); W/s : H/s is exactly W : H, so the
+    sizes come out as from the full image."""
+    w, h = extent if extent is not None else im.size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) != (w, h):
-        im = im.resize((new_w, new_h), INTERPOLATION[spec.interpolation])
+    if (new_w, new_h) != im.size or extent is not None:
+        im = im.resize((new_w, new_h), INTERPOLATION[spec.interpolation], box=(0, 0, w, h))
     s = spec.image_size
     left, top = int(round((new_w - s) / 2.0)), int(round((new_h - s) / 2.0))
     return np.asarray(im.crop((left, top, left + s, top + s)), dtype=np.uint8)
 
 
+def draft_side(spec: PreprocessSpec) -> int:
+    """The smallest shorter side a JPEG is decoded at: twice the resize target, so the antialiased resize still
+    averages at least 2x2 decoded pixels into each output pixel."""
+    return 2 * spec.resize_size
+
+
 def preprocess(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:
-    return resize_crop(decode(data, max_pixels), spec)
+    """The model's input from an image file's bytes: what the service, the skew gate, training's evaluation and
+    `python -m training predict` all compute."""
+    im, extent = decode(data, max_pixels, draft_side(spec))
+    return resize_crop(im, spec, extent)

@@ -45,6 +45,10 @@ class ImageSet:
     def image(self, i: int) -> Image.Image:
         return Image.fromarray(self.array[i]) if self.array is not None else load_rgb(self.paths[i])
 
+    def source(self, i: int) -> bytes | Image.Image:
+        """The file's bytes (decoded by contract.preprocess, as a request is), or the in-memory image."""
+        return Image.fromarray(self.array[i]) if self.array is not None else Path(self.paths[i]).read_bytes()
+
     def subset(self, idx) -> "ImageSet":
         idx = list(idx)
         return ImageSet(self.classes, [self.labels[i] for i in idx],

@@ -11,7 +11,6 @@ import torch
 
 from contract import monitoring
 from contract.files import write_atomic
-from contract.preprocess import PreprocessSpec, resize_crop
 from contract.scores import softmax
 
 from . import checkpoint, data_report, distributed, metrics, run_identity
@@ -43,7 +42,8 @@ def preprocess_spec(cfg: TrainConfig) -> dict:
 def eval_images(images: ImageSet, spec: dict, count: int | None = None) -> np.ndarray:
     """uint8 NHWC images as the model contract takes them (for parity checks)."""
     n = len(images) if count is None else min(count, len(images))
-    return np.stack([resize_crop(images.image(i), PreprocessSpec(**spec)) for i in range(n)])
+    tf = eval_transform(**spec)
+    return np.stack([tf(images.source(i)).permute(1, 2, 0).numpy() for i in range(n)])
 
 
 def logits_of(model: Classifier, images: ImageSet, cfg: TrainConfig, device: torch.device):

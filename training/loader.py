@@ -26,7 +26,9 @@ class SeededImages(Dataset):
         if seed is not None:
             torch.manual_seed(seed)
             random.seed(seed)
-        return self.transform(self.images.image(index)), self.images.labels[index]
+        takes_bytes = getattr(self.transform, "takes_file_bytes", False)  # evaluation decodes as the service does
+        item = self.images.source(index) if takes_bytes else self.images.image(index)
+        return self.transform(item), self.images.labels[index]
 
 
 class EpochSampler(Sampler):

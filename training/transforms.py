@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
-from contract.preprocess import PreprocessSpec, resize_crop
+from contract.preprocess import PreprocessSpec, preprocess, resize_crop
 
 from .config import AugmentConfig, DataConfig
 
@@ -20,13 +20,19 @@ INTERPOLATION = {"nearest": InterpolationMode.NEAREST, "bilinear": Interpolation
 
 
 class EvalTransform:
-    """PIL image -> uint8 [3, S, S] tensor through contract.preprocess (a class: DataLoader workers pickle it)."""
+    """An image file's bytes (or an in-memory image) -> uint8 [3, S, S] tensor through contract.preprocess, the
+    service's own function from the bytes on, JPEG draft decoding included (a class: DataLoader workers pickle it)."""
+    takes_file_bytes = True  # training.loader.SeededImages hands it ImageSet.source(i), not a decoded image
 
     def __init__(self, spec: PreprocessSpec):
         self.spec = spec
 
-    def __call__(self, im: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(np.array(resize_crop(im, self.spec))).permute(2, 0, 1)
+    def __call__(self, source: bytes | Image.Image) -> torch.Tensor:
+        if isinstance(source, bytes):
+            array = preprocess(source, self.spec, max_pixels=1 << 40)  # the dataset's own files: no request limit
+        else:
+            array = resize_crop(source, self.spec)
+        return torch.from_numpy(np.array(array)).permute(2, 0, 1)
 
 
 def eval_transform(resize_size: int, image_size: int, interpolation: str) -> EvalTransform:
