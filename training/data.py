@@ -27,7 +27,7 @@ from .layouts import detect
 from .manifest import read_manifest
 
 __all__ = ["DataError", "ImageSet", "Splits", "load_rgb", "load_splits"]
-SPLIT_NAMES = ("train", "val", "test")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -278,7 +278,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         given, layout = _read_csv(root, cfg, skipped)
     else:
         given, layout = _read_folders(root, skipped)
-    parts = dict(zip(SPLIT_NAMES, (_limit(s, cfg.limit_per_class) for s in _complete(given, cfg, seed, policy))))
+    parts = dict(zip(SPLITS, (_limit(s, cfg.limit_per_class) for s in _complete(given, cfg, seed, policy))))
     kept = _check_usable(parts, policy)
     if policy.dropped:
         parts = {k: v.relabelled(kept) for k, v in parts.items()}
