@@ -1,6 +1,7 @@
 """Where the service's CPU goes, per image, and service settings compared at one concurrency, in one run.
 
 python -m bench.serve_cpu --model artifacts/hymenoptera [--concurrency 32] [--requests 640] [--rounds 2]
+python -m bench.serve_cpu --photo-sizes "as shot (~0.2 MP)" "12 MP" "24 MP"   # default settings, by photo size
 
 For each variant (SERVING_* settings) the real service is started, loaded with real JPEGs by bench/serve.py's
 client, and the CPU time of every process is read before and after: the load generator, the HTTP-facing
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from bench.decode import SIZES as PHOTO_SIZES
+from bench.decode import reencoded
 from bench.serve import Server, load, parse_with_model, service_bench_parser  # the same client and start
 
 VARIANTS = {
@@ -57,16 +60,23 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--requests", type=int, default=640)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--photo-sizes", nargs="+", choices=list(PHOTO_SIZES),
+                    help="instead of the settings: the default service sent the same photos at these sizes")
     args, version, card = parse_with_model(ap)
-    blobs = [p.read_bytes() for p in sorted(args.data.rglob("*.jpg"))[:64]]
-    runs = {name: [] for name in VARIANTS}
+    paths = sorted(args.data.rglob("*.jpg"))
+    if args.photo_sizes:  # 16 photos per size: a 24 MP JPEG is ~5 MB in memory
+        variants = {f"photos {size}": ({}, reencoded(paths[:16], PHOTO_SIZES[size])) for size in args.photo_sizes}
+    else:
+        blobs = [p.read_bytes() for p in paths[:64]]
+        variants = {name: (env, blobs) for name, env in VARIANTS.items()}
+    runs = {name: [] for name in variants}
     for _ in range(args.rounds):
-        for name, env in VARIANTS.items():
+        for name, (env, blobs) in variants.items():
             runs[name].append(measure(version, env, blobs, args.concurrency, args.requests))
             print(name, f"{runs[name][-1]['img_s']:.1f} img/s", flush=True)
-    base = statistics.median(r["img_s"] for r in runs["default (spinning off)"])
+    base = statistics.median(r["img_s"] for r in runs[next(iter(variants))])
     cores = len(os.sched_getaffinity(0))
-    head = ("| variant | img/s (median) | / default | p50 ms | p99 ms | mean batch | client | ImageClassifier | "
+    head = ("| variant | img/s (median) | / first | p50 ms | p99 ms | mean batch | client | ImageClassifier | "
             "Model | "
             "all | img/s bound = cores x 1000 / all |\n|---|---|---|---|---|---|---|---|---|---|---|")
     lines = []
