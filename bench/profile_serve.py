@@ -1,0 +1,111 @@
+"""Where the service's CPU goes under load, by function: py-spy samples of both BentoML services at once.
+
+python -m bench.profile_serve --model artifacts/hymenoptera [--concurrency 32] [--seconds 20]
+
+Starts the real service, loads it with real JPEGs (bench/serve.py's client) and, meanwhile, samples the
+ImageClassifier and Model worker processes with py-spy (`pip install py-spy`; it reads the processes from outside,
+no code change). For each process: the share of its samples per leaf function (where the CPU is, not who
+called it) and per module family (onnxruntime, PIL, multipart/HTTP, serialisation, asyncio...). py-spy leaves out
+threads it sees idle, but a thread blocked in Condition.wait or epoll can still be counted: read those rows as
+waiting, not work. Appends the tables to bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+from bench.serve import Server, load, parse_with_model, service_bench_parser
+
+# module families, matched on the file of the leaf frame (first match wins)
+FAMILIES = [("onnxruntime", "onnxruntime"), ("PIL decode/resize", "PIL"), ("numpy", "numpy"),
+            ("multipart / form parsing", "multipart"), ("HTTP (uvicorn, h11, httptools, starlette)", "uvicorn"),
+            ("HTTP (uvicorn, h11, httptools, starlette)", "h11"), ("HTTP (uvicorn, h11, httptools, starlette)",
+                                                                   "starlette"),
+            ("client to Model (aiohttp)", "aiohttp"), ("serialisation (pydantic, json, pickle)", "pydantic"),
+            ("serialisation (pydantic, json, pickle)", "json"), ("serialisation (pydantic, json, pickle)", "pickle"),
+            ("metrics (prometheus)", "prometheus"), ("asyncio / anyio / threads", "asyncio"),
+            ("asyncio / anyio / threads", "anyio"), ("asyncio / anyio / threads", "threading"),
+            ("BentoML", "bentoml"), ("this service (serving/, contract/)", "serving/"),
+            ("this service (serving/, contract/)", "contract/")]
+
+
+def family(frame: str) -> str:
+    return next((name for name, key in FAMILIES if key in frame), "other")
+
+
+def record(pid: int, seconds: int, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
+                             "--pid", str(pid), "--duration", str(seconds), "--rate", "200", "--format", "raw",
+                             "--nonblocking", "--output", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def summarise(raw: Path, top: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    leaves, families = Counter(), Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.rsplit(";", 1)[-1]
+        leaves[leaf] += int(count)
+        families[family(leaf)] += int(count)
+    total = sum(leaves.values()) or 1
+    return ([(k, 100 * v / total) for k, v in leaves.most_common(top)],
+            [(k, 100 * v / total) for k, v in families.most_common()])
+
+
+def main() -> None:
+    ap = service_bench_parser()
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--top", type=int, default=12)
+    args, version, card = parse_with_model(ap)
+    blobs = [p.read_bytes() for p in sorted(args.data.rglob("*.jpg"))[:64]]
+    tmp = Path(tempfile.mkdtemp())
+    srv = Server({"SERVING_MODEL_DIR": str(version), "SERVING_ACCESS_LOG": "false"}, tmp / "serve.log")
+    try:
+        assert srv.wait_ready(), "service did not become ready"
+        load(srv.url, blobs, args.concurrency, 2 * args.concurrency)  # warm-up
+        workers = psutil.Process(srv.proc.pid).children(recursive=True)
+        pids = {name: next(p.pid for p in workers if f"--service-name {name}" in " ".join(p.cmdline()))
+                for name in ("ImageClassifier", "Model")}
+        stop = threading.Event()
+
+        def keep_loading() -> None:
+            while not stop.is_set():
+                load(srv.url, blobs, args.concurrency, 4 * args.concurrency)
+        loader = threading.Thread(target=keep_loading)
+        loader.start()
+        spies = {name: record(pid, args.seconds, tmp / f"{name}.txt") for name, pid in pids.items()}
+        for spy in spies.values():
+            spy.wait()
+        stop.set()
+        loader.join()
+    finally:
+        srv.stop()
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"\n### bench/profile_serve.py: {card.name} ({card.image_size} px), c = {args.concurrency}, "
+             f"{args.seconds} s of py-spy at 200 Hz, {stamp}, {platform.machine()}, "
+             f"{len(os.sched_getaffinity(0))} cores, CPU\n"]
+    for name in spies:
+        leaves, families = summarise(tmp / f"{name}.txt", args.top)
+        lines += [f"{name}: share of samples by module family\n", "| family | % |", "|---|---|",
+                  *[f"| {k} | {v:.1f} |" for k, v in families], "",
+                  f"{name}: top leaf functions\n", "| function (file:line) | % |", "|---|---|",
+                  *[f"| `{k[:110]}` | {v:.1f} |" for k, v in leaves], ""]
+    text = "\n".join(lines)
+    print(text)
+    with open(args.results, "a") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
