@@ -75,8 +75,10 @@ def decode(data: bytes, max_pixels: int, min_side: int | None = None) -> tuple[I
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """EXIF orientation applied (phone photos), any mode converted to RGB."""
-    return ImageOps.exif_transpose(im).convert("RGB")
+    """EXIF orientation applied (phone photos), any mode converted to RGB. In place on the freshly opened image: the
+    copying forms (exif_transpose's copy, convert's copy of an RGB image) cost two full-size copies per request."""
+    ImageOps.exif_transpose(im, in_place=True)  # decodes every byte first: a truncated file fails here
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def load_rgb(path) -> Image.Image:
