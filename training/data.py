@@ -120,11 +120,14 @@ class ClassPolicy:
             self.dropped.setdefault(c, why)
 
 
-def _keep_readable(paths: list[Path], labels: list[int], skipped: list) -> tuple[list[Path], list[int], list]:
+def _readable(paths: list[Path], labels: list[int], classes: list[str], skipped: list) -> tuple[ImageSet, list[int]]:
+    """The images that decode, and which of the given rows they are; the others go to `skipped` with the reason."""
     results = inspect_all(paths)
-    kept = [(p, y, info) for p, y, (info, _) in zip(paths, labels, results) if info is not None]
+    keep = [i for i, (info, _) in enumerate(results) if info is not None]
     skipped.extend((str(p), reason) for p, (info, reason) in zip(paths, results) if info is None)
-    return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
+    images = ImageSet(classes, [labels[i] for i in keep], paths=[paths[i] for i in keep],
+                      infos=[results[i][0] for i in keep])
+    return images, keep
 
 
 def _scan_folder(root: Path, classes: list[str], skipped: list) -> ImageSet:
@@ -140,8 +143,7 @@ def _scan_folder(root: Path, classes: list[str], skipped: list) -> ImageSet:
             else:  # reported, not silently dropped: a stray file in a class folder is usually a data mistake
                 reads = ", ".join(sorted(IMAGE_SUFFIXES))
                 skipped.append((str(p), f"unsupported file type '{p.suffix}' (reads {reads})"))
-    paths, labels, infos = _keep_readable(paths, labels, skipped)
-    return ImageSet(classes, labels, paths=paths, infos=infos)
+    return _readable(paths, labels, classes, skipped)[0]
 
 
 def _carve(images: ImageSet, ratio: float, seed: int, what: str, policy: ClassPolicy) -> tuple[ImageSet, ImageSet]:
@@ -196,10 +198,9 @@ def _read_csv(path: Path, cfg: DataConfig, skipped: list) -> tuple[dict[str, Ima
     m = read_manifest(path, cfg.manifest)
     classes = sorted(set(m.labels))
     roles = m.roles or ["all"] * len(m.paths)
-    paths, labels, infos = _keep_readable(m.paths, [classes.index(c) for c in m.labels], skipped)
-    row_role = dict(zip(m.paths, roles))
-    everything = ImageSet(classes, labels, paths=paths, infos=infos)
-    given = {r: everything.subset(i for i, p in enumerate(paths) if row_role[p] == r) for r in sorted(set(roles))}
+    everything, rows = _readable(m.paths, [classes.index(c) for c in m.labels], classes, skipped)
+    kept_roles = [roles[row] for row in rows]  # by row, not by path: a file listed twice keeps both of its splits
+    given = {r: everything.subset(i for i, role in enumerate(kept_roles) if role == r) for r in sorted(set(roles))}
     if set(given) == {"train"}:
         raise DataError(f"{path}: the split column {cfg.manifest.split_column} marks every row as train; mark "
                         "some val and/or test, or unset data.manifest.split_column to split at random")

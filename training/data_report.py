@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.files import write_atomic
+
 from .data import ImageSet, Splits
 from .errors import DataError
 from .log import event
@@ -117,10 +119,8 @@ def markdown(report: dict) -> str:
 
 def write(report: dict, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, text in (("data.json", json.dumps(report, indent=2)), ("data.md", markdown(report))):
-        tmp = folder / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(folder / name)
+    write_atomic(folder / "data.json", json.dumps(report, indent=2))
+    write_atomic(folder / "data.md", markdown(report))
 
 
 def log(report: dict) -> None:

@@ -5,10 +5,11 @@ directory's checkpoints: it stops at once with the differences and the two ways 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from contract.files import write_atomic
 
 from .config import TrainConfig
 
@@ -82,19 +83,13 @@ def clear(out: Path) -> list[str]:
     return removed
 
 
-def _write(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
-
-
 def claim(out: Path, current: dict, restart: bool) -> str:
     """Make `out` this run's directory; returns 'new', 'same' or 'restarted'. Raises RunMismatch otherwise."""
     path = out / IDENTITY_FILE
     if restart:
         clear(out)
         out.mkdir(parents=True, exist_ok=True)
-        _write(path, current)
+        write_atomic(path, json.dumps(current, indent=2))
         return "restarted"
     if path.is_file():
         diffs = differences(json.loads(path.read_text()), current)
@@ -109,5 +104,5 @@ def claim(out: Path, current: dict, restart: bool) -> str:
                           "directory): what those checkpoints were trained from is unknown, so they are not resumed. "
                           "--restart starts over there, or set another output_dir.")
     out.mkdir(parents=True, exist_ok=True)
-    _write(path, current)
+    write_atomic(path, json.dumps(current, indent=2))
     return "new"

@@ -3,7 +3,6 @@ preprocessing (ImageClassifier) with another version's weights (Model)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -11,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from contract.publish import promote
 from serving.launch import Server
 
 pytestmark = pytest.mark.slow
@@ -37,9 +37,7 @@ def test_a_publish_during_start_up_does_not_split_the_service(artifact, data_dir
     srv = Server({"SERVING_ARTIFACTS_ROOT": str(root.parent), "SERVING_MODEL_NAME": "bees"}, log)
     try:
         _wait_for_line(log, "model version directory for this start")
-        tmp = root / ".LATEST.tmp"  # published the way training publishes: atomic replace
-        tmp.write_text("v2-other\n")
-        os.replace(tmp, root / "LATEST")
+        promote(root, "v2-other")  # published the way training publishes
         assert srv.wait_ready(), log.read_text()[-3000:]
         info = httpx.post(srv.url + "/model_info", json={}).json()
         assert info["version"] == v1.name and info["classes"] == ["ants", "bees"]

@@ -172,3 +172,14 @@ def test_data_report_counts_sizes_skips(tmp_path, data_dir):
     assert widths[0] <= widths[1] <= widths[2] and widths[0] > 0
     md = (tmp_path / "report" / "data.md").read_text()
     assert "split folders (train=train, val=val)" in md and "| ants | " in md
+
+
+def test_csv_file_listed_in_two_splits_keeps_both_and_is_reported(tmp_path, data_dir):
+    csv_path, _ = _id_manifest(tmp_path, data_dir, split_column=True)
+    text = csv_path.read_text()
+    csv_path.write_text(text + "a000,ants,test\n")  # a000 is a training row too: the same file in two splits
+    m = ManifestConfig(path_template="train/{id}.jpg", label_column="breed", split_column="fold")
+    s = load_splits(DataConfig(path=csv_path, manifest=m), seed=0)
+    assert "a000" in {p.stem for p in s.train.paths} and "a000" in {p.stem for p in s.test.paths}
+    _, report = data_report.prepare(s, "warn", 4, 64)
+    assert report["duplicates"]["by_splits"].get("train-test", 0) >= 1
