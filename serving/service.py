@@ -27,7 +27,7 @@ from contract.preprocess import ImageError, preprocess
 from contract.publish import resolve
 from contract.scores import softmax
 
-from . import metrics, multipart
+from . import metrics, multipart, v2
 from .artifact import pin_version
 from .limits import RequestGuard
 from .runtime import OnnxClassifier, cuda_available
@@ -150,10 +150,13 @@ class ImageClassifier:
     model = bentoml.depends(Model)
 
     def __init__(self) -> None:
+        self.settings = S
         self.card, _, self.error = _load_card()
         self.thresholds = None
+        self.v2_name = S.v2_model_name
         if self.card is not None:
             self.thresholds = _monitoring_gauges(self.card)
+            self.v2_name = S.v2_model_name or self.card.name
 
     def __is_ready__(self) -> bool:
         # BentoML's probe also waits for Model.__is_ready__; draining: serving.run got SIGTERM (still serving)
@@ -166,15 +169,28 @@ class ImageClassifier:
         metrics.preprocess_seconds.observe(time.perf_counter() - start)
         return array
 
-    async def _predict(self, blobs: list[bytes], top_k: int) -> list[Prediction]:
+    async def probabilities_of(self, blobs: list[bytes] | None, pixels: np.ndarray | None = None) -> np.ndarray:
+        """Temperature-scaled probabilities [N,C] of encoded image files, or of preprocessed uint8 [N,S,S,3] pixels
+        (the Open Inference Protocol's `images` input); every prediction is counted in the metrics."""
         if self.card is None:
             raise bentoml.exceptions.ServiceUnavailable(f"no model loaded: {self.error}")
-        arrays = [await anyio.to_thread.run_sync(self._prepare, b) for b in blobs]
-        chunks = [np.stack(arrays[i:i + S.max_batch_size]) for i in range(0, len(arrays), S.max_batch_size)]
+        if pixels is None:
+            pixels = [await anyio.to_thread.run_sync(self._prepare, b) for b in blobs]
+        chunks = [np.stack(pixels[i:i + S.max_batch_size]) for i in range(0, len(pixels), S.max_batch_size)]
         logits = np.concatenate(await asyncio.gather(*(self._infer(c) for c in chunks)))
         probs = softmax(logits, self.card.temperature)
+        self._count(probs)
+        return probs
+
+    async def _predict(self, blobs: list[bytes], top_k: int) -> list[Prediction]:
+        return [self._answer(row, top_k) for row in await self.probabilities_of(blobs)]
+
+    def _count(self, probs: np.ndarray) -> None:
+        best = probs.argmax(axis=1)
+        for i, p in zip(best, probs[np.arange(len(probs)), best]):
+            metrics.predictions.labels(predicted=self.card.classes[i]).inc()
+            metrics.confidence.observe(float(p))
         self._count_confident(probs)
-        return [self._answer(row, top_k) for row in probs]
 
     def _count_confident(self, probs: np.ndarray) -> None:
         if self.thresholds is None:
@@ -200,10 +216,8 @@ class ImageClassifier:
 
     def _answer(self, probs: np.ndarray, top_k: int) -> Prediction:
         classes = self.card.classes
-        order = np.argsort(-probs)[:min(top_k, len(classes))]
+        order = np.argsort(-probs, kind="stable")[:min(top_k, len(classes))]
         best = classes[order[0]]
-        metrics.predictions.labels(predicted=best).inc()
-        metrics.confidence.observe(float(probs[order[0]]))
         return Prediction(label=best, confidence=float(probs[order[0]]), model=self.card.name,
                           version=self.card.version,
                           top_k=[Label(label=classes[i], probability=float(probs[i])) for i in order])
@@ -300,5 +314,6 @@ def _b64(text: str, field: str) -> bytes:
 
 
 ImageClassifier.add_asgi_middleware(RequestGuard, max_bytes=S.max_request_bytes)
+ImageClassifier.mount_asgi_app(v2.app, path="/")  # routes /v2/...; only paths it knows reach it
 
 multipart.harden()

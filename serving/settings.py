@@ -16,6 +16,8 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="a version directory (model.onnx + model.json)")
     artifacts_root: Path | None = Field(None, description="root holding <model_name>/LATEST")
     model_name: str | None = None
+    v2_model_name: str | None = Field(None, description="the model's name on the Open Inference Protocol routes "
+                                                        "(/v2/models/<name>); default: model.json's name")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16"] = Field(
         "auto", description="auto: the fp16 variant on CUDA when the artifact has one, fp32 otherwise")

@@ -5,7 +5,8 @@ import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = (ROOT / ".." / "shared" / "data" / "hymenoptera_data").resolve()
+SHARED = (ROOT / ".." / "shared").resolve()
+DATA = SHARED / "data" / "hymenoptera_data"
 
 
 def copy_images(src: Path, dst: Path, n: int) -> list[Path]:

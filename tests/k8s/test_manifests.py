@@ -5,10 +5,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as promop
-from helpers import ROOT
+from helpers import ROOT, SHARED
 
 K8S = ROOT / "k8s"
 KUBE_VERSION = "1.33"
@@ -181,3 +182,69 @@ def test_pytorchjob_validation_really_rejects_mistakes():
     doc["spec"]["elasticPolicy"]["rdzvBackendd"] = "c10d"
     with pytest.raises(AssertionError):
         validate_pytorchjob(doc)
+
+
+# ---- KServe InferenceService (the Open Inference Protocol deployment) -------------------------------------------
+KSERVE_CRD = SHARED / "schemas" / "kserve-inferenceservices-crd.yaml"
+KSERVE_ONLY = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "timeout", "containerConcurrency",
+               "canaryTrafficPercent", "logger", "batcher", "autoScaling", "deploymentStrategy", "labels",
+               "annotations", "storageUris", "workerSpec"}
+
+
+def closed(schema):
+    """The CRD schema with additionalProperties: false wherever an object lists its properties (the published CRD
+    lets any unknown field through, so a typo would validate)."""
+    if isinstance(schema, dict):
+        schema = {k: closed(v) for k, v in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [closed(v) for v in schema]
+    return schema
+
+
+def validate_inferenceservice(doc: dict) -> None:
+    crd = yaml.safe_load(KSERVE_CRD.read_text())
+    version = next(v for v in crd["spec"]["versions"] if doc["apiVersion"].endswith("/" + v["name"]))
+    assert doc["apiVersion"].split("/")[0] == crd["spec"]["group"] and doc["kind"] == crd["spec"]["names"]["kind"]
+    jsonschema.validate(doc, closed(version["schema"]["openAPIV3Schema"]))
+
+
+def inferenceservice() -> dict:
+    return yaml.safe_load((K8S / "kserve" / "inferenceservice.yaml").read_text())
+
+
+def test_inferenceservice_validates_against_kserve_crd(tmp_path):
+    doc = inferenceservice()
+    validate_inferenceservice(doc)
+    predictor = doc["spec"]["predictor"]
+    # the pod half of the predictor is a PodSpec: checked against the real Kubernetes schema too
+    pod = {k: v for k, v in predictor.items() if k not in KSERVE_ONLY}
+    validate_builtin(pod_templates_as_builtin([{"metadata": {"labels": {"app": "x"}}, "spec": pod}]), tmp_path)
+    (container,) = predictor["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PROTOCOL"] == "v2" and env["SERVING_V2_MODEL_NAME"] == doc["metadata"]["name"]
+    port = container["ports"][0]["containerPort"]
+    assert container["args"][-2:] == ["--port", str(port)]
+    for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
+        assert container[probe]["httpGet"] == {"path": path, "port": port}
+    # the same settings and security as the Deployment
+    from serving.settings import Settings
+    Settings(**{k.removeprefix("SERVING_").lower(): v for k, v in env.items()
+                if k.startswith("SERVING_") and v is not None})
+    dep = yaml.safe_load((K8S / "serving" / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    assert predictor["securityContext"] == dep["securityContext"]
+    assert container["securityContext"] == dep["containers"][0]["securityContext"]
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda d: d["spec"]["predictor"].update(minReplica=2),  # a typo the published CRD would let through
+    lambda d: d["spec"]["predictor"]["containers"][0].update(imagePullPolicy=3),
+    lambda d: d["spec"]["predictor"].update(scaleMetric="gpu"),
+])
+def test_inferenceservice_validation_really_rejects_mistakes(mutate):
+    doc = inferenceservice()
+    mutate(doc)
+    with pytest.raises(jsonschema.ValidationError):
+        validate_inferenceservice(doc)

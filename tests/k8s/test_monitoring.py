@@ -1,7 +1,9 @@
 """Alert rules through promtool; a real Prometheus scraping the real service; the dashboard type-checked."""
 from __future__ import annotations
 
+import base64
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -12,6 +14,7 @@ import pytest
 import yaml
 from helpers import ROOT
 
+from contract.card import load_card
 from serving.launch import Server, free_port
 
 MON = ROOT / "k8s" / "monitoring"
@@ -83,6 +86,10 @@ def scraped(artifact, data_dir, tmp_path_factory):
             r = resp.json()
             httpx.post(srv.url + "/feedback", json={"predicted": r["label"], "actual": p.parent.name})
             httpx.post(srv.url + "/predict", files={"image": ("x.jpg", b"junk", "image/jpeg")})
+            blob = base64.b64encode(p.read_bytes()).decode()
+            v2 = httpx.post(f"{srv.url}/v2/models/{load_card(artifact).name}/infer", timeout=60, json={
+                "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [blob]}]})
+            assert v2.status_code == 200, v2.text
 
         deadline = time.time() + 12  # traffic over several scrapes, so rate() has points to work with
         with ThreadPoolExecutor(8) as pool:
@@ -109,6 +116,13 @@ def query(prom: str, expr: str) -> list:
 def test_every_panel_and_recording_rule_returns_data(scraped, expr):
     result = query(scraped, expr)
     assert result, f"no data for {expr}"
+
+
+@pytest.mark.slow
+def test_request_panels_include_the_open_inference_protocol(scraped):
+    rate = next(e for e in dashboard_exprs() if e.startswith("sum by (endpoint) (rate(bentoml_service_request_total"))
+    endpoints = {r["metric"]["endpoint"] for r in query(scraped, rate)}
+    assert "/predict" in endpoints and any(re.fullmatch(r"/v2/models/.+/infer", e) for e in endpoints), endpoints
 
 
 @pytest.mark.slow

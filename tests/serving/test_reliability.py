@@ -16,10 +16,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
+from helpers import SHARED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import soak
+from contract.card import load_card
+from serving import oip
 from serving.launch import Server
 
 pytestmark = pytest.mark.slow
@@ -45,6 +49,11 @@ def server(artifact, tmp_path_factory):
 def client(server):
     with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def card(artifact):
+    return load_card(artifact)
 
 
 @pytest.fixture(scope="module")
@@ -128,20 +137,72 @@ def test_fuzz_form_fields(client, photo, top_k, extra):
         assert r.status_code in (400, 422) and is_error_with_message(r)
 
 
-# ---- schema-driven fuzzing of the OpenAPI document (schemathesis) ------------------------------------------------
-def test_schemathesis_finds_no_server_error(server, tmp_path):
-    har = tmp_path / "run.har"
-    run = subprocess.run([str(Path(sys.executable).parent / "st"), "run", server.url + "/docs.json",
-                          "--checks", "not_a_server_error", "--max-examples", "40", "--seed", "7", "--workers", "1",
-                          "--report", "har", "--report-har-path", str(har)],
+# ---- the Open Inference Protocol's binary tensor extension (hypothesis) ------------------------------------------
+def _binary_infer(photo: bytes, data) -> tuple[bytes, dict]:
+    """A V2 binary request with one thing wrong, or several: header length, element lengths, sizes, datatype."""
+    elements = oip.pack_bytes([photo[:data.draw(st.integers(0, len(photo)))]])
+    tail = elements[:data.draw(st.integers(0, len(elements)))]
+    size = data.draw(st.one_of(st.just(len(tail)), st.integers(-3, len(tail) + 10), st.text(max_size=4)))
+    item = {"name": data.draw(st.sampled_from(["image", "images", "x"])),
+            "datatype": data.draw(st.sampled_from(["BYTES", "UINT8", "FP32", "bytes", ""])),
+            "shape": data.draw(st.one_of(st.just([1]), st.lists(st.integers(-2, 70), max_size=4))),
+            "parameters": {"binary_data_size": size}}
+    header = json.dumps({"inputs": [item]}).encode()
+    header = header[:data.draw(st.integers(0, len(header)))] if data.draw(st.booleans()) else header
+    length = data.draw(st.one_of(st.just(str(len(header))), st.integers(-5, len(header) + len(tail) + 5).map(str),
+                                 st.text(max_size=5)))
+    return header + tail, {"inference-header-content-length": length}
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_v2_binary_bodies(client, card, photo, data):
+    body, headers = _binary_infer(photo, data)
+    try:
+        r = client.post(f"/v2/models/{card.name}/infer", content=body, headers=headers)
+    except (httpx.LocalProtocolError, UnicodeEncodeError):  # a header value that is not legal HTTP: not sent
+        return
+    answered(r)
+    if r.status_code == 200:  # only a well-formed request of one whole photo can succeed
+        assert r.json()["outputs"][0]["name"] == "probabilities"
+    else:
+        assert r.status_code in (400, 413), (r.status_code, r.text)
+        if r.headers["content-type"] == "application/json":  # else the HTTP server's own parser refused the header
+            assert set(r.json()) == {"error"} and r.json()["error"], (r.status_code, r.text)
+
+
+# ---- schema-driven fuzzing of the OpenAPI documents (schemathesis) -----------------------------------------------
+def _schemathesis(args: list[str], har: Path) -> list[dict]:
+    run = subprocess.run([str(Path(sys.executable).parent / "st"), "run", *args, "--checks", "not_a_server_error",
+                          "--seed", "7", "--workers", "1", "--report", "har", "--report-har-path", str(har)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:]
     entries = json.loads(har.read_text())["log"]["entries"]
-    statuses = [e["response"]["status"] for e in entries]
-    assert len(entries) >= 200, f"schemathesis sent only {len(entries)} requests"
-    assert max(statuses) < 500
+    assert max(e["response"]["status"] for e in entries) < 500
     silent = [e for e in entries if e["response"]["status"] >= 400 and not e["response"]["content"].get("text")]
     assert not silent, f"{len(silent)} error answers without a message"
+    return entries
+
+
+def test_schemathesis_finds_no_server_error(server, tmp_path):
+    entries = _schemathesis([server.url + "/docs.json", "--max-examples", "40"], tmp_path / "run.har")
+    assert len(entries) >= 200, f"schemathesis sent only {len(entries)} requests"
+
+
+def test_schemathesis_open_inference_protocol(server, card, tmp_path):
+    """The protocol's own OpenAPI document, its ${MODEL_NAME} / ${MODEL_VERSION} placeholders made this model's."""
+    doc = yaml.safe_load((SHARED / "schemas" / "open_inference_rest.yaml").read_text())
+    paths = {}
+    for path, item in doc["paths"].items():
+        item.pop("parameters", None)
+        paths[path.replace("${MODEL_NAME}", card.name).replace("${MODEL_VERSION}", card.version)] = item
+    doc["paths"] = paths
+    schema = tmp_path / "open_inference_rest.json"
+    schema.write_text(json.dumps(doc))
+    entries = _schemathesis([str(schema), "--url", server.url, "--max-examples", "60"], tmp_path / "run.har")
+    infer = [e for e in entries if e["request"]["url"].endswith("/infer")]
+    assert len(infer) >= 40, f"schemathesis sent only {len(infer)} inference requests"
+    assert any(e["request"]["url"].endswith("/health/ready") for e in entries)
 
 
 # ---- soak ------------------------------------------------------------------------------------------------------
