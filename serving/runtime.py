@@ -1,6 +1,10 @@
 """onnxruntime session for the classifier: CUDA when it really works, CPU otherwise."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
+import io
 import logging
 import os
 from pathlib import Path
@@ -12,11 +16,31 @@ import onnxruntime as ort
 
 from .cpus import cpu_allotment
 
-log = logging.getLogger("serving")
+log = logging.getLogger("bentoml.serving")  # the logger bentoml serve shows at INFO
 
 
 def cuda_available() -> bool:
+    """onnxruntime-gpu lists CUDA even where it cannot load it: this says what the build has, not what works."""
     return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@functools.cache
+def prepare_cuda() -> str | None:
+    """Make onnxruntime-gpu's CUDA 13 libraries findable (NVIDIA's wheels from its cuda and cudnn extras, in the gpu
+    image; not on the linker's path) and load the CUDA provider's library the way onnxruntime will: None when it
+    loads, else why not, naming the library that is missing."""
+    if not cuda_available():
+        return "this onnxruntime has no CUDA provider (plain onnxruntime, as in the cpu image)"
+    with contextlib.redirect_stdout(io.StringIO()):  # preload_dlls prints each library it cannot find
+        ort.preload_dlls()
+    try:
+        ctypes.CDLL(str(Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"))
+    except OSError as exc:
+        if "libcuda.so.1" in str(exc):
+            return f"{exc}: no NVIDIA driver here (on a GPU node the device plugin mounts it into pods that request " \
+                   "nvidia.com/gpu)"
+        return f"the CUDA provider cannot load: {exc}"
+    return None
 
 
 class OnnxClassifier:
@@ -34,14 +58,19 @@ class OnnxClassifier:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         wanted = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and cuda_available():
+        why_not_cuda = prepare_cuda() if device in ("auto", "cuda") else "device=cpu"
+        if why_not_cuda is None:
             wanted.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
-        # onnxruntime-gpu lists CUDA as available even where it cannot load it and silently falls back:
-        # the provider in use is what the session reports, not what was asked for.
+        # onnxruntime falls back to CPU silently where CUDA does not work (no visible GPU): the provider in use is
+        # what the session reports, not what was asked for.
         self.provider = self.session.get_providers()[0]
-        if device == "cuda" and self.provider != "CUDAExecutionProvider":
-            raise RuntimeError("device=cuda requested but onnxruntime could not use CUDA")
+        if device != "cpu" and self.provider != "CUDAExecutionProvider":
+            why_not_cuda = why_not_cuda or "the CUDA provider loaded but found no usable GPU (is one visible here?)"
+            if device == "cuda":
+                raise RuntimeError(f"device=cuda but onnxruntime cannot use CUDA: {why_not_cuda}")
+            (log.warning if cuda_available() else log.info)("CUDA not used (%s): serving on %s", why_not_cuda,
+                                                            self.provider)
         self.image_size = image_size
         inp = self.session.get_inputs()[0]
         if inp.name != "images" or inp.type != "tensor(uint8)":

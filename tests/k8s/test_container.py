@@ -1,74 +1,61 @@
-"""Really build Dockerfile.serve with buildah on a debootstrap stand-in base (no registry, no Docker engine), run it
-with a small model, get a prediction over HTTP, and see it stop on SIGTERM within 10 s."""
+"""Really build both variants of Dockerfile.serve with buildah (tests/oci.py: no registry, no Docker engine) and run
+them. Build times and image sizes are printed (pytest -s) and quoted in the README.
+
+- cpu: predicts over HTTP, stops within 10 s of SIGTERM after draining, holds no CUDA library at all.
+- gpu: every library the CUDA provider and cuDNN need resolves except the driver's libcuda.so.1; with no GPU here it
+  serves on CPU and its log says why.
+"""
 from __future__ import annotations
 
-import shutil
+import json
 import subprocess
 import time
 
 import httpx
 import pytest
-from helpers import ROOT
+from oci import RUN_FLAGS, build, make_store, run
 
 from serving.launch import free_port, wait_ready
 
 pytestmark = pytest.mark.slow
-DEBIAN = "http://deb.debian.org/debian"
-# This sandbox: no systemd for podman's healthcheck timers, and rlimits must stay within the caller's.
-RUN_FLAGS = ["--no-healthcheck", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
-
-
-def _need(*tools):
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.fail(f"{missing} not installed: .ci/setup installs buildah, podman, runc and debootstrap")
+SERVE = {"cpu": "localhost/imgcls-serve:cpu", "gpu": "localhost/imgcls-serve:gpu"}
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    _need("buildah", "podman", "runc", "debootstrap")
-    tmp = tmp_path_factory.mktemp("oci")
-    store = ["--storage-driver", "vfs", "--root", str(tmp / "storage"), "--runroot", str(tmp / "run")]
-    rootfs = ROOT / ".cache" / "standin-rootfs"
-    if not (rootfs / "usr" / "bin" / "python3").exists():
-        shutil.rmtree(rootfs, ignore_errors=True)
-        subprocess.run(["debootstrap", "--variant=minbase",
-                        "--include=python3,python3-venv,python3-pip,ca-certificates",
-                        "bookworm", str(rootfs), DEBIAN], check=True, capture_output=True)
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    subprocess.run(["podman", *store, "import", "-", "localhost/standin-python:bookworm"], stdin=tar.stdout,
-                   check=True, capture_output=True)
-    tar.wait()
-    build = subprocess.run(
-        ["buildah", *store, "bud", "--pull=never", "--isolation", "chroot", "--network", "host", "--format", "docker",
-         "-v", "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
-         "--build-arg", "BASE=localhost/standin-python:bookworm", "-f", "Dockerfile.serve",
-         "-t", "localhost/imgcls-serve:test", "."], cwd=ROOT, capture_output=True, text=True)
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    yield store
-    subprocess.run(["podman", *store, "rmi", "-af"], capture_output=True)
+def store(tmp_path_factory):
+    yield from make_store(tmp_path_factory.mktemp("oci-serve"))
 
 
-def test_image_has_no_torch_and_a_healthcheck(image):
-    run = subprocess.run(["podman", *image, "--runtime", "runc", "run", "--rm", *RUN_FLAGS, "--entrypoint", "python3",
-                          "localhost/imgcls-serve:test", "-c",
-                          "import importlib.util as u; "
-                          "print(u.find_spec('torch') is None, u.find_spec('bentoml') is not None)"],
-                         capture_output=True, text=True)
-    assert run.stdout.split() == ["True", "True"], run.stdout + run.stderr
-    inspect = subprocess.run(["podman", *image, "image", "inspect", "--format", "{{.HealthCheck}} {{.User}}",
-                              "localhost/imgcls-serve:test"], capture_output=True, text=True)
+@pytest.fixture(scope="module")
+def serve_images(store):
+    for variant, tag in SERVE.items():
+        build(store, "Dockerfile.serve", tag, f"VARIANT={variant}")
+    return store
+
+
+# ---- serving, cpu ------------------------------------------------------------------------------------------------
+def test_cpu_image_has_no_cuda_library_no_torch_and_a_healthcheck(serve_images):
+    probe = run(serve_images, SERVE["cpu"], "-c", """
+import glob, importlib.util as u, json, onnxruntime as ort
+libs = [p for pat in ('libcud*', 'libcublas*', 'libcurand*', 'libcufft*', 'libnvrtc*', '*providers_cuda*')
+        for root in ('/opt/venv', '/usr/lib', '/usr/local') for p in glob.glob(f'{root}/**/{pat}', recursive=True)]
+print(json.dumps([libs, ort.get_available_providers(), u.find_spec('torch') is None, u.find_spec('bentoml') is None]))
+""", entrypoint="python3")
+    libs, providers, no_torch, no_bentoml = json.loads(probe.stdout)
+    assert libs == [] and "CUDAExecutionProvider" not in providers, (libs, providers)
+    assert no_torch and not no_bentoml
+    inspect = subprocess.run(["podman", *serve_images, "image", "inspect", "--format", "{{.HealthCheck}} {{.User}}",
+                              SERVE["cpu"]], capture_output=True, text=True)
     assert "readyz" in inspect.stdout and "10001" in inspect.stdout, inspect.stdout
 
 
-def test_container_serves_and_stops_on_sigterm(image, artifact, data_dir):
+def test_cpu_container_serves_and_stops_on_sigterm(serve_images, artifact, data_dir):
     port = free_port()
     name = f"imgcls-test-{port}"
-    podman = ["podman", *image, "--runtime", "runc"]
+    podman = ["podman", *serve_images, "--runtime", "runc"]
     subprocess.run([*podman, "run", "-d", "--name", name, "--network", "host", *RUN_FLAGS,
                     "-v", f"{artifact}:/model:ro", "-e", "SERVING_MODEL_DIR=/model",
-                    "localhost/imgcls-serve:test", "--host", "127.0.0.1", "--port", str(port)],
-                   check=True, capture_output=True)
+                    SERVE["cpu"], "--host", "127.0.0.1", "--port", str(port)], check=True, capture_output=True)
     try:
         url = f"http://127.0.0.1:{port}"
         assert wait_ready(url, 120), "the container never became ready"
@@ -85,3 +72,62 @@ def test_container_serves_and_stops_on_sigterm(image, artifact, data_dir):
     text = logs.stdout + logs.stderr
     assert "Traceback" not in text, text[-3000:]
     assert "drained (0.0 request(s) still in flight)" in text, "SIGTERM did not go through serving.run's drain"
+    assert "CUDA not used (this onnxruntime has no CUDA provider" in text, text[-3000:]
+
+
+# ---- serving, gpu ------------------------------------------------------------------------------------------------
+GPU_LIBRARIES = """
+import ctypes, glob, os, subprocess, onnxruntime as ort
+ort.preload_dlls()
+provider = os.path.join(os.path.dirname(ort.__file__), 'capi', 'libonnxruntime_providers_cuda.so')
+try:
+    ctypes.CDLL(provider); print('LOADED')
+except OSError as exc:
+    print('LOAD', exc)
+dirs = sorted({os.path.dirname(p) for p in glob.glob('/opt/venv/lib/python3*/site-packages/nvidia/**/lib*.so*',
+                                                     recursive=True)})
+libs = [provider] + [p for d in dirs for p in glob.glob(d + '/lib*.so*')]
+env = dict(os.environ, LD_LIBRARY_PATH=':'.join(dirs))
+missing = set()
+for lib in libs:
+    out = subprocess.run(['ldd', lib], capture_output=True, text=True, env=env).stdout
+    missing |= {line.split()[0] for line in out.splitlines() if 'not found' in line}
+print('NAMES', ' '.join(sorted(os.path.basename(p) for p in libs)))
+print('MISSING', ' '.join(sorted(missing)))
+"""
+
+
+def test_gpu_image_resolves_every_cuda_library_but_the_driver(serve_images):
+    probe = run(serve_images, SERVE["gpu"], "-c", GPU_LIBRARIES, entrypoint="python3")
+    lines = dict(line.split(" ", 1) for line in probe.stdout.splitlines() if " " in line)
+    assert lines.get("MISSING") == "libcuda.so.1", probe.stdout + probe.stderr[-2000:]
+    # the provider's own dependencies, once preload_dlls made NVIDIA's wheels findable: only the driver is absent
+    assert lines.get("LOAD", "").startswith("libcuda.so.1: cannot open shared object file"), probe.stdout
+    for needed in ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libcudnn.so.9"):
+        assert needed in lines["NAMES"].split(), (needed, lines["NAMES"])
+    assert "torch" not in probe.stdout
+
+
+def test_gpu_image_without_a_gpu_serves_on_cpu_and_says_why(serve_images, artifact, data_dir):
+    port = free_port()
+    name = f"imgcls-gpu-{port}"
+    podman = ["podman", *serve_images, "--runtime", "runc"]
+    subprocess.run([*podman, "run", "-d", "--name", name, "--network", "host", *RUN_FLAGS,
+                    "-v", f"{artifact}:/model:ro", "-e", "SERVING_MODEL_DIR=/model",
+                    SERVE["gpu"], "--host", "127.0.0.1", "--port", str(port)], check=True, capture_output=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_ready(url, 180), "the gpu container never became ready"
+        photo = sorted((data_dir / "val" / "ants").iterdir())[0]
+        r = httpx.post(url + "/predict", files={"image": photo.open("rb")}, timeout=60)
+        assert r.status_code == 200 and r.json()["label"] in ("ants", "bees"), r.text
+        metrics = httpx.get(url + "/metrics").text
+        assert 'provider="CPUExecutionProvider"' in metrics
+    finally:
+        logs = subprocess.run([*podman, "logs", name], capture_output=True, text=True)
+        subprocess.run([*podman, "rm", "-f", name], capture_output=True)
+    text = logs.stdout + logs.stderr
+    assert "CUDA not used (libcuda.so.1: cannot open shared object file" in text, text[-3000:]
+    assert "serving on CPUExecutionProvider" in text and "Traceback" not in text, text[-3000:]
+
+

@@ -16,8 +16,8 @@ KUBE_VERSION = "1.33"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
-def render_kustomize() -> list[dict]:
-    out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, check=True).stdout
+def render_kustomize(path: Path = K8S) -> list[dict]:
+    out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, check=True).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -50,6 +50,37 @@ def test_kustomization_renders_and_validates(tmp_path):
             validate_crd(d)
 
 
+def _key(doc: dict) -> tuple[str, str]:
+    return doc["kind"], doc["metadata"]["name"]
+
+
+def _serve_pod(docs: list[dict]) -> dict:
+    return next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+
+
+def test_gpu_variant_renders_validates_and_differs_only_in_the_deployment(tmp_path):
+    cpu, gpu = render_kustomize(), render_kustomize(K8S / "gpu")
+    validate_builtin([d for d in gpu if d["kind"] not in CRD_KINDS], tmp_path)
+    for d in gpu:
+        if d["kind"] in CRD_KINDS:
+            validate_crd(d)
+    assert sorted(map(_key, cpu)) == sorted(map(_key, gpu))
+    assert [_key(c) for c, g in zip(sorted(cpu, key=_key), sorted(gpu, key=_key)) if c != g] == [
+        ("Deployment", "imgcls-serve")]
+    cpu_pod, gpu_pod = _serve_pod(cpu), _serve_pod(gpu)
+    (c,), (g,) = cpu_pod["containers"], gpu_pod["containers"]
+    assert c["image"].endswith("-cpu") and g["image"].endswith("-gpu")
+    assert "nvidia.com/gpu" not in str(c["resources"]) and "tolerations" not in cpu_pod
+    assert g["resources"]["requests"]["nvidia.com/gpu"] == g["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu_pod["tolerations"]
+    # device: cuda, so a pod whose GPU cannot be used never becomes ready (serving.runtime raises; tests/serving)
+    env = {e["name"]: e.get("value") for e in g["env"]}
+    assert env["SERVING_DEVICE"] == "cuda"
+    from serving.settings import Settings
+    assert Settings(device=env["SERVING_DEVICE"]).device == "cuda"
+    assert g["readinessProbe"] == c["readinessProbe"] and g["securityContext"] == c["securityContext"]
+
+
 def test_train_job_validates_and_carries_a_valid_config(tmp_path):
     docs = [d for d in yaml.safe_load_all((K8S / "train-job.yaml").read_text()) if d]
     validate_builtin(docs, tmp_path)
@@ -59,6 +90,8 @@ def test_train_job_validates_and_carries_a_valid_config(tmp_path):
     (tmp_path / "job.yaml").write_text(config_map["data"]["job.yaml"])
     cfg = load_config(tmp_path / "job.yaml", environ={})
     assert cfg.model.backbone == "resnet50" and str(cfg.data.path).startswith("/data")
+    (trainer,) = job["spec"]["template"]["spec"]["containers"]
+    assert trainer["resources"]["limits"]["nvidia.com/gpu"] == 1 and "imgcls-train" in trainer["image"]
     spec = job["spec"]
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
