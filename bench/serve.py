@@ -1,6 +1,7 @@
 """Serving throughput and latency, batching on vs off, against raw onnxruntime, in one run.
 
 python -m bench.serve --model artifacts/hymenoptera [--concurrency 1 8 32 64] [--requests 192]
+python -m bench.serve --photo-sizes "as shot (~0.2 MP)" "12 MP" "24 MP"   # batching on, by photo size
 
 Starts the real `bentoml serve` on 127.0.0.1 (twice: adaptive batching on, then off), sends real JPEGs from the test
 split with N concurrent clients, reads the batch sizes from /metrics, and in the same run times raw onnxruntime at the
@@ -20,6 +21,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.decode import SIZES as PHOTO_SIZES
+from bench.decode import reencoded
 from contract.card import load_card
 from contract.preprocess import preprocess
 from contract.publish import resolve_path
@@ -92,11 +95,51 @@ def parse_with_model(ap: argparse.ArgumentParser):
     return args, version, load_card(version)
 
 
+def by_photo_size(args, version: Path, card) -> str:
+    """The batching service at each concurrency, sent the same 16 photos as shot and re-encoded at phone sizes."""
+    paths = sorted(args.data.rglob("*.jpg"))[:16]
+    arrays = np.stack([preprocess(p.read_bytes(), card.spec, 10**9) for p in paths])
+    raw = {c: raw_ort(version, arrays, c) for c in args.concurrency}
+    lines = ["| photos | concurrency | img/s | p50 ms | p95 ms | p99 ms | p99 / p50 | mean batch | decode ms/img | "
+             "service / raw ORT |", "|---|---|---|---|---|---|---|---|---|---|"]
+    srv = Server({"SERVING_MODEL_DIR": str(version), "SERVING_MAX_BATCH_SIZE": str(max(args.concurrency)),
+                  "SERVING_MAX_LATENCY_MS": "5000"}, Path(os.environ.get("TMPDIR", "/tmp")) / "bench-serve-sizes.log")
+    try:
+        assert srv.wait_ready(), "service did not become ready"
+        for size in args.photo_sizes:
+            blobs = reencoded(paths, PHOTO_SIZES[size])
+            t0 = time.perf_counter()
+            for b in blobs:
+                preprocess(b, card.spec, 10**9)
+            decode_ms = (time.perf_counter() - t0) / len(blobs) * 1000
+            for c in args.concurrency:
+                r = load(srv.url, blobs, c, max(args.requests, 2 * c))
+                lines.append(f"| {size} | {c} | {r['img_s']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | "
+                             f"{r['p99'] / r['p50']:.2f} | {r['mean_batch']:.1f} | {decode_ms:.1f} | "
+                             f"{r['img_s'] / raw[c]:.2f} |")
+                print(lines[-1], flush=True)
+    finally:
+        srv.stop()
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = service_bench_parser()
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--requests", type=int, default=192)
+    ap.add_argument("--photo-sizes", nargs="+", choices=list(PHOTO_SIZES),
+                    help="instead of batching on/off: the batching service sent the same photos at these sizes")
     args, version, card = parse_with_model(ap)
+    if args.photo_sizes:
+        table = by_photo_size(args, version, card)
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        text = (f"\n### bench/serve.py --photo-sizes: {card.name} ({card.image_size} px), {stamp}, "
+                f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, load generator on the same cores"
+                f"\n\n{table}\n")
+        print(text)
+        with open(args.results, "a") as f:
+            f.write(text)
+        return
     blobs = [p.read_bytes() for p in sorted(args.data.rglob("*.jpg"))[:64]]
     t0 = time.perf_counter()
     arrays = np.stack([preprocess(b, card.spec, 10**9) for b in blobs])

@@ -28,6 +28,8 @@ VARIANTS = {
     "default (spinning off)": {},
     "onnxruntime spinning on": {"SERVING_SPINNING": "true"},
     "max_latency_ms 10000": {"SERVING_MAX_LATENCY_MS": "10000"},
+    "access log off": {"SERVING_ACCESS_LOG": "false"},
+    "2 API workers": {"SERVING_API_WORKERS": "2"},
 }
 
 

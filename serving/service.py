@@ -174,8 +174,8 @@ class ImageClassifier:
         (the Open Inference Protocol's `images` input); every prediction is counted in the metrics."""
         if self.card is None:
             raise bentoml.exceptions.ServiceUnavailable(f"no model loaded: {self.error}")
-        if pixels is None:
-            pixels = [await anyio.to_thread.run_sync(self._prepare, b) for b in blobs]
+        if pixels is None:  # one thread hop per request, not per image (the images of a request decode in turn)
+            pixels = await anyio.to_thread.run_sync(lambda: [self._prepare(b) for b in blobs])
         chunks = [np.stack(pixels[i:i + S.max_batch_size]) for i in range(0, len(pixels), S.max_batch_size)]
         logits = np.concatenate(await asyncio.gather(*(self._infer(c) for c in chunks)))
         probs = softmax(logits, self.card.temperature)
