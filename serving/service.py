@@ -152,11 +152,8 @@ class ImageClassifier:
     def __init__(self) -> None:
         self.settings = S
         self.card, _, self.error = _load_card()
-        self.thresholds = None
-        self.v2_name = S.v2_model_name
-        if self.card is not None:
-            self.thresholds = _monitoring_gauges(self.card)
-            self.v2_name = S.v2_model_name or self.card.name
+        self.thresholds = _monitoring_gauges(self.card) if self.card is not None else None
+        self.v2_name = S.v2_model_name or (self.card.name if self.card is not None else None)
 
     def __is_ready__(self) -> bool:
         # BentoML's probe also waits for Model.__is_ready__; draining: serving.run got SIGTERM (still serving)

@@ -49,30 +49,42 @@ print(json.dumps([libs, ort.get_available_providers(), u.find_spec('torch') is N
     assert "readyz" in inspect.stdout and "10001" in inspect.stdout, inspect.stdout
 
 
-def test_cpu_container_serves_and_stops_on_sigterm(serve_images, artifact, data_dir):
-    port = free_port()
-    name = f"imgcls-test-{port}"
-    podman = ["podman", *serve_images, "--runtime", "runc"]
-    subprocess.run([*podman, "run", "-d", "--name", name, "--network", "host", *RUN_FLAGS,
-                    "-v", f"{artifact}:/model:ro", "-e", "SERVING_MODEL_DIR=/model",
-                    SERVE["cpu"], "--host", "127.0.0.1", "--port", str(port)], check=True, capture_output=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        assert wait_ready(url, 120), "the container never became ready"
-        photo = sorted((data_dir / "val" / "bees").iterdir())[0]
-        r = httpx.post(url + "/predict", files={"image": photo.open("rb")}, timeout=60)
+class ServingContainer:
+    """The serving image running on a free port with the test model; after the block, `log` holds its output."""
+
+    def __init__(self, store: list[str], image: str, artifact):
+        port = free_port()
+        self.url, self.name, self.log = f"http://127.0.0.1:{port}", f"imgcls-test-{port}", ""
+        self.podman = ["podman", *store, "--runtime", "runc"]
+        subprocess.run([*self.podman, "run", "-d", "--name", self.name, "--network", "host", *RUN_FLAGS,
+                        "-v", f"{artifact}:/model:ro", "-e", "SERVING_MODEL_DIR=/model",
+                        image, "--host", "127.0.0.1", "--port", str(port)], check=True, capture_output=True)
+
+    def __enter__(self) -> ServingContainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logs = subprocess.run([*self.podman, "logs", self.name], capture_output=True, text=True)
+        subprocess.run([*self.podman, "rm", "-f", self.name], capture_output=True)
+        self.log = logs.stdout + logs.stderr
+
+    def predicts(self, photo) -> httpx.Response:
+        assert wait_ready(self.url, 180), "the container never became ready"
+        r = httpx.post(self.url + "/predict", files={"image": photo.open("rb")}, timeout=60)
         assert r.status_code == 200 and r.json()["label"] in ("ants", "bees"), r.text
+        return r
+
+
+def test_cpu_container_serves_and_stops_on_sigterm(serve_images, artifact, data_dir):
+    with ServingContainer(serve_images, SERVE["cpu"], artifact) as box:
+        box.predicts(sorted((data_dir / "val" / "bees").iterdir())[0])
         start = time.time()
-        subprocess.run([*podman, "kill", "-s", "TERM", name], check=True, capture_output=True)
-        subprocess.run([*podman, "wait", name], check=True, capture_output=True, timeout=30)
+        subprocess.run([*box.podman, "kill", "-s", "TERM", box.name], check=True, capture_output=True)
+        subprocess.run([*box.podman, "wait", box.name], check=True, capture_output=True, timeout=30)
         assert time.time() - start < 10, "the container did not stop within 10 s of SIGTERM"
-    finally:
-        logs = subprocess.run([*podman, "logs", name], capture_output=True, text=True)
-        subprocess.run([*podman, "rm", "-f", name], capture_output=True)
-    text = logs.stdout + logs.stderr
-    assert "Traceback" not in text, text[-3000:]
-    assert "drained (0.0 request(s) still in flight)" in text, "SIGTERM did not go through serving.run's drain"
-    assert "CUDA not used (this onnxruntime has no CUDA provider" in text, text[-3000:]
+    assert "Traceback" not in box.log, box.log[-3000:]
+    assert "drained (0.0 request(s) still in flight)" in box.log, "SIGTERM did not go through serving.run's drain"
+    assert "CUDA not used (this onnxruntime has no CUDA provider" in box.log, box.log[-3000:]
 
 
 # ---- serving, gpu ------------------------------------------------------------------------------------------------
@@ -109,25 +121,8 @@ def test_gpu_image_resolves_every_cuda_library_but_the_driver(serve_images):
 
 
 def test_gpu_image_without_a_gpu_serves_on_cpu_and_says_why(serve_images, artifact, data_dir):
-    port = free_port()
-    name = f"imgcls-gpu-{port}"
-    podman = ["podman", *serve_images, "--runtime", "runc"]
-    subprocess.run([*podman, "run", "-d", "--name", name, "--network", "host", *RUN_FLAGS,
-                    "-v", f"{artifact}:/model:ro", "-e", "SERVING_MODEL_DIR=/model",
-                    SERVE["gpu"], "--host", "127.0.0.1", "--port", str(port)], check=True, capture_output=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        assert wait_ready(url, 180), "the gpu container never became ready"
-        photo = sorted((data_dir / "val" / "ants").iterdir())[0]
-        r = httpx.post(url + "/predict", files={"image": photo.open("rb")}, timeout=60)
-        assert r.status_code == 200 and r.json()["label"] in ("ants", "bees"), r.text
-        metrics = httpx.get(url + "/metrics").text
-        assert 'provider="CPUExecutionProvider"' in metrics
-    finally:
-        logs = subprocess.run([*podman, "logs", name], capture_output=True, text=True)
-        subprocess.run([*podman, "rm", "-f", name], capture_output=True)
-    text = logs.stdout + logs.stderr
-    assert "CUDA not used (libcuda.so.1: cannot open shared object file" in text, text[-3000:]
-    assert "serving on CPUExecutionProvider" in text and "Traceback" not in text, text[-3000:]
-
-
+    with ServingContainer(serve_images, SERVE["gpu"], artifact) as box:
+        box.predicts(sorted((data_dir / "val" / "ants").iterdir())[0])
+        assert 'provider="CPUExecutionProvider"' in httpx.get(box.url + "/metrics").text
+    assert "CUDA not used (libcuda.so.1: cannot open shared object file" in box.log, box.log[-3000:]
+    assert "serving on CPUExecutionProvider" in box.log and "Traceback" not in box.log, box.log[-3000:]

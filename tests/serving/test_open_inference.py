@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from helpers import running_server
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from kserve.protocol.infer_type import RequestedOutput
 from tritonclient.utils import InferenceServerException
@@ -19,7 +20,6 @@ from tritonclient.utils import InferenceServerException
 from contract.card import load_card
 from contract.preprocess import preprocess
 from serving import oip
-from serving.launch import Server
 
 pytestmark = pytest.mark.slow
 NAME = "bees-isvc"  # as an InferenceService would name it: not model.json's name
@@ -27,13 +27,10 @@ NAME = "bees-isvc"  # as an InferenceService would name it: not model.json's nam
 
 @pytest.fixture(scope="module")
 def server(artifact, tmp_path_factory):
-    srv = Server({"SERVING_MODEL_DIR": str(artifact), "SERVING_V2_MODEL_NAME": NAME, "SERVING_MAX_TOP_K": "5",
-                  "SERVING_MAX_REQUEST_BYTES": "2000000"}, tmp_path_factory.mktemp("serve") / "serve.log")
-    try:
-        assert srv.wait_ready(), open(srv.log.name).read()[-3000:]
+    env = {"SERVING_MODEL_DIR": str(artifact), "SERVING_V2_MODEL_NAME": NAME, "SERVING_MAX_TOP_K": "5",
+           "SERVING_MAX_REQUEST_BYTES": "2000000"}
+    with running_server(env, tmp_path_factory.mktemp("serve") / "serve.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

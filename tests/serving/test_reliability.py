@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from helpers import SHARED
+from helpers import SHARED, running_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,14 +33,10 @@ FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadli
 
 @pytest.fixture(scope="module")
 def server(artifact, tmp_path_factory):
-    srv = Server({"SERVING_MODEL_DIR": str(artifact), "SERVING_MAX_REQUEST_BYTES": "2000000"},
-                 tmp_path_factory.mktemp("serve") / "serve.log")
-    try:
-        assert srv.wait_ready(), open(srv.log.name).read()[-3000:]
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with running_server({"SERVING_MODEL_DIR": str(artifact), "SERVING_MAX_REQUEST_BYTES": "2000000"}, log) as srv:
         yield srv
-    finally:
-        srv.stop()
-    log = Path(srv.log.name).read_text()
+    log = log.read_text()
     answers_5xx = [line for line in log.splitlines() if "(status=5" in line]
     assert not answers_5xx, answers_5xx[:5]  # the access log: every request of the module, the Model's included
 

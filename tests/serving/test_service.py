@@ -8,9 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from helpers import running_server
 from PIL import Image
-
-from serving.launch import Server
 
 pytestmark = pytest.mark.slow
 MAX_BYTES, MAX_PIXELS = 2_000_000, 4_000_000
@@ -18,15 +17,11 @@ MAX_BYTES, MAX_PIXELS = 2_000_000, 4_000_000
 
 @pytest.fixture(scope="module")
 def server(artifact, tmp_path_factory):
-    srv = Server({"SERVING_ARTIFACTS_ROOT": str(artifact.parent.parent), "SERVING_MODEL_NAME": artifact.parent.name,
-                  "SERVING_MAX_REQUEST_BYTES": str(MAX_BYTES), "SERVING_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
-                  "SERVING_MAX_LATENCY_MS": "1000"},
-                 tmp_path_factory.mktemp("serve") / "serve.log")
-    try:
-        assert srv.wait_ready(), open(srv.log.name).read()[-3000:]
+    with running_server({"SERVING_ARTIFACTS_ROOT": str(artifact.parent.parent),
+                         "SERVING_MODEL_NAME": artifact.parent.name, "SERVING_MAX_REQUEST_BYTES": str(MAX_BYTES),
+                         "SERVING_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "SERVING_MAX_LATENCY_MS": "1000"},
+                        tmp_path_factory.mktemp("serve") / "serve.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
