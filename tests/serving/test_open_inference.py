@@ -257,3 +257,20 @@ def test_bytes_tensor_round_trip_and_truncation():
             oip.unpack_bytes(packed[:cut], 3, "image")
     with pytest.raises(oip.ProtocolError, match="shape says 2"):
         oip.unpack_bytes(packed, 2, "image")
+
+
+def test_binary_data_output_on_the_request_makes_every_output_binary():
+    body = json.dumps({"id": "7", "parameters": {"binary_data_output": True, "top_k": 2},
+                       "inputs": [{"name": "images", "shape": [2, 2, 2, 3], "datatype": "UINT8",
+                                   "data": list(range(24))}]}).encode()
+    req = oip.parse_infer(body, None, max_images=4, image_size=2)
+    assert req.pixels.shape == (2, 2, 2, 3) and req.pixels[1, 1, 1, 2] == 23
+    probs = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]], dtype=np.float32)
+    out, headers = oip.encode_response("m", "1", req.id, oip.build_outputs(req, probs, ["a", "b", "c"], 5))
+    n = int(headers[oip.HEADER_LENGTH])
+    doc = json.loads(out[:n])
+    assert doc["id"] == "7" and all("data" not in o for o in doc["outputs"])
+    sizes = [o["parameters"]["binary_data_size"] for o in doc["outputs"]]
+    assert sum(sizes) == len(out) - n
+    assert np.array_equal(np.frombuffer(out[n:n + sizes[0]], "<f4").reshape(2, 3), probs)
+    assert oip.unpack_bytes(out[n + sizes[0]:], 4, "labels") == [b"b", b"c", b"a", b"c"]
