@@ -63,10 +63,6 @@ class Request:
     outputs: list[RequestOutput]
     parameters: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def count(self) -> int:
-        return len(self.files) if self.files is not None else len(self.pixels)
-
 
 def _validation_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])

@@ -6,8 +6,6 @@ metrics and the RequestGuard middleware wrap the whole app, these routes include
 """
 from __future__ import annotations
 
-import logging
-
 import bentoml
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,7 +16,6 @@ from contract.preprocess import ImageError
 
 from . import metrics, oip
 
-log = logging.getLogger("bentoml.serving")
 SERVER = {"name": "imgcls", "version": "2", "extensions": ["binary_tensor_data", "classification"]}
 
 
