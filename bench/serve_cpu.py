@@ -25,7 +25,10 @@ from bench.decode import reencoded
 from bench.serve import Server, load, parse_with_model, service_bench_parser  # the same client and start
 
 VARIANTS = {
-    "default (spinning off)": {},
+    "default (2 Model calls in flight)": {},
+    "no coalescing (before: every request its own call)": {"SERVING_MODEL_CALLS_IN_FLIGHT": "1024"},
+    "1 Model call in flight": {"SERVING_MODEL_CALLS_IN_FLIGHT": "1"},
+    "4 Model calls in flight": {"SERVING_MODEL_CALLS_IN_FLIGHT": "4"},
     "onnxruntime spinning on": {"SERVING_SPINNING": "true"},
     "max_latency_ms 10000": {"SERVING_MAX_LATENCY_MS": "10000"},
     "access log off": {"SERVING_ACCESS_LOG": "false"},
@@ -78,16 +81,17 @@ def main() -> None:
             print(name, f"{runs[name][-1]['img_s']:.1f} img/s", flush=True)
     base = statistics.median(r["img_s"] for r in runs[next(iter(variants))])
     cores = len(os.sched_getaffinity(0))
-    head = ("| variant | img/s (median) | / first | p50 ms | p99 ms | mean batch | client | ImageClassifier | "
-            "Model | "
-            "all | img/s bound = cores x 1000 / all |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| variant | img/s (median) | / first | p50 ms | p99 ms | mean batch | images per Model call | client | "
+            "ImageClassifier | Model | all | img/s bound = cores x 1000 / all |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = []
     for name, rows in runs.items():
         m = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         total = m["client_ms"] + m["ImageClassifier_ms"] + m["Model_ms"]
         lines.append(f"| {name} | {m['img_s']:.1f} | {m['img_s'] / base:.2f} | {m['p50']:.0f} | {m['p99']:.0f} | "
-                     f"{m['mean_batch']:.1f} | {m['client_ms']:.1f} | {m['ImageClassifier_ms']:.1f} | "
-                     f"{m['Model_ms']:.1f} | {total:.1f} | {cores * 1000 / total:.0f} |")
+                     f"{m['mean_batch']:.1f} | {m['per_call']:.1f} | {m['client_ms']:.1f} | "
+                     f"{m['ImageClassifier_ms']:.1f} | {m['Model_ms']:.1f} | {total:.1f} | "
+                     f"{cores * 1000 / total:.0f} |")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"\n### bench/serve_cpu.py: {card.name} ({card.image_size} px), c = {args.concurrency}, {args.requests} "
             f"requests x {args.rounds} rounds, {stamp}, {platform.machine()}, {cores} cores, CPU\n\n"

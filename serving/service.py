@@ -1,12 +1,12 @@
 """BentoML service: `bentoml serve serving.service:ImageClassifier`.
 
 Two services, as BentoML's adaptive batching wants them: ImageClassifier (HTTP-facing) decodes and preprocesses
-each request on its own, then calls Model.infer, a batchable API; BentoML's dispatcher stacks concurrent calls
-into one onnxruntime run, bounded by max_batch_size and max_latency_ms.
+each request on its own, then calls Model.infer, a batchable API, through a Coalescer (the images of requests that
+arrive while earlier calls are in flight share one call); BentoML's dispatcher stacks concurrent calls into one
+onnxruntime run, bounded by max_batch_size and max_latency_ms.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -29,6 +29,7 @@ from contract.scores import softmax
 
 from . import metrics, multipart, v2
 from .artifact import pin_version
+from .coalesce import Coalescer
 from .limits import RequestGuard
 from .runtime import OnnxClassifier, cuda_available
 from .settings import load_settings
@@ -154,6 +155,7 @@ class ImageClassifier:
         self.card, _, self.error = _load_card()
         self.thresholds = _monitoring_gauges(self.card) if self.card is not None else None
         self.v2_name = S.v2_model_name or (self.card.name if self.card is not None else None)
+        self.coalescer = Coalescer(self._infer, S.max_batch_size, S.model_calls_in_flight)
 
     def __is_ready__(self) -> bool:
         # BentoML's probe also waits for Model.__is_ready__; draining: serving.run got SIGTERM (still serving)
@@ -172,9 +174,8 @@ class ImageClassifier:
         if self.card is None:
             raise bentoml.exceptions.ServiceUnavailable(f"no model loaded: {self.error}")
         if pixels is None:  # one thread hop per request, not per image (the images of a request decode in turn)
-            pixels = await anyio.to_thread.run_sync(lambda: [self._prepare(b) for b in blobs])
-        chunks = [np.stack(pixels[i:i + S.max_batch_size]) for i in range(0, len(pixels), S.max_batch_size)]
-        logits = np.concatenate(await asyncio.gather(*(self._infer(c) for c in chunks)))
+            pixels = await anyio.to_thread.run_sync(lambda: np.stack([self._prepare(b) for b in blobs]))
+        logits = await self.coalescer.run(pixels)
         probs = softmax(logits, self.card.temperature)
         self._count(probs)
         return probs

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     spinning: bool = Field(False, description="onnxruntime's threads busy-wait between runs: lower latency on idle "
                                               "cores, CPU taken from decoding on busy ones (bench/serve.py)")
     api_workers: int = Field(1, ge=1, description="processes that decode and preprocess")
+    model_calls_in_flight: int = Field(2, ge=1, description="per API worker: concurrent calls to the Model service; "
+                                                             "requests arriving meanwhile share the next call")
     max_request_bytes: int = Field(32 << 20, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(64, ge=1)

@@ -157,17 +157,31 @@ def test_metrics_count_exactly_what_was_sent(server, photos):
     assert 0 < total(after, "imgcls_offline_test_accuracy") <= 1
 
 
-def test_concurrent_clients_form_batches(server, photos):
-    before = scrape(server.url)
-    blobs = [p.read_bytes() for p in photos["ants"] + photos["bees"]] * 8  # 64 requests
+def model_calls(url) -> float:
+    """HTTP calls ImageClassifier made to the Model service so far (BentoML's own request counter)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(url + "/metrics").text.splitlines()
+               if line.startswith("bentoml_service_request_total{") and 'endpoint="/infer"' in line)
+
+
+def test_concurrent_clients_form_batches_and_get_their_own_answers(server, photos):
+    unique = [p.read_bytes() for p in photos["ants"] + photos["bees"]]
 
     def one(blob):
         return httpx.post(server.url + "/predict", files={"image": ("x.jpg", blob, "image/jpeg")}, timeout=120)
 
+    alone = [one(b).json() for b in unique]
+    before, calls = scrape(server.url), model_calls(server.url)
+    blobs = unique * 8  # 64 requests
     with ThreadPoolExecutor(32) as pool:
-        codes = [r.status_code for r in pool.map(one, blobs)]
-    assert codes == [200] * len(blobs)
+        answers = list(pool.map(one, blobs))
+    assert [r.status_code for r in answers] == [200] * len(blobs)
     after = scrape(server.url)
     runs = total(after, "imgcls_batch_size_count") - total(before, "imgcls_batch_size_count")
     images = total(after, "imgcls_batch_size_sum") - total(before, "imgcls_batch_size_sum")
     assert images == len(blobs) and runs < len(blobs), f"{runs} onnxruntime runs for {len(blobs)} images: no batching"
+    hops = model_calls(server.url) - calls
+    assert hops < len(blobs), f"{hops} calls to the Model service for {len(blobs)} requests: none shared a call"
+    for i, r in enumerate(answers):  # batched with strangers, each request still gets its own image's answer
+        expected = alone[i % len(unique)]
+        assert r.json()["label"] == expected["label"]
+        assert r.json()["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)

@@ -1,0 +1,117 @@
+"""The Coalescer alone, on a real event loop: shared calls, answers routed to their request, errors, cancellation."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from serving.coalesce import Coalescer
+
+
+class SlowModel:
+    """Answers row i of its input with the input's own pixel value, after `seconds`; records every call."""
+
+    def __init__(self, seconds: float = 0.05, fail_on: int | None = None) -> None:
+        self.seconds, self.fail_on = seconds, fail_on
+        self.calls: list[int] = []
+        self.running = self.most_running = 0
+
+    async def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        self.calls.append(len(pixels))
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(self.seconds)
+            if self.fail_on is not None and self.fail_on in pixels[:, 0, 0, 0]:
+                raise RuntimeError("model refused")
+            return pixels[:, 0, 0, :1].astype(np.float32)
+        finally:
+            self.running -= 1
+
+
+def images(*values: int) -> np.ndarray:
+    return np.stack([np.full((4, 4, 3), v, np.uint8) for v in values])
+
+
+def test_concurrent_requests_share_calls_and_get_their_own_rows():
+    model = SlowModel()
+
+    async def main():
+        c = Coalescer(model, max_batch_size=8, max_in_flight=2)
+        return await asyncio.gather(*(c.run(images(i, i + 100)) for i in range(20)))
+
+    answers = asyncio.run(main())
+    for i, logits in enumerate(answers):
+        assert logits[:, 0].tolist() == [i, i + 100]
+    assert sum(model.calls) == 40
+    assert len(model.calls) < 20 and max(model.calls) <= 8, model.calls
+    assert model.most_running == 2
+
+
+def test_a_lone_request_leaves_at_once():
+    model = SlowModel(seconds=0.0)
+
+    async def main():
+        c = Coalescer(model, max_batch_size=32, max_in_flight=2)
+        start = time.perf_counter()
+        for _ in range(20):
+            await c.run(images(1))
+        return (time.perf_counter() - start) / 20
+
+    assert asyncio.run(main()) < 0.005  # no timer: nothing waits for company
+    assert model.calls == [1] * 20
+
+
+def test_a_request_larger_than_a_batch_goes_in_parts_and_comes_back_in_order():
+    model = SlowModel()
+
+    async def main():
+        return await Coalescer(model, max_batch_size=4, max_in_flight=1).run(images(*range(10)))
+
+    assert asyncio.run(main())[:, 0].tolist() == list(range(10))
+    assert model.calls == [4, 4, 2]
+
+
+def test_an_error_reaches_the_requests_of_its_call_only():
+    model = SlowModel(fail_on=3)
+
+    async def main():
+        c = Coalescer(model, max_batch_size=1, max_in_flight=2)
+        results = await asyncio.gather(*(c.run(images(i)) for i in range(6)), return_exceptions=True)
+        return results, await c.run(images(7))
+
+    results, after = asyncio.run(main())
+    assert [isinstance(r, RuntimeError) for r in results] == [False, False, False, True, False, False]
+    assert after[0, 0] == 7  # the coalescer keeps serving after a failed call
+
+
+def test_a_cancelled_request_leaves_the_others_unharmed():
+    model = SlowModel()
+
+    async def main():
+        c = Coalescer(model, max_batch_size=8, max_in_flight=1)
+        first = asyncio.ensure_future(c.run(images(1)))  # in flight
+        await asyncio.sleep(0)
+        gone = asyncio.ensure_future(c.run(images(2)))  # waiting
+        kept = asyncio.ensure_future(c.run(images(3)))
+        await asyncio.sleep(0)
+        gone.cancel()
+        return await first, await kept, gone.cancelled()
+
+    first, kept, cancelled = asyncio.run(main())
+    assert first[0, 0] == 1 and kept[0, 0] == 3 and cancelled
+    assert model.calls == [1, 1]  # the cancelled request's image was never sent
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_calls_in_flight_never_exceed_the_setting(in_flight):
+    model = SlowModel(seconds=0.01)
+
+    async def main():
+        c = Coalescer(model, max_batch_size=2, max_in_flight=in_flight)
+        await asyncio.gather(*(c.run(images(i)) for i in range(30)))
+
+    asyncio.run(main())
+    assert model.most_running == in_flight
