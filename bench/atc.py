@@ -121,10 +121,37 @@ def replay(version: Path, card, images: list[Image.Image]) -> dict[str, float]:
             "ac": value("imgcls_confidence_sum") / n}
 
 
+def clean_by_seed(versions: list[Path]) -> list[str]:
+    """The clean test split across seeds: each estimate's error in points and in binomial standard errors. The
+    thresholds come from a validation draw, so one seed's error mixes the method's bias with that draw's luck."""
+    lines = ["\nClean test split by seed (self-check in model.json; error = estimate - true, in points and in "
+             "standard errors):\n",
+             "| seed | validation n | validation acc | test n | test acc ± SE | ATC-MC | ATC-NE | AC |",
+             "|---|---|---|---|---|---|---|---|"]
+    errors = {"atc_mc": [], "atc_ne": [], "ac": []}
+    for version in versions:
+        card = load_card(version)
+        fit, check = card.monitoring["fitted_on"], card.monitoring["self_check"]
+        acc = check["accuracy"]
+        se = math.sqrt(acc * (1 - acc) / check["n"])
+        cells = []
+        for k in errors:
+            errors[k].append(abs(check[k] - acc) / se)
+            cells.append(f"{100 * (check[k] - acc):+.1f} ({(check[k] - acc) / se:+.2f} SE)")
+        lines.append(f"| {card.config['seed']} | {fit['n']} | {fit['accuracy']:.3f} | {check['n']} | {acc:.3f} ± "
+                     f"{se:.3f} | " + " | ".join(cells) + " |")
+    lines.append("\nWithin one standard error: " + ", ".join(
+        f"{k.upper().replace('_', '-')} {sum(e <= 1 for e in v)} of {len(v)}" for k, v in errors.items()) + ".")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, required=True, help="artifacts/<name> or a version directory")
     ap.add_argument("--replay", default="blur-3", help="a set to send through the running service ('' for none)")
+    ap.add_argument("--also", type=Path, nargs="*", default=[],
+                    help="runs of the same config with other seeds (other validation draws): their clean-split "
+                         "self-checks from model.json are tabulated beside this model's")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
     version = resolve_path(args.model)
@@ -168,6 +195,8 @@ def main() -> None:
                      f"/metrics {served['atc_mc']:.4f} vs offline {offline['atc_mc']:.4f}, ATC-NE "
                      f"{served['atc_ne']:.4f} vs {offline['atc_ne']:.4f}, AC {served['ac']:.4f} vs "
                      f"{offline['ac']:.4f}.")
+    if args.also:
+        lines += clean_by_seed([version, *map(resolve_path, args.also)])
     text = "\n".join(lines) + "\n"
     print(text)
     with open(args.results, "a") as f:

@@ -29,8 +29,6 @@ VARIANTS = {
     "no coalescing (before: every request its own call)": {"SERVING_MODEL_CALLS_IN_FLIGHT": "1024"},
     "1 Model call in flight": {"SERVING_MODEL_CALLS_IN_FLIGHT": "1"},
     "4 Model calls in flight": {"SERVING_MODEL_CALLS_IN_FLIGHT": "4"},
-    "onnxruntime spinning on": {"SERVING_SPINNING": "true"},
-    "max_latency_ms 10000": {"SERVING_MAX_LATENCY_MS": "10000"},
     "access log off": {"SERVING_ACCESS_LOG": "false"},
     "2 API workers": {"SERVING_API_WORKERS": "2"},
 }

@@ -63,7 +63,10 @@ def fit(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndarray, t
     test_acc = float(np.mean(test_probs.argmax(axis=1) == test_labels))
     return {"method": "ATC (Garg et al., ICLR 2022) on the temperature-scaled softmax",
             "thresholds": thresholds,
-            "fitted_on": {"split": "val", "n": int(len(val_labels)), "accuracy": float(np.mean(correct))},
+            # the estimate inherits validation accuracy's sampling error: on data like validation it is off by
+            # about this much (one binomial standard error), whatever the method
+            "fitted_on": {"split": "val", "n": int(len(val_labels)), "accuracy": float(np.mean(correct)),
+                          "standard_error": float(np.sqrt(np.mean(correct) * (1 - np.mean(correct)) / len(correct)))},
             "reference_shares": predicted_shares(test_probs, classes),
             "confidence_histogram": {"edges": list(edges), "counts": hist.tolist()},
             "self_check": {"split": "test", "n": int(len(test_labels)), "accuracy": test_acc,

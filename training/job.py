@@ -170,6 +170,12 @@ def print_summary(trainer: Trainer, test: dict, out: Path, watch: dict) -> None:
     check = watch["self_check"]  # what the service's label-free estimate would say on the test split
     print(f"estimated without labels on the test split: ATC-MC {check['atc_mc']:.4f}  ATC-NE {check['atc_ne']:.4f}  "
           f"AC {check['ac']:.4f}  (true {check['accuracy']:.4f})")
+    fitted = watch["fitted_on"]
+    if fitted["n"] < check["n"]:
+        event(f"warning: the label-free estimate's thresholds rest on {fitted['n']} validation images, fewer than the "
+              f"test split's {check['n']}: on data like validation the estimate is off by about "
+              f"±{100 * fitted['standard_error']:.1f} points from that alone; raise data.val_ratio",
+              val_n=fitted["n"], test_n=check["n"])
 
 
 def export_and_publish(model: Classifier, bundle: dict, splits: Splits, cfg: TrainConfig, result: dict) -> None:

@@ -25,7 +25,10 @@ def test_the_artifact_carries_thresholds_a_reference_and_a_self_check(artifact):
     card = load_card(artifact)
     m = card.monitoring
     assert set(m["thresholds"]) == {"mc", "ne"} and 0 < m["thresholds"]["mc"] <= 1 and m["thresholds"]["ne"] <= 0
-    assert m["fitted_on"]["split"] == "val" and m["fitted_on"]["n"] > 0
+    fitted = m["fitted_on"]
+    assert fitted["split"] == "val" and fitted["n"] > 0
+    acc = fitted["accuracy"]
+    assert fitted["standard_error"] == pytest.approx((acc * (1 - acc) / fitted["n"]) ** 0.5)
     assert set(m["reference_shares"]) == set(card.classes) and abs(sum(m["reference_shares"].values()) - 1) < 1e-6
     check = m["self_check"]
     assert check["accuracy"] == pytest.approx(card.test_accuracy)
