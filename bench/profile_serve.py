@@ -39,6 +39,30 @@ FAMILIES = [("onnxruntime", "onnxruntime"), ("PIL decode/resize", "PIL"), ("nump
             ("this service (serving/, contract/)", "contract/")]
 
 
+# stages of a request, matched anywhere in a sample's stack (inclusive: a stage's callees count for it)
+STAGES = [("decode + resize + crop (contract.preprocess)", ("contract/preprocess.py",)),
+          ("thread hop for decoding (anyio.to_thread)", ("anyio/_backends/_asyncio.py:run_sync", "run_sync_in_worker")),
+          ("multipart parsing", ("multipart",)),
+          ("upload to a temporary file (BentoML FileSchema)", ("_bentoml_sdk/validators.py",)),
+          ("call to Model (coalescer, pickling, aiohttp)", ("serving/coalesce.py", "aiohttp", "_bentoml_impl/client")),
+          ("Model: onnxruntime", ("onnxruntime",)),
+          ("Model: dispatcher", ("dispatcher.py",)),
+          ("answer (pydantic, JSON)", ("pydantic", "json/")),
+          ("metrics (prometheus_client)", ("prometheus",)),
+          ("HTTP server (uvicorn, h11, httptools)", ("uvicorn", "h11", "httptools"))]
+
+
+def stages(raw: Path) -> list[tuple[str, float]]:
+    counts, total = Counter(), 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        for name, keys in STAGES:
+            if any(k in stack for k in keys):
+                counts[name] += int(count)
+    return [(name, 100 * counts[name] / max(total, 1)) for name, _ in STAGES if counts[name]]
+
+
 def family(frame: str) -> str:
     return next((name for name, key in FAMILIES if key in frame), "other")
 
@@ -97,7 +121,9 @@ def main() -> None:
              f"{len(os.sched_getaffinity(0))} cores, CPU\n"]
     for name in spies:
         leaves, families = summarise(tmp / f"{name}.txt", args.top)
-        lines += [f"{name}: share of samples by module family\n", "| family | % |", "|---|---|",
+        lines += [f"{name}: share of samples per stage (inclusive; a sample can fall in several)\n",
+                  "| stage | % |", "|---|---|", *[f"| {k} | {v:.1f} |" for k, v in stages(tmp / f"{name}.txt")], "",
+                  f"{name}: share of samples by module family\n", "| family | % |", "|---|---|",
                   *[f"| {k} | {v:.1f} |" for k, v in families], "",
                   f"{name}: top leaf functions\n", "| function (file:line) | % |", "|---|---|",
                   *[f"| `{k[:110]}` | {v:.1f} |" for k, v in leaves], ""]

@@ -1,7 +1,7 @@
 """Where the service's CPU goes, per image, and service settings compared at one concurrency, in one run.
 
 python -m bench.serve_cpu --model artifacts/hymenoptera [--concurrency 32] [--requests 640] [--rounds 2]
-python -m bench.serve_cpu --photo-sizes "as shot (~0.2 MP)" "12 MP" "24 MP"   # default settings, by photo size
+python -m bench.serve_cpu --photo-sizes "as shot (~0.2 MP)" "12 MP" "24 MP"   # by photo size: now and before
 
 For each variant (SERVING_* settings) the real service is started, loaded with real JPEGs by bench/serve.py's
 client, and the CPU time of every process is read before and after: the load generator, the HTTP-facing
@@ -24,9 +24,11 @@ from bench.decode import SIZES as PHOTO_SIZES
 from bench.decode import reencoded
 from bench.serve import Server, load, parse_with_model, service_bench_parser  # the same client and start
 
+BEFORE = {"SERVING_MODEL_CALLS_IN_FLIGHT": "1024", "SERVING_DECODE_THREADS": "40"}  # 40: anyio's default pool
 VARIANTS = {
-    "default (2 Model calls in flight)": {},
-    "no coalescing (before: every request its own call)": {"SERVING_MODEL_CALLS_IN_FLIGHT": "1024"},
+    "default (2 Model calls in flight, decode threads = cores)": {},
+    "before: every request its own Model call, 40 decode threads": BEFORE,
+    "no coalescing": {"SERVING_MODEL_CALLS_IN_FLIGHT": "1024"},
     "1 Model call in flight": {"SERVING_MODEL_CALLS_IN_FLIGHT": "1"},
     "4 Model calls in flight": {"SERVING_MODEL_CALLS_IN_FLIGHT": "4"},
     "access log off": {"SERVING_ACCESS_LOG": "false"},
@@ -67,8 +69,11 @@ def main() -> None:
                     help="instead of the settings: the default service sent the same photos at these sizes")
     args, version, card = parse_with_model(ap)
     paths = sorted(args.data.rglob("*.jpg"))
-    if args.photo_sizes:  # 16 photos per size: a 24 MP JPEG is ~5 MB in memory
-        variants = {f"photos {size}": ({}, reencoded(paths[:16], PHOTO_SIZES[size])) for size in args.photo_sizes}
+    if args.photo_sizes:  # 16 photos per size: a 24 MP JPEG is ~5 MB in memory; today's settings and the before
+        variants = {}
+        for size in args.photo_sizes:
+            blobs = reencoded(paths[:16], PHOTO_SIZES[size])
+            variants |= {f"photos {size}": ({}, blobs), f"photos {size}, before": (BEFORE, blobs)}
     else:
         blobs = [p.read_bytes() for p in paths[:64]]
         variants = {name: (env, blobs) for name, env in VARIANTS.items()}

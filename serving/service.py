@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -30,6 +31,7 @@ from contract.scores import softmax
 from . import metrics, multipart, v2
 from .artifact import pin_version
 from .coalesce import Coalescer
+from .cpus import cpu_allotment
 from .limits import RequestGuard
 from .runtime import OnnxClassifier, cuda_available
 from .settings import load_settings
@@ -156,31 +158,39 @@ class ImageClassifier:
         self.thresholds = _monitoring_gauges(self.card) if self.card is not None else None
         self.v2_name = S.v2_model_name or (self.card.name if self.card is not None else None)
         self.coalescer = Coalescer(self._infer, S.max_batch_size, S.model_calls_in_flight)
+        # decoding threads beyond the cores only share them: every request in the pool finishes late together
+        # (12 MP photos at c = 32: p99 2.1x p50), where a queue served in arrival order keeps the tail short (1.3x)
+        self.decoders = anyio.CapacityLimiter(S.decode_threads or cpu_allotment() or os.cpu_count() or 1)
 
     def __is_ready__(self) -> bool:
         # BentoML's probe also waits for Model.__is_ready__; draining: serving.run got SIGTERM (still serving)
         return self.card is not None and not (S.drain_file is not None and S.drain_file.exists())
 
     # ---- the work shared by every predict endpoint -------------------------------------------------------------
-    def _prepare(self, data: bytes) -> np.ndarray:
+    def _prepare(self, data: bytes | Path) -> np.ndarray:
+        """An image file's pixels; an upload (BentoML's temporary file) is read here, in the decoding thread, so a
+        phone photo's megabytes are not copied on the event loop that every other request waits on."""
+        if isinstance(data, Path):
+            data = data.read_bytes()
         start = time.perf_counter()
         array = preprocess(data, self.card.spec, S.max_image_pixels)
         metrics.preprocess_seconds.observe(time.perf_counter() - start)
         return array
 
-    async def probabilities_of(self, blobs: list[bytes] | None, pixels: np.ndarray | None = None) -> np.ndarray:
-        """Temperature-scaled probabilities [N,C] of encoded image files, or of preprocessed uint8 [N,S,S,3] pixels
-        (the Open Inference Protocol's `images` input); every prediction is counted in the metrics."""
+    async def probabilities_of(self, blobs: list[bytes | Path] | None, pixels: np.ndarray | None = None) -> np.ndarray:
+        """Temperature-scaled probabilities [N,C] of encoded image files (bytes or uploads), or of preprocessed uint8
+        [N,S,S,3] pixels (the Open Inference Protocol's `images` input); every prediction is counted in the metrics."""
         if self.card is None:
             raise bentoml.exceptions.ServiceUnavailable(f"no model loaded: {self.error}")
         if pixels is None:  # one thread hop per request, not per image (the images of a request decode in turn)
-            pixels = await anyio.to_thread.run_sync(lambda: np.stack([self._prepare(b) for b in blobs]))
+            pixels = await anyio.to_thread.run_sync(lambda: np.stack([self._prepare(b) for b in blobs]),
+                                                    limiter=self.decoders)
         logits = await self.coalescer.run(pixels)
         probs = softmax(logits, self.card.temperature)
         self._count(probs)
         return probs
 
-    async def _predict(self, blobs: list[bytes], top_k: int) -> list[Prediction]:
+    async def _predict(self, blobs: list[bytes | Path], top_k: int) -> list[Prediction]:
         return [self._answer(row, top_k) for row in await self.probabilities_of(blobs)]
 
     def _count(self, probs: np.ndarray) -> None:
@@ -220,7 +230,7 @@ class ImageClassifier:
                           version=self.card.version,
                           top_k=[Label(label=classes[i], probability=float(probs[i])) for i in order])
 
-    async def _guarded(self, blobs: list[bytes], top_k: int):
+    async def _guarded(self, blobs: list[bytes | Path], top_k: int):
         try:
             return await self._predict(blobs, top_k)
         except ImageError as exc:
@@ -232,7 +242,7 @@ class ImageClassifier:
     @bentoml.api(route="/predict")
     async def predict(self, image: Path, top_k: TopK = 3) -> Prediction:
         """One image as a multipart file upload."""
-        result = await self._guarded([image.read_bytes()], top_k)
+        result = await self._guarded([image], top_k)
         return result[0] if isinstance(result, list) else result
 
     @bentoml.api(route="/predict_batch")
@@ -240,7 +250,7 @@ class ImageClassifier:
                             images: Annotated[list[Path], Field(min_length=1, max_length=S.max_images_per_request)],
                             top_k: TopK = 3) -> list[Prediction]:
         """Several images as multipart file uploads, answered in order."""
-        return await self._guarded([p.read_bytes() for p in images], top_k)
+        return await self._guarded(images, top_k)
 
     @bentoml.api(route="/predict_base64", input_spec=Base64Request)
     async def predict_base64(self, image: str, top_k: int = 3) -> Prediction:

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     spinning: bool = Field(False, description="onnxruntime's threads busy-wait between runs: lower latency on idle "
                                               "cores, CPU taken from decoding on busy ones (bench/serve.py)")
     api_workers: int = Field(1, ge=1, description="processes that decode and preprocess")
+    decode_threads: int = Field(0, ge=0, description="per API worker: images decoded at once, the others queue in "
+                                                     "arrival order; 0: the container's CPU allotment")
     model_calls_in_flight: int = Field(2, ge=1, description="per API worker: concurrent calls to the Model service; "
                                                              "requests arriving meanwhile share the next call")
     max_request_bytes: int = Field(32 << 20, ge=1024)

@@ -19,7 +19,8 @@ MAX_BYTES, MAX_PIXELS = 2_000_000, 4_000_000
 def server(artifact, tmp_path_factory):
     with running_server({"SERVING_ARTIFACTS_ROOT": str(artifact.parent.parent),
                          "SERVING_MODEL_NAME": artifact.parent.name, "SERVING_MAX_REQUEST_BYTES": str(MAX_BYTES),
-                         "SERVING_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "SERVING_MAX_LATENCY_MS": "1000"},
+                         "SERVING_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "SERVING_MAX_LATENCY_MS": "1000",
+                         "SERVING_DECODE_THREADS": "1"},
                         tmp_path_factory.mktemp("serve") / "serve.log") as srv:
         yield srv
 
@@ -185,3 +186,26 @@ def test_concurrent_clients_form_batches_and_get_their_own_answers(server, photo
         expected = alone[i % len(unique)]
         assert r.json()["label"] == expected["label"]
         assert r.json()["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
+
+
+def test_images_decode_in_turn_not_all_at_once(server, photos):
+    """decode_threads=1: 16 concurrent uploads queue for the decoder, so each decode takes about as long as alone
+    (16 decoding threads sharing 2 cores would take several times longer each, and all finish late together)."""
+    big = io.BytesIO()
+    Image.open(photos["bees"][0]).convert("RGB").resize((1600, 1200)).save(big, "JPEG", quality=90)
+
+    def one(_):
+        r = httpx.post(server.url + "/predict", files={"image": ("x.jpg", big.getvalue(), "image/jpeg")}, timeout=120)
+        assert r.status_code == 200
+
+    def mean_decode(concurrency: int, n: int) -> float:
+        before = scrape(server.url)
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(n)))
+        after = scrape(server.url)
+        return ((total(after, "imgcls_preprocess_seconds_sum") - total(before, "imgcls_preprocess_seconds_sum"))
+                / (total(after, "imgcls_preprocess_seconds_count") - total(before, "imgcls_preprocess_seconds_count")))
+
+    alone = mean_decode(1, 6)
+    together = mean_decode(16, 32)
+    assert together < 2.5 * alone, f"a decode took {together * 1000:.1f} ms under load against {alone * 1000:.1f} alone"
