@@ -2,6 +2,7 @@
 
 python -m bench.infer [--backbone resnet50] [--size 224] [--batches 1 8 32] [--peak-gflops 190]
 python -m bench.infer --backbones resnet18 resnet50 resnet101 vgg16 mobilenet_v2 mobilenet_v3_large efficientnet_lite0
+python -m bench.infer --device cuda --batches 1 8 32 128 256   # on a GPU: the service's session, fp32 and fp16
 
 The model is the product's own (training.model.Classifier, random init: speed does not depend on the weights),
 exported through the product's own ONNX path (uint8 NHWC contract, normalisation in the graph). Each variant runs in
@@ -27,6 +28,7 @@ import onnxruntime as ort
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from serving.runtime import OnnxClassifier
 from training.config import ModelConfig
 from training.export import ContractWrapper, export_onnx
 from training.model import build_model
@@ -107,6 +109,36 @@ def compare_backbones(names: list[str], size: int, bs: int, rounds: int, seconds
                       "onnxruntime img/s | / fastest |", "|---|---|---|---|---|---|", *rows, ""])
 
 
+def on_device(backbone: str, size: int, batches: list[int], device: str, rounds: int, seconds: float) -> str:
+    """The service's own onnxruntime session (serving.runtime.OnnxClassifier: CUDA provider, else CPU with the
+    reason logged) on the fp32 and the fp16 export, against PyTorch eager under fp16 autocast, channels_last."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=backbone, weights="none"), 1000).eval()
+    folder = Path(tempfile.mkdtemp())
+    export_onnx(model, folder / "fp32.onnx", size, 18)
+    export_onnx(model.half(), folder / "fp16.onnx", size, 18, 1.0, torch.float16)
+    model.float()
+    sessions = {k: OnnxClassifier(folder / f"{k}.onnx", 1000, size, device) for k in ("fp32", "fp16")}
+    gpu = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    wrapper = ContractWrapper(model).eval().to(gpu, memory_format=torch.channels_last)
+
+    def eager(batch: np.ndarray):
+        with torch.inference_mode(), torch.autocast(gpu.type, torch.float16 if gpu.type == "cuda" else torch.bfloat16):
+            out = wrapper(torch.from_numpy(batch).to(gpu))[0].float().cpu().numpy()  # copies back: a real answer
+        return out
+    rng = np.random.default_rng(0)
+    rows = []
+    for bs in batches:
+        batch = rng.integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
+        r = race({"fp32": sessions["fp32"].run, "fp16": sessions["fp16"].run, "eager": eager}, batch, rounds, seconds)
+        rows.append(f"| {bs} | {r['fp32']:.0f} | {r['fp16']:.0f} | {r['eager']:.0f} | {r['fp16'] / r['fp32']:.2f} |")
+    name = torch.cuda.get_device_name() if gpu.type == "cuda" else "no GPU"
+    return "\n".join([f"\n### bench/infer.py --device {device}: {backbone} at {size} px, onnxruntime provider "
+                      f"{sessions['fp32'].provider} ({name}), {machine()}\n",
+                      "| batch | ORT fp32 img/s | ORT fp16 img/s | eager fp16 autocast channels_last img/s | "
+                      "fp16 / fp32 |", "|---|---|---|---|---|", *rows, ""])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backbone", default="resnet50")
@@ -117,8 +149,16 @@ def main() -> None:
     ap.add_argument("--peak-gflops", type=float, default=190.0, help="the machine's FMA peak (2 cores here)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--device", choices=["cpu", "auto", "cuda"], default="cpu",
+                    help="auto / cuda: the service's session on the GPU, fp32 and fp16 (instead of the CPU tables)")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
+    if args.device != "cpu":
+        text = on_device(args.backbone, args.size, args.batches, args.device, args.rounds, args.seconds)
+        print(text)
+        with open(args.results, "a") as f:
+            f.write(text)
+        return
     if args.backbones:
         text = compare_backbones(args.backbones, args.size, max(args.batches), args.rounds, args.seconds)
         print(text)

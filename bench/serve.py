@@ -70,8 +70,10 @@ def load(url: str, blobs: list[bytes], concurrency: int, requests: int) -> dict:
 
 
 def raw_ort(version: Path, arrays: np.ndarray, batch: int, seconds: float = 4.0) -> float:
+    """onnxruntime alone on model.onnx, on the device the service is given (SERVING_DEVICE; default cpu)."""
     card = load_card(version)
-    clf = OnnxClassifier(version / "model.onnx", len(card.classes), card.image_size, "cpu")
+    clf = OnnxClassifier(version / "model.onnx", len(card.classes), card.image_size,
+                         os.environ.get("SERVING_DEVICE", "cpu"))
     x = np.resize(arrays, (batch, *arrays.shape[1:]))
     clf.run(x)
     n, start = 0, time.perf_counter()
