@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 17 on a GPU machine: the product on CUDA, checked and measured, in one script.
 #
-#   bash bench/gpu/run.sh [STEP ...]       steps: env train resume ddp bench-train infer serve (default: all)
+#   bash bench/gpu/run.sh [STEP ...]       steps: env train service resume ddp bench-train infer serve (default: all)
 #   SMOKE=1 USE_CARRIED=0 PY=.venv/bin/python bash bench/gpu/run.sh
 #                                          every step tiny, on whatever device there is (how it is tested on CPU)
 #
@@ -70,6 +70,28 @@ for name in ("gpu", "gpu-compiled"):
 PY
 }
 
+step_service() {  # the service on the CUDA provider with the fp16 variant, answering real photos; /metrics says so
+    local device=cuda
+    [ "$SMOKE" = 1 ] && device=auto
+    SERVING_DEVICE=$device "$PY" - <<'PY'
+import os, pathlib, httpx
+from serving.launch import Server
+root = pathlib.Path("artifacts/gpu")
+srv = Server({"SERVING_ARTIFACTS_ROOT": "artifacts", "SERVING_MODEL_NAME": "gpu", "SERVING_DEVICE": os.environ["SERVING_DEVICE"]},
+             pathlib.Path(os.environ.get("OUT", "/tmp")) / "service-server.log")
+try:
+    assert srv.wait_ready(), "the service did not become ready (see service-server.log)"
+    photos = sorted(pathlib.Path("../shared/data/hymenoptera_data/val").rglob("*.jpg"))[::25][:6]
+    for p in photos:
+        r = httpx.post(srv.url + "/predict", files={"image": p.open("rb")}, timeout=60).json()
+        print(p.parent.name, p.name, "->", r["label"], round(r["confidence"], 3))
+    print("\n".join(l for l in httpx.get(srv.url + "/metrics").text.splitlines() if l.startswith("imgcls_model_info")))
+finally:
+    srv.stop()
+PY
+    grep -E "serving model(\.fp16)?\.onnx on|CUDA not used" "$OUT/service-server.log" | head -3
+}
+
 step_resume() {  # SIGTERM in phase 2, resume; bit-identical with deterministic kernels, and what happens without
     local k="sigterm_then_resume"
     [ "$SMOKE" = 1 ] && { "$PY" -m pytest -q -p no:cacheprovider tests/training/test_resume.py -k "$k"; return; }
@@ -115,7 +137,7 @@ step_serve() {  # through HTTP with real JPEGs on the 16 cores: the service on C
 
 setup || { echo "setup failed"; exit 100; }
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(env train resume ddp bench-train infer serve)
+[ ${#steps[@]} -eq 0 ] && steps=(env train service resume ddp bench-train infer serve)
 for s in "${steps[@]}"; do
     echo "=== $s ($(date -u +%H:%M:%S))"
     start=$SECONDS
