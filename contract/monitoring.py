@@ -61,12 +61,13 @@ def fit(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndarray, t
     edges = (0.0, *CONFIDENCE_BUCKETS)
     hist, _ = np.histogram(test_probs.max(axis=1), bins=edges)
     test_acc = float(np.mean(test_probs.argmax(axis=1) == test_labels))
+    val_acc = float(np.mean(correct))
     return {"method": "ATC (Garg et al., ICLR 2022) on the temperature-scaled softmax",
             "thresholds": thresholds,
             # the estimate inherits validation accuracy's sampling error: on data like validation it is off by
             # about this much (one binomial standard error), whatever the method
-            "fitted_on": {"split": "val", "n": int(len(val_labels)), "accuracy": float(np.mean(correct)),
-                          "standard_error": float(np.sqrt(np.mean(correct) * (1 - np.mean(correct)) / len(correct)))},
+            "fitted_on": {"split": "val", "n": int(len(val_labels)), "accuracy": val_acc,
+                          "standard_error": float(np.sqrt(val_acc * (1 - val_acc) / len(correct)))},
             "reference_shares": predicted_shares(test_probs, classes),
             "confidence_histogram": {"edges": list(edges), "counts": hist.tolist()},
             "self_check": {"split": "test", "n": int(len(test_labels)), "accuracy": test_acc,
