@@ -39,9 +39,14 @@ class Pooled(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.body(x), 1), 1)
 
 
+def cached_weights_file(enum_member) -> Path:
+    """Where torchvision keeps a weight enum's file: $TORCH_HOME/hub/checkpoints/<the name in its URL>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(enum_member.url).name
+
+
 def _torchvision_weights(enum_member, allow_download: bool) -> dict:
     """State dict of a torchvision weight enum, from TORCH_HOME's cache; never a silent download."""
-    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum_member.url).name
+    file = cached_weights_file(enum_member)
     if not file.is_file() and not allow_download:
         raise WeightsError(
             f"ImageNet weights {enum_member} not found at {file}. Put {Path(enum_member.url).name} there "

