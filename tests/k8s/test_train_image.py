@@ -16,7 +16,8 @@ WEIGHTS = ROOT / ".cache" / "weights" / "resnet50-test.pth"  # inside the build 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    yield from make_store(tmp_path_factory.mktemp("oci-train"))
+    with make_store(tmp_path_factory.mktemp("oci-train"), need_gb=25) as store:
+        yield store
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def train_image(store):
     from torchvision import models
     WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
     torch.save(models.resnet50().state_dict(), WEIGHTS)  # random, but a real ResNet50 file: this machine is offline
-    build(store, "Dockerfile.train", TRAIN, f"RESNET50_WEIGHTS={WEIGHTS.relative_to(ROOT)}", layers=False)
+    build(store, "Dockerfile.train", TRAIN, f"RESNET50_WEIGHTS={WEIGHTS.relative_to(ROOT)}")
     return store
 
 
