@@ -8,6 +8,11 @@ client, and the CPU time of every process is read before and after: the load gen
 ImageClassifier (decode, multipart, JSON) and the Model service (onnxruntime). Variants alternate over rounds so that
 drift on a shared machine hits all of them. With C cores, img/s can be at most C * 1000 / (core-ms per image), which
 says how far any setting can go and what the service costs beyond onnxruntime itself.
+
+The same run also measures the two costs no service can avoid, in this process: decoding the same photos
+(contract.preprocess, one thread) and onnxruntime alone at batch 1-32 with the service's session settings. The
+overhead column is everything else the two services spend per image: ImageClassifier + Model - decoding - onnxruntime
+at the variant's mean batch (interpolated).
 """
 from __future__ import annotations
 
@@ -18,11 +23,16 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from bench.decode import SIZES as PHOTO_SIZES
 from bench.decode import reencoded
 from bench.serve import Server, load, parse_with_model, service_bench_parser  # the same client and start
+from contract.card import load_card
+from contract.preprocess import preprocess
+from serving.runtime import OnnxClassifier
+from serving.settings import load_settings
 
 BEFORE = {"SERVING_MODEL_CALLS_IN_FLIGHT": "1024", "SERVING_DECODE_THREADS": "40"}  # 40: anyio's default pool
 VARIANTS = {
@@ -60,11 +70,42 @@ def measure(version: Path, env: dict, blobs: list[bytes], concurrency: int, requ
     return row
 
 
+def decode_ms(version: Path, blobs: list[bytes], repeat: int = 3) -> float:
+    """CPU core-ms per image of decode + resize + crop, as ImageClassifier does it (one thread per image)."""
+    spec = load_card(version).spec
+    start = time.process_time()
+    for _ in range(repeat):
+        for b in blobs:
+            preprocess(b, spec, 10**9)
+    return (time.process_time() - start) * 1000 / (repeat * len(blobs))
+
+
+def onnxruntime_ms(version: Path, blobs: list[bytes], batches=(1, 2, 4, 8, 16, 32), seconds: float = 2.0) -> dict:
+    """CPU core-ms per image of onnxruntime alone (all its threads) by batch size, with the session settings the
+    service uses (threads = the CPU allotment, no spinning)."""
+    card, settings = load_card(version), load_settings()
+    clf = OnnxClassifier(version / "model.onnx", len(card.classes), card.image_size, "cpu",
+                         settings.intra_op_threads, settings.inter_op_threads, settings.spinning)
+    arrays = np.stack([preprocess(b, card.spec, 10**9) for b in blobs[:32]])
+    cost = {}
+    for batch in batches:
+        x = np.resize(arrays, (batch, *arrays.shape[1:]))
+        clf.run(x)
+        n, wall, cpu = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - wall < seconds:
+            clf.run(x)
+            n += batch
+        cost[batch] = (time.process_time() - cpu) * 1000 / n
+    return cost
+
+
 def main() -> None:
     ap = service_bench_parser()
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--requests", type=int, default=640)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                    help="the settings variants to compare (default: all)")
     ap.add_argument("--photo-sizes", nargs="+", choices=list(PHOTO_SIZES),
                     help="instead of the settings: the default service sent the same photos at these sizes")
     args, version, card = parse_with_model(ap)
@@ -76,7 +117,7 @@ def main() -> None:
             variants |= {f"photos {size}": ({}, blobs), f"photos {size}, before": (BEFORE, blobs)}
     else:
         blobs = [p.read_bytes() for p in paths[:64]]
-        variants = {name: (env, blobs) for name, env in VARIANTS.items()}
+        variants = {name: (VARIANTS[name], blobs) for name in args.variants}
     runs = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, (env, blobs) in variants.items():
@@ -84,22 +125,27 @@ def main() -> None:
             print(name, f"{runs[name][-1]['img_s']:.1f} img/s", flush=True)
     base = statistics.median(r["img_s"] for r in runs[next(iter(variants))])
     cores = len(os.sched_getaffinity(0))
+    ort_ms = onnxruntime_ms(version, blobs)
+    decode = {id(b): decode_ms(version, b) for _, b in variants.values()}
     head = ("| variant | img/s (median) | / first | p50 ms | p99 ms | mean batch | images per Model call | client | "
-            "ImageClassifier | Model | all | img/s bound = cores x 1000 / all |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "ImageClassifier | Model | all | img/s bound = cores x 1000 / all | decoding alone | onnxruntime alone "
+            "| overhead |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = []
     for name, rows in runs.items():
         m = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         total = m["client_ms"] + m["ImageClassifier_ms"] + m["Model_ms"]
+        alone = float(np.interp(m["mean_batch"], list(ort_ms), list(ort_ms.values())))
+        dec = decode[id(variants[name][1])]
         lines.append(f"| {name} | {m['img_s']:.1f} | {m['img_s'] / base:.2f} | {m['p50']:.0f} | {m['p99']:.0f} | "
                      f"{m['mean_batch']:.1f} | {m['per_call']:.1f} | {m['client_ms']:.1f} | "
                      f"{m['ImageClassifier_ms']:.1f} | {m['Model_ms']:.1f} | {total:.1f} | "
-                     f"{cores * 1000 / total:.0f} |")
+                     f"{cores * 1000 / total:.0f} | {dec:.1f} | {alone:.1f} | "
+                     f"{m['ImageClassifier_ms'] + m['Model_ms'] - dec - alone:.1f} |")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"\n### bench/serve_cpu.py: {card.name} ({card.image_size} px), c = {args.concurrency}, {args.requests} "
             f"requests x {args.rounds} rounds, {stamp}, {platform.machine()}, {cores} cores, CPU\n\n"
-            "CPU core-ms per image by process (user + system), median over rounds:\n\n"
-            + "\n".join([head, *lines]) + "\n")
+            "CPU core-ms per image by process (user + system), median over rounds; onnxruntime alone by batch: "
+            + ", ".join(f"{b}: {v:.1f}" for b, v in ort_ms.items()) + "\n\n" + "\n".join([head, *lines]) + "\n")
     print(text)
     with open(args.results, "a") as f:
         f.write(text)

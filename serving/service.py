@@ -33,6 +33,7 @@ from .artifact import pin_version
 from .coalesce import Coalescer
 from .cpus import cpu_allotment
 from .limits import RequestGuard
+from .multipart import Upload
 from .runtime import OnnxClassifier, cuda_available
 from .settings import load_settings
 
@@ -167,17 +168,18 @@ class ImageClassifier:
         return self.card is not None and not (S.drain_file is not None and S.drain_file.exists())
 
     # ---- the work shared by every predict endpoint -------------------------------------------------------------
-    def _prepare(self, data: bytes | Path) -> np.ndarray:
-        """An image file's pixels; an upload (BentoML's temporary file) is read here, in the decoding thread, so a
-        phone photo's megabytes are not copied on the event loop that every other request waits on."""
-        if isinstance(data, Path):
+    def _prepare(self, data: bytes | Upload) -> np.ndarray:
+        """An image file's pixels; an upload is read here, in the decoding thread, so a phone photo's megabytes are
+        not copied on the event loop that every other request waits on."""
+        if isinstance(data, Upload):
             data = data.read_bytes()
         start = time.perf_counter()
         array = preprocess(data, self.card.spec, S.max_image_pixels)
         metrics.preprocess_seconds.observe(time.perf_counter() - start)
         return array
 
-    async def probabilities_of(self, blobs: list[bytes | Path] | None, pixels: np.ndarray | None = None) -> np.ndarray:
+    async def probabilities_of(self, blobs: list[bytes | Upload] | None,
+                               pixels: np.ndarray | None = None) -> np.ndarray:
         """Temperature-scaled probabilities [N,C] of encoded image files (bytes or uploads), or of preprocessed uint8
         [N,S,S,3] pixels (the Open Inference Protocol's `images` input); every prediction is counted in the metrics."""
         if self.card is None:
@@ -190,7 +192,7 @@ class ImageClassifier:
         self._count(probs)
         return probs
 
-    async def _predict(self, blobs: list[bytes | Path], top_k: int) -> list[Prediction]:
+    async def _predict(self, blobs: list[bytes | Upload], top_k: int) -> list[Prediction]:
         return [self._answer(row, top_k) for row in await self.probabilities_of(blobs)]
 
     def _count(self, probs: np.ndarray) -> None:
@@ -230,7 +232,7 @@ class ImageClassifier:
                           version=self.card.version,
                           top_k=[Label(label=classes[i], probability=float(probs[i])) for i in order])
 
-    async def _guarded(self, blobs: list[bytes | Path], top_k: int):
+    async def _guarded(self, blobs: list[bytes | Upload], top_k: int):
         try:
             return await self._predict(blobs, top_k)
         except ImageError as exc:
@@ -240,14 +242,14 @@ class ImageClassifier:
 
     # ---- endpoints ---------------------------------------------------------------------------------------------
     @bentoml.api(route="/predict")
-    async def predict(self, image: Path, top_k: TopK = 3) -> Prediction:
+    async def predict(self, image: Upload, top_k: TopK = 3) -> Prediction:
         """One image as a multipart file upload."""
         result = await self._guarded([image], top_k)
         return result[0] if isinstance(result, list) else result
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self,
-                            images: Annotated[list[Path], Field(min_length=1, max_length=S.max_images_per_request)],
+                            images: Annotated[list[Upload], Field(min_length=1, max_length=S.max_images_per_request)],
                             top_k: TopK = 3) -> list[Prediction]:
         """Several images as multipart file uploads, answered in order."""
         return await self._guarded(images, top_k)
