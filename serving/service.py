@@ -28,7 +28,7 @@ from contract.preprocess import ImageError, preprocess
 from contract.publish import resolve
 from contract.scores import softmax
 
-from . import metrics, multipart, v2
+from . import metrics, multipart, tracing, v2
 from .artifact import pin_version
 from .coalesce import Coalescer
 from .cpus import cpu_allotment
@@ -327,3 +327,4 @@ ImageClassifier.add_asgi_middleware(RequestGuard, max_bytes=S.max_request_bytes)
 ImageClassifier.mount_asgi_app(v2.app, path="/")  # routes /v2/...; only paths it knows reach it
 
 multipart.harden()
+tracing.only_when_sampling()

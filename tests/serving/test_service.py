@@ -213,3 +213,18 @@ def test_images_decode_in_turn_not_all_at_once(server):
     alone = mean_decode(1, 6)
     together = mean_decode(32, 64)
     assert together < 2.5 * alone, f"a decode took {together * 1000:.1f} ms under load against {alone * 1000:.1f} alone"
+
+
+def test_tracing_middleware_only_when_bentoml_samples_traces(server, artifact, photos, tmp_path):
+    """serving.tracing: with BentoML's default sample rate (0) its OpenTelemetry middleware is left out, so no trace or
+    request id is made; a BentoML config that samples traces gets the middleware back, request ids included."""
+    def post(url: str) -> httpx.Response:
+        r = httpx.post(url + "/predict", files={"image": photos["ants"][0].open("rb")}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r
+
+    assert "x-bentoml-request-id" not in post(server.url).headers
+    with running_server({"SERVING_MODEL_DIR": str(artifact),
+                         "BENTOML_CONFIG_OPTIONS": "services.ImageClassifier.tracing.sample_rate=1.0"},
+                        tmp_path / "serve.log") as traced:
+        assert re.fullmatch(r"[0-9a-f]{16}", post(traced.url).headers["x-bentoml-request-id"])
