@@ -2,6 +2,7 @@
 
 python -m bench.serve_cpu --model artifacts/hymenoptera [--concurrency 32] [--requests 640] [--rounds 2]
 python -m bench.serve_cpu --photo-sizes "as shot (~0.2 MP)" "12 MP" "24 MP"   # by photo size: now and before
+python -m bench.serve_cpu --variants default... --against /tmp/old   # also the service of another checkout
 
 For each variant (SERVING_* settings) the real service is started, loaded with real JPEGs by bench/serve.py's
 client, and the CPU time of every process is read before and after: the load generator, the HTTP-facing
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,9 +52,11 @@ def cpu_ms(procs: list[psutil.Process]) -> list[float]:
     return [sum(p.cpu_times()[:2]) * 1000 for p in procs]
 
 
-def measure(version: Path, env: dict, blobs: list[bytes], concurrency: int, requests: int) -> dict:
+def measure(version: Path, env: dict, blobs: list[bytes], concurrency: int, requests: int,
+            code: Path | None = None) -> dict:
+    """code: a checkout whose serving/ runs instead of this one (the same venv)."""
     srv = Server({"SERVING_MODEL_DIR": str(version), "SERVING_MAX_BATCH_SIZE": "64", **env},
-                 Path(os.environ.get("TMPDIR", "/tmp")) / "bench-serve-cpu.log")
+                 Path(os.environ.get("TMPDIR", "/tmp")) / "bench-serve-cpu.log", cwd=code)
     try:
         assert srv.wait_ready(), "service did not become ready"
         load(srv.url, blobs, concurrency, 2 * concurrency)  # warm-up: sessions, thread pools, batch sizes
@@ -68,6 +72,11 @@ def measure(version: Path, env: dict, blobs: list[bytes], concurrency: int, requ
     for name in by_name:
         row[f"{name}_ms"] = (after[name] - before[name]) / requests
     return row
+
+
+def checkout_name(path: Path) -> str:
+    rev = subprocess.run(["git", "-C", str(path), "log", "-1", "--format=%h %cs"], capture_output=True, text=True)
+    return f"{path} ({rev.stdout.strip() or 'not a git checkout'})"
 
 
 def decode_ms(version: Path, blobs: list[bytes], repeat: int = 3) -> float:
@@ -106,6 +115,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                     help="the settings variants to compare (default: all)")
+    ap.add_argument("--against", nargs="+", type=Path, default=[],
+                    help="other checkouts (git worktree add DIR COMMIT): their service with default settings, in the "
+                         "same rounds, to compare code before and after a change in one run")
     ap.add_argument("--photo-sizes", nargs="+", choices=list(PHOTO_SIZES),
                     help="instead of the settings: the default service sent the same photos at these sizes")
     args, version, card = parse_with_model(ap)
@@ -118,10 +130,12 @@ def main() -> None:
     else:
         blobs = [p.read_bytes() for p in paths[:64]]
         variants = {name: (VARIANTS[name], blobs) for name in args.variants}
+    code = {f"default settings, code of {checkout_name(d)}": d for d in args.against}
+    variants |= {name: ({}, blobs) for name in code}
     runs = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, (env, blobs) in variants.items():
-            runs[name].append(measure(version, env, blobs, args.concurrency, args.requests))
+            runs[name].append(measure(version, env, blobs, args.concurrency, args.requests, code.get(name)))
             print(name, f"{runs[name][-1]['img_s']:.1f} img/s", flush=True)
     base = statistics.median(r["img_s"] for r in runs[next(iter(variants))])
     cores = len(os.sched_getaffinity(0))
