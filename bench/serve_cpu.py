@@ -55,7 +55,7 @@ def cpu_ms(procs: list[psutil.Process]) -> list[float]:
 def measure(version: Path, env: dict, blobs: list[bytes], concurrency: int, requests: int,
             code: Path | None = None) -> dict:
     """code: a checkout whose serving/ runs instead of this one (the same venv)."""
-    srv = Server({"SERVING_MODEL_DIR": str(version), "SERVING_MAX_BATCH_SIZE": "64", **env},
+    srv = Server({"SERVING_MODEL_DIR": str(version.resolve()), "SERVING_MAX_BATCH_SIZE": "64", **env},
                  Path(os.environ.get("TMPDIR", "/tmp")) / "bench-serve-cpu.log", cwd=code)
     try:
         assert srv.wait_ready(), "service did not become ready"
