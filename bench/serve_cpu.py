@@ -47,6 +47,7 @@ VARIANTS = {
     "access log off": {"SERVING_ACCESS_LOG": "false"},
     "2 API workers": {"SERVING_API_WORKERS": "2"},
     "1 onnxruntime thread": {"SERVING_INTRA_OP_THREADS": "1"},
+    "1 decode thread": {"SERVING_DECODE_THREADS": "1"},
 }
 
 
