@@ -71,6 +71,17 @@ def build(store: list[str], dockerfile: str, tag: str, *args: str) -> None:
     print(f"\n{tag}: built in {time.time() - start:.0f} s, {int(size) / 1e9:.2f} GB", file=sys.stderr)
 
 
+
+def serving_image_store(variant: str, need_gb: float):
+    """A module fixture: Dockerfile.serve's VARIANT built in a store of its own, removed after the module, so that
+    the disk holds one serving image at a time."""
+    @pytest.fixture(scope="module")
+    def image_store(tmp_path_factory):
+        with make_store(tmp_path_factory.mktemp(f"oci-serve-{variant}"), need_gb) as store:
+            build(store, "Dockerfile.serve", f"localhost/imgcls-serve:{variant}", f"VARIANT={variant}")
+            yield store
+    return image_store
+
 def run(store: list[str], image: str, *args: str, entrypoint: str | None = None, timeout: float = 600,
         volumes: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     cmd = ["podman", *store, "--runtime", "runc", "run", "--rm", *RUN_FLAGS, "--network", "host"]

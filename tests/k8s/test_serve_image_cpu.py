@@ -1,7 +1,5 @@
-"""Really build Dockerfile.serve's cpu variant with buildah (tests/oci.py: no registry, no Docker engine) and run it.
-The image predicts over HTTP, stops within 10 s of SIGTERM after draining, and holds no CUDA library at all.
-Each variant has its own store, removed after its module, so the disk holds one serving image at a time. Build time
-and image size are printed (pytest -s) and quoted in the README."""
+"""The cpu serving image, built for real (tests/oci.py): it predicts over HTTP, stops within 10 s of SIGTERM after
+draining, and holds no CUDA library at all. Its build time and size are printed (pytest -s) and quoted in the README."""
 from __future__ import annotations
 
 import json
@@ -9,17 +7,11 @@ import subprocess
 import time
 
 import pytest
-from oci import ServingContainer, build, make_store, run
+from oci import ServingContainer, run, serving_image_store
 
 pytestmark = pytest.mark.slow
 IMAGE = "localhost/imgcls-serve:cpu"
-
-
-@pytest.fixture(scope="module")
-def image_store(tmp_path_factory):
-    with make_store(tmp_path_factory.mktemp("oci-serve-cpu"), need_gb=3) as store:
-        build(store, "Dockerfile.serve", IMAGE, "VARIANT=cpu")
-        yield store
+image_store = serving_image_store("cpu", need_gb=3)
 
 
 def test_cpu_image_has_no_cuda_library_no_torch_and_a_healthcheck(image_store):

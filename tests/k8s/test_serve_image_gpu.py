@@ -1,23 +1,14 @@
-"""Really build Dockerfile.serve's gpu variant with buildah (tests/oci.py: no registry, no Docker engine) and run it.
-Every library the CUDA provider and cuDNN need resolves except the driver's libcuda.so.1; with no GPU here it
-serves on CPU and its log says why.
-Each variant has its own store, removed after its module, so the disk holds one serving image at a time. Build time
-and image size are printed (pytest -s) and quoted in the README."""
+"""The gpu serving image, built for real (tests/oci.py) on a machine without a GPU: every library the CUDA provider
+and cuDNN need resolves except the driver's libcuda.so.1, and it serves on CPU saying why."""
 from __future__ import annotations
 
 import httpx
 import pytest
-from oci import ServingContainer, build, make_store, run
+from oci import ServingContainer, run, serving_image_store
 
 pytestmark = pytest.mark.slow
 IMAGE = "localhost/imgcls-serve:gpu"
-
-
-@pytest.fixture(scope="module")
-def image_store(tmp_path_factory):
-    with make_store(tmp_path_factory.mktemp("oci-serve-gpu"), need_gb=12) as store:
-        build(store, "Dockerfile.serve", IMAGE, "VARIANT=gpu")
-        yield store
+image_store = serving_image_store("gpu", need_gb=12)
 
 
 GPU_LIBRARIES = """
