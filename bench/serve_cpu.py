@@ -12,9 +12,8 @@ says how far any setting can go and what the service costs beyond onnxruntime it
 
 The same run also measures the two costs no service can avoid, in this process: decoding the same photos
 (contract.preprocess, one thread) and onnxruntime alone at batch 1-32 with the service's session settings, in every
-round. The
-overhead column is everything else the two services spend per image: ImageClassifier + Model - decoding - onnxruntime
-at the variant's mean batch (interpolated).
+round. The overhead column is everything else the two services spend per image: ImageClassifier + Model - decoding
+- onnxruntime alone at the variant's mean batch (interpolated).
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,8 +40,11 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log if log is not None else os.devnull, "w")
+        # a BentoML home of its own: `bentoml serve` empties its home's Prometheus directory when it starts, which
+        # wipes the metrics of any other server running from the same home
+        self.home = tempfile.TemporaryDirectory(prefix="bentoml-home-")
         full_env = os.environ | {"BENTOML_DO_NOT_TRACK": "True", "ORT_DISABLE_TELEMETRY": "1",
-                                 "SERVING_DRAIN_SECONDS": "0.2"} | env
+                                 "SERVING_DRAIN_SECONDS": "0.2", "BENTOML_HOME": self.home.name} | env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "serving.run", "--host", "127.0.0.1", "--port", str(self.port)], cwd=cwd,
             env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -73,4 +77,5 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.log.close()
+        self.home.cleanup()
         return self.proc.returncode

@@ -29,12 +29,6 @@ class Upload(PurePosixPath):
 
     file: BinaryIO
 
-    @classmethod
-    def of(cls, upload: UploadFile) -> Upload:
-        path = cls(upload.filename or "upload")
-        path.file = upload.file
-        return path
-
     def read_bytes(self) -> bytes:
         self.file.seek(0)
         return self.file.read()
@@ -54,7 +48,9 @@ class Upload(PurePosixPath):
         if isinstance(value, Upload):
             return value
         if isinstance(value, UploadFile):
-            return cls.of(value)
+            upload = cls(value.filename or "upload")
+            upload.file = value.file
+            return upload
         raise PydanticCustomError("upload_type", "expected a file upload (a multipart part with a filename)")
 
 _parse_request = MultipartSerde.parse_request
