@@ -33,7 +33,7 @@ import psutil
 
 from bench.decode import SIZES as PHOTO_SIZES
 from bench.decode import reencoded
-from bench.serve import Server, load, parse_with_model, service_bench_parser  # the same client and start
+from bench.serve import Server, load, parse_with_model, run_for, service_bench_parser  # the same client, start, loop
 from contract.card import load_card
 from contract.preprocess import preprocess
 from serving.runtime import OnnxClassifier
@@ -124,13 +124,8 @@ def onnxruntime_ms(version: Path, blobs: list[bytes], batches=(1, 2, 4, 8, 16, 3
     arrays = np.stack([preprocess(b, card.spec, 10**9) for b in blobs[:32]])
     cost = {}
     for batch in batches:
-        x = np.resize(arrays, (batch, *arrays.shape[1:]))
-        clf.run(x)
-        n, wall, cpu = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - wall < seconds:
-            clf.run(x)
-            n += batch
-        cost[batch] = (time.process_time() - cpu) * 1000 / n
+        images, _, cpu = run_for(clf, np.resize(arrays, (batch, *arrays.shape[1:])), seconds)
+        cost[batch] = cpu * 1000 / images
     return cost
 
 

@@ -76,7 +76,6 @@ step_service() {  # the service on the CUDA provider with the fp16 variant, answ
     SERVING_DEVICE=$device "$PY" - <<'PY'
 import os, pathlib, httpx
 from serving.launch import Server
-root = pathlib.Path("artifacts/gpu")
 srv = Server({"SERVING_ARTIFACTS_ROOT": "artifacts", "SERVING_MODEL_NAME": "gpu", "SERVING_DEVICE": os.environ["SERVING_DEVICE"]},
              pathlib.Path(os.environ.get("OUT", "/tmp")) / "service-server.log")
 try:

@@ -23,7 +23,7 @@ def test_an_upload_is_read_from_the_parsers_own_file_not_copied(tmp_path, monkey
     form = Form.model_validate({"image": UploadFile(spool, filename="photo.jpg"),
                                 "images": [UploadFile(io.BytesIO(b"a")), UploadFile(io.BytesIO(b"b"))]})
     assert form.image.file is spool and form.image.name == "photo.jpg"
-    spool.read()  # read twice (a retry, a second decode): still the whole upload
+    spool.read()  # the position left at the end (by the parser, or an earlier read): still the whole upload
     assert form.image.read_bytes() == b"\xff\xd8 jpeg bytes"
     assert [u.read_bytes() for u in form.images] == [b"a", b"b"]
     assert list(tmp_path.iterdir()) == []
