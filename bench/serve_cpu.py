@@ -16,6 +16,13 @@ round. The overhead column is everything else the two services spend per image: 
 - onnxruntime alone at the variant's mean batch (interpolated). In the service onnxruntime always shares the cores
 with decoding, which costs it CPU of its own (threads that wait and wake); the last column also subtracts that cost:
 onnxruntime at batch 8 beside a process that decodes the same photos nonstop, minus onnxruntime alone at batch 8.
+
+The last three columns split each process by thread instead. The event loops (each process's main thread: HTTP,
+multipart, (de)serialisation, the hop, BentoML's dispatcher) are overhead whatever the machine does; the Model's other
+threads are onnxruntime's (its calls and its thread pool: 'onnxruntime's threads in the service', against
+'onnxruntime alone'); ImageClassifier's other threads decode, and what they spend beyond decoding alone (reading
+uploads, stacking, the thread hop) is overhead too. Overhead by thread = event loops + that excess: the CPU that is
+neither decoding nor onnxruntime, without the cost that sharing the cores adds to onnxruntime's own threads.
 """
 from __future__ import annotations
 
@@ -57,6 +64,13 @@ def cpu_ms(procs: list[psutil.Process]) -> list[float]:
     return [sum(p.cpu_times()[:2]) * 1000 for p in procs]
 
 
+def event_loop_ms(procs: list[psutil.Process]) -> float:
+    """CPU ms of the processes' main threads, where uvicorn runs the event loop (HTTP, multipart, (de)serialisation,
+    BentoML's dispatcher); the rest of a process's time is its worker threads' (decoding, onnxruntime), also those
+    that have ended."""
+    return sum((t.user_time + t.system_time) * 1000 for p in procs for t in p.threads() if t.id == p.pid)
+
+
 def measure(version: Path, env: dict, blobs: list[bytes], concurrency: int, requests: int,
             code: Path | None = None) -> dict:
     """code: a checkout whose serving/ runs instead of this one (the same venv)."""
@@ -68,14 +82,17 @@ def measure(version: Path, env: dict, blobs: list[bytes], concurrency: int, requ
         workers = psutil.Process(srv.proc.pid).children(recursive=True)
         by_name = {name: [p for p in workers if f"--service-name {name}" in " ".join(p.cmdline())]
                    for name in ("ImageClassifier", "Model")}
+        loops0 = {n: event_loop_ms(ps) for n, ps in by_name.items()}
         before, client0 = {n: sum(cpu_ms(ps)) for n, ps in by_name.items()}, time.process_time()
         row = load(srv.url, blobs, concurrency, requests)
         after, client1 = {n: sum(cpu_ms(ps)) for n, ps in by_name.items()}, time.process_time()
+        loops1 = {n: event_loop_ms(ps) for n, ps in by_name.items()}
     finally:
         srv.stop()
     row["client_ms"] = (client1 - client0) * 1000 / requests
     for name in by_name:
         row[f"{name}_ms"] = (after[name] - before[name]) / requests
+        row[f"{name}_loop_ms"] = (loops1[name] - loops0[name]) / requests
     return row
 
 
@@ -167,20 +184,24 @@ def main() -> None:
     decode = {id(b): decode_ms(version, b) for _, b in variants.values()}
     head = ("| variant | img/s (median) | / first | p50 ms | p99 ms | mean batch | images per Model call | client | "
             "ImageClassifier | Model | all | img/s bound = cores x 1000 / all | decoding alone | onnxruntime alone "
-            "| overhead | overhead beyond onnxruntime's contention |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "| overhead | overhead beyond onnxruntime's contention | event loops | onnxruntime's threads in the "
+            "service | overhead by thread |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = []
     for name, rows in runs.items():
         m = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         total = m["client_ms"] + m["ImageClassifier_ms"] + m["Model_ms"]
         alone = float(np.interp(m["mean_batch"], list(ort_ms), list(ort_ms.values())))
         dec = decode[id(variants[name][1])]
+        loops = m["ImageClassifier_loop_ms"] + m["Model_loop_ms"]
         lines.append(f"| {name} | {m['img_s']:.1f} | {m['img_s'] / base:.2f} | {m['p50']:.0f} | {m['p99']:.0f} | "
                      f"{m['mean_batch']:.1f} | {m['per_call']:.1f} | {m['client_ms']:.1f} | "
                      f"{m['ImageClassifier_ms']:.1f} | {m['Model_ms']:.1f} | {total:.1f} | "
                      f"{cores * 1000 / total:.0f} | {dec:.1f} | {alone:.1f} | "
                      f"{m['ImageClassifier_ms'] + m['Model_ms'] - dec - alone:.1f} | "
-                     f"{m['ImageClassifier_ms'] + m['Model_ms'] - dec - alone - contention:.1f} |")
+                     f"{m['ImageClassifier_ms'] + m['Model_ms'] - dec - alone - contention:.1f} | "
+                     f"{loops:.1f} | {m['Model_ms'] - m['Model_loop_ms']:.1f} | "
+                     f"{loops + max(0.0, m['ImageClassifier_ms'] - m['ImageClassifier_loop_ms'] - dec):.1f} |")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"\n### bench/serve_cpu.py: {card.name} ({card.image_size} px), c = {args.concurrency}, {args.requests} "
             f"requests x {args.rounds} rounds, {stamp}, {platform.machine()}, {cores} cores, CPU\n\n"

@@ -28,7 +28,7 @@ from contract.preprocess import ImageError, preprocess
 from contract.publish import resolve
 from contract.scores import softmax
 
-from . import metrics, multipart, tracing, v2
+from . import dispatch, metrics, multipart, tracing, v2
 from .artifact import pin_version
 from .coalesce import Coalescer
 from .cpus import cpu_allotment
@@ -328,3 +328,4 @@ ImageClassifier.mount_asgi_app(v2.app, path="/")  # routes /v2/...; only paths i
 
 multipart.harden()
 tracing.only_when_sampling()
+dispatch.wait_instead_of_polling()
