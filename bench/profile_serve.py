@@ -1,13 +1,14 @@
 """Where the service's CPU goes under load, by function: py-spy samples of both BentoML services at once.
 
-python -m bench.profile_serve --model artifacts/hymenoptera [--concurrency 32] [--seconds 20]
+python -m bench.profile_serve --model artifacts/hymenoptera [--concurrency 32] [--seconds 20] [--native]
 
 Starts the real service, loads it with real JPEGs (bench/serve.py's client) and, meanwhile, samples the
 ImageClassifier and Model worker processes with py-spy (`pip install py-spy`; it reads the processes from outside,
 no code change). For each process: the share of its samples per leaf function (where the CPU is, not who
-called it) and per module family (onnxruntime, PIL, multipart/HTTP, serialisation, asyncio...). py-spy leaves out
-threads it sees idle, but a thread blocked in Condition.wait or epoll can still be counted: read those rows as
-waiting, not work. Appends the tables to bench/RESULTS.md.
+called it), per thread (the event loop vs the worker threads) and per module family (onnxruntime, PIL,
+multipart/HTTP, serialisation, asyncio...). py-spy leaves out threads it sees idle, but an event loop blocked in
+uvloop's epoll is counted as busy (the leaf `Runner.run`) unless --native shows the epoll frame, which is then left
+out: read the tables of a run without --native as waiting plus work. Appends the tables to bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -52,14 +53,28 @@ STAGES = [("decode + resize + crop (contract.preprocess)", ("contract/preprocess
           ("HTTP server (uvicorn, h11, httptools)", ("uvicorn", "h11", "httptools"))]
 
 
-def stages(raw: Path) -> list[tuple[str, float]]:
-    counts, total = Counter(), 0
+IDLE = ("epoll_pwait", "epoll_wait")  # native frames of an event loop waiting for I/O
+
+
+def samples(raw: Path):
+    """(thread name, frames, count) per busy stack of a `py-spy record --threads` raw file. Under uvloop py-spy's
+    own idle check misses a loop blocked in epoll (non-native, such samples read as the leaf Runner.run); with
+    --native they are recognised by their epoll frame and left out."""
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        total += int(count)
+        thread, *frames = stack.split(";")
+        if not any(f.startswith(IDLE) for f in frames):
+            yield thread.split(": ", 1)[-1], frames, int(count)
+
+
+def stages(raw: Path) -> list[tuple[str, float]]:
+    counts, total = Counter(), 0
+    for _, frames, count in samples(raw):
+        stack = ";".join(frames)
+        total += count
         for name, keys in STAGES:
             if any(k in stack for k in keys):
-                counts[name] += int(count)
+                counts[name] += count
     return [(name, 100 * counts[name] / max(total, 1)) for name, _ in STAGES if counts[name]]
 
 
@@ -67,23 +82,26 @@ def family(frame: str) -> str:
     return next((name for name, key in FAMILIES if key in frame), "other")
 
 
-def record(pid: int, seconds: int, out: Path) -> subprocess.Popen:
+def record(pid: int, seconds: int, out: Path, native: bool) -> subprocess.Popen:
     return subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
                              "--pid", str(pid), "--duration", str(seconds), "--rate", "200", "--format", "raw",
-                             "--nonblocking", "--output", str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             "--threads", *(["--native"] if native else ["--nonblocking"]), "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def summarise(raw: Path, top: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-    leaves, families = Counter(), Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        leaf = stack.rsplit(";", 1)[-1]
-        leaves[leaf] += int(count)
-        families[family(leaf)] += int(count)
+def summarise(raw: Path, top: int) -> tuple[list, list, list]:
+    """Shares of busy samples: per leaf function (Python frames only: a native leaf counts for its Python caller),
+    per module family, per thread (MainThread: the event loop; AnyIO worker threads: decoding or onnxruntime)."""
+    leaves, families, threads = Counter(), Counter(), Counter()
+    for thread, frames, count in samples(raw):
+        python = [f for f in frames if ".py:" in f] or frames
+        leaves[python[-1]] += count
+        families[family(python[-1])] += count
+        threads[thread] += count
     total = sum(leaves.values()) or 1
     return ([(k, 100 * v / total) for k, v in leaves.most_common(top)],
-            [(k, 100 * v / total) for k, v in families.most_common()])
+            [(k, 100 * v / total) for k, v in families.most_common()],
+            [(k, 100 * v / total) for k, v in threads.most_common()])
 
 
 def main() -> None:
@@ -91,6 +109,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--native", action="store_true",
+                    help="also sample C frames (py-spy --native; pauses each process per sample): idle event loops "
+                         "are recognised and left out, and C time is charged to its Python caller")
     args, version, card = parse_with_model(ap)
     blobs = [p.read_bytes() for p in sorted(args.data.rglob("*.jpg"))[:64]]
     tmp = Path(tempfile.mkdtemp())
@@ -108,7 +129,7 @@ def main() -> None:
                 load(srv.url, blobs, args.concurrency, 4 * args.concurrency)
         loader = threading.Thread(target=keep_loading)
         loader.start()
-        spies = {name: record(pid, args.seconds, tmp / f"{name}.txt") for name, pid in pids.items()}
+        spies = {name: record(pid, args.seconds, tmp / f"{name}.txt", args.native) for name, pid in pids.items()}
         for spy in spies.values():
             spy.wait()
         stop.set()
@@ -117,12 +138,15 @@ def main() -> None:
         srv.stop()
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"\n### bench/profile_serve.py: {card.name} ({card.image_size} px), c = {args.concurrency}, "
-             f"{args.seconds} s of py-spy at 200 Hz, {stamp}, {platform.machine()}, "
+             f"{args.seconds} s of py-spy at 200 Hz{' --native' if args.native else ''}, {stamp}, "
+             f"{platform.machine()}, "
              f"{len(os.sched_getaffinity(0))} cores, CPU\n"]
     for name in spies:
-        leaves, families = summarise(tmp / f"{name}.txt", args.top)
+        leaves, families, threads = summarise(tmp / f"{name}.txt", args.top)
         lines += [f"{name}: share of samples per stage (inclusive; a sample can fall in several)\n",
                   "| stage | % |", "|---|---|", *[f"| {k} | {v:.1f} |" for k, v in stages(tmp / f"{name}.txt")], "",
+                  f"{name}: share of samples by thread\n", "| thread | % |", "|---|---|",
+                  *[f"| {k} | {v:.1f} |" for k, v in threads], "",
                   f"{name}: share of samples by module family\n", "| family | % |", "|---|---|",
                   *[f"| {k} | {v:.1f} |" for k, v in families], "",
                   f"{name}: top leaf functions\n", "| function (file:line) | % |", "|---|---|",
