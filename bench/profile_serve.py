@@ -8,7 +8,9 @@ no code change). For each process: the share of its samples per leaf function (w
 called it), per thread (the event loop vs the worker threads) and per module family (onnxruntime, PIL,
 multipart/HTTP, serialisation, asyncio...). py-spy leaves out threads it sees idle, but an event loop blocked in
 uvloop's epoll is counted as busy (the leaf `Runner.run`) unless --native shows the epoll frame, which is then left
-out: read the tables of a run without --native as waiting plus work. Appends the tables to bench/RESULTS.md.
+out: read the tables of a run without --native as waiting plus work. --native pauses each process at every sample,
+which slows it down (its worker threads most): use its tables for what runs inside a thread, and bench/serve_cpu.py's
+per-thread CPU for how the CPU splits between threads. Appends the tables to bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -53,13 +55,16 @@ STAGES = [("decode + resize + crop (contract.preprocess)", ("contract/preprocess
           ("HTTP server (uvicorn, h11, httptools)", ("uvicorn", "h11", "httptools"))]
 
 
-IDLE = ("epoll_pwait", "epoll_wait")  # native frames of an event loop waiting for I/O
+# native frames of a thread that waits, off the CPU: an event loop for I/O, a worker for work or a lock, any thread
+# for the GIL (CPython takes it in pthread_cond_timedwait)
+IDLE = ("epoll_pwait", "epoll_wait", "PyThread_acquire_lock_timed", "pthread_cond_timedwait", "pthread_cond_wait",
+        "sem_timedwait", "sem_wait")
 
 
 def samples(raw: Path):
-    """(thread name, frames, count) per busy stack of a `py-spy record --threads` raw file. Under uvloop py-spy's
-    own idle check misses a loop blocked in epoll (non-native, such samples read as the leaf Runner.run); with
-    --native they are recognised by their epoll frame and left out."""
+    """(thread name, frames, count) per busy stack of a `py-spy record --threads` raw file. py-spy's own idle check
+    misses a uvloop event loop blocked in epoll (non-native, such samples read as the leaf Runner.run) and threads
+    waiting for a lock or the GIL; with --native they are recognised by their waiting frame and left out."""
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         thread, *frames = stack.split(";")
