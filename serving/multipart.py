@@ -17,10 +17,11 @@ from bentoml.exceptions import BadInput
 from pydantic_core import PydanticCustomError, core_schema
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartParser
 
 
 class Upload(PurePosixPath):
-    """A multipart file upload, read where it lies: in memory, or in starlette's spool file past 1 MB.
+    """A multipart file upload, read where it lies: in memory, or past `upload_memory_bytes` in starlette's spool file.
 
     BentoML's `Path` fields copy every upload into a temporary file of their own on the event loop and delete it
     after the answer (mkstemp, write, unlink, rmdir: 9 % of the HTTP-facing process's CPU under load in
@@ -68,6 +69,14 @@ async def _parse_or_400(self, request, cls):
         return await _parse_request(self, request, cls)
     except HTTPException as exc:
         raise BadInput(f"malformed multipart/form-data body: {exc.detail}") from None
+
+
+def keep_uploads_in_memory(limit: int) -> None:
+    """Uploads of up to `limit` bytes stay in memory. Past starlette's 1 MB default its spool file rolls over to
+    disk, and every further chunk of the body (64 KB) is written there through a thread hop from the event loop:
+    that made a 12 MP phone photo cost the HTTP-facing event loop 6 core-ms (bench/serve_cpu.py --photo-sizes).
+    Memory stays bounded: a body past max_request_bytes is refused (413) without being read further."""
+    MultiPartParser.spool_max_size = limit
 
 
 def harden() -> None:

@@ -332,6 +332,7 @@ ImageClassifier.add_asgi_middleware(RequestGuard, max_bytes=S.max_request_bytes)
 ImageClassifier.mount_asgi_app(v2.app, path="/")  # routes /v2/...; only paths it knows reach it
 
 multipart.harden()
+multipart.keep_uploads_in_memory(S.upload_memory_bytes)
 tracing.only_when_sampling()
 dispatch.wait_instead_of_polling()
 media_types.cache_per_type()
