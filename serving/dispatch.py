@@ -54,7 +54,7 @@ class EventDrivenDispatcher(CorkDispatcher):
 
     async def controller(self) -> None:
         """BentoML 1.4.39's CorkDispatcher.controller, but for the wait while a batch runs."""
-        try:  # BentoML's warm-up and optimizer training: the first ~20 calls, as BentoML does them
+        try:  # BentoML's warm-up and optimizer training: the first 11 calls, as BentoML does them
             await self.train_optimizer(self.optimizer.N_SKIPPED_SAMPLE, self.optimizer.N_SKIPPED_SAMPLE + 6, 1)
             for calls, batch in ((6, 1), (5, 2), (3, 3)):
                 await self.train_optimizer(calls, 1, batch)

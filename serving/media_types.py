@@ -2,7 +2,8 @@
 
 BentoML 1.4.39 (pinned in pyproject) names the media type of an answer by building a pydantic TypeAdapter of the
 API's output type and generating its JSON schema, for every response (`IOMixin.mime_type`). For the Model
-service's ndarray answers that was a quarter of its event loop's CPU under load (py-spy, bench/RESULTS.md). The
+service's ndarray answers that was 15 % of its event loop's samples under load, a quarter of those not waiting
+for I/O (py-spy --native, bench/RESULTS.md session 8). The
 answer depends on the output type alone (its class attributes and annotation, fixed when the service is defined),
 so it is cached per type.
 """

@@ -73,9 +73,9 @@ async def _parse_or_400(self, request, cls):
 
 def keep_uploads_in_memory(limit: int) -> None:
     """Uploads of up to `limit` bytes stay in memory. Past starlette's 1 MB default its spool file rolls over to
-    disk, and every further chunk of the body (64 KB) is written there through a thread hop from the event loop:
-    that made a 12 MP phone photo cost the HTTP-facing event loop 6 core-ms (bench/serve_cpu.py --photo-sizes).
-    Memory stays bounded: a body past max_request_bytes is refused (413) without being read further."""
+    disk, and every further chunk of the body (64 KB) is written there through a thread hop from the event loop
+    (the event loops' cost per 12 MP photo: 6.0 core-ms with it, 5.5 without; bench/serve_cpu.py --photo-sizes).
+    0: no limit. Memory stays bounded: a body past max_request_bytes is refused (413) without being read further."""
     MultiPartParser.spool_max_size = limit
 
 

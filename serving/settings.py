@@ -36,8 +36,8 @@ class Settings(BaseSettings):
     model_calls_in_flight: int = Field(2, ge=1, description="per API worker: concurrent calls to the Model service; "
                                                              "requests arriving meanwhile share the next call")
     max_request_bytes: int = Field(32 << 20, ge=1024)
-    upload_memory_bytes: int = Field(16 << 20, ge=0, description="uploads up to this size stay in memory; a larger "
-                                     "one goes to a temporary file, one thread hop per 64 KB on the event loop")
+    upload_memory_bytes: int = Field(16 << 20, ge=0, description="uploads up to this size stay in memory (0: all); a "
+                                     "larger one goes to a temporary file, one thread hop per 64 KB on the event loop")
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(64, ge=1)
     max_top_k: int = Field(20, ge=1)
