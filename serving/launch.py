@@ -2,6 +2,7 @@
 it: one helper for the demo, the tests and the benchmarks. The caller stops what it started."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 
 def free_port() -> int:
@@ -68,7 +70,16 @@ class Server:
         """SIGTERM to serving.run alone, as Kubernetes (through dumb-init --single-child) sends it."""
         self.proc.send_signal(signal.SIGTERM)
 
+    def processes(self) -> list[psutil.Process]:
+        """The server and every process it started, wherever they are: a worker may start a session of its own."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
     def stop(self) -> int:
+        started = self.processes()  # read before the stop: orphans are no longer the server's children after it
         if self.proc.poll() is None:
             self.terminate()
             try:
@@ -76,6 +87,9 @@ class Server:
             except subprocess.TimeoutExpired:  # its own session: the server and its workers, nothing else
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        for p in started[1:]:  # any worker that outlived the server (its own session, or a stuck exit)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
         self.log.close()
         self.home.cleanup()
         return self.proc.returncode

@@ -4,6 +4,9 @@
   the client says. Here file fields take uploaded files only: 400.
 - A malformed multipart body: starlette raises HTTPException(400), which BentoML's endpoint wrapper turns into a
   500. Here it is a 400 with the parser's message.
+- A field the endpoint does not have (an image sent as `file`): BentoML reads its value as JSON, and bytes that are
+  not UTF-8, or a number of more than 4,300 digits (Python's int limit), raise errors it answers with 500. Here an
+  unknown field is a 400 naming the endpoint's fields, and a value JSON cannot read is a 400.
 
 And `Upload`, the type of the predict endpoints' file fields, keeps each upload where starlette's parser left it.
 """
@@ -14,6 +17,7 @@ from typing import Any, BinaryIO
 
 from _bentoml_impl.serde import MultipartSerde
 from bentoml.exceptions import BadInput
+from pydantic import ValidationError
 from pydantic_core import PydanticCustomError, core_schema
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -66,9 +70,17 @@ async def _uploads_only(value):
 
 async def _parse_or_400(self, request, cls):
     try:
+        form = await request.form()  # starlette keeps the parsed form on the request: BentoML's parse reuses it
+        unknown = sorted(set(form) - set(cls.model_fields))
+        if unknown:
+            raise BadInput(f"unknown form field(s) {unknown}; this endpoint takes {sorted(cls.model_fields)}")
         return await _parse_request(self, request, cls)
     except HTTPException as exc:
         raise BadInput(f"malformed multipart/form-data body: {exc.detail}") from None
+    except ValidationError:
+        raise  # BentoML answers it with 400 and the field errors
+    except ValueError as exc:  # json.loads of a field's value: not UTF-8, or an integer past Python's digit limit
+        raise BadInput(f"a form field's value cannot be read: {str(exc)[:200]}") from None
 
 
 def keep_uploads_in_memory(limit: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,9 +73,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """(JSON header, binary tail). Without the header-length HTTP header the whole body is JSON."""
     if header_length is None:
         return body, b""
-    if not header_length.strip().isdigit():
+    if not re.fullmatch(r"[0-9]{1,15}", header_length.strip()):  # ASCII digits: '²'.isdigit() is true too
         raise ProtocolError("bad_header_length", f"Inference-Header-Content-Length must be a byte count, "
-                            f"got {header_length!r}")
+                            f"got {header_length[:40]!r}")
     n = int(header_length)
     if n > len(body):
         raise ProtocolError("bad_header_length", f"Inference-Header-Content-Length is {n} but the body has only "

@@ -1,7 +1,7 @@
 """Score an artifact on labelled image files through the service's own code path (decode, resize, crop, onnxruntime).
 
 The training job's skew gate runs this as a subprocess (training and serving never import each other):
-    python -m serving.score --model DIR --labels list.tsv    # lines: <path>\t<class index>
+    python -m serving.score --model DIR --labels list.jsonl    # lines: {"path": "...", "label": <class index>}
 prints {"accuracy", "n", "predictions"} as JSON.
 """
 from __future__ import annotations
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     items = []
     for line in args.labels.read_text().splitlines():
-        path, label = line.rsplit("\t", 1)
-        items.append((path, int(label)))
+        row = json.loads(line)
+        items.append((row["path"], int(row["label"])))
     json.dump(score(args.model, items), sys.stdout)
     return 0
 

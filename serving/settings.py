@@ -36,9 +36,14 @@ class Settings(BaseSettings):
     model_calls_in_flight: int = Field(2, ge=1, description="per API worker: concurrent calls to the Model service; "
                                                              "requests arriving meanwhile share the next call")
     max_request_bytes: int = Field(32 << 20, ge=1024)
+    body_timeout_seconds: float = Field(30.0, gt=0, lt=60, description="a request body not fully received by then is "
+                                        "answered 408 (below BentoML's 60 s request timeout, which answers 504)")
     upload_memory_bytes: int = Field(16 << 20, ge=0, description="uploads up to this size stay in memory (0: all); a "
                                      "larger one goes to a temporary file, one thread hop per 64 KB on the event loop")
-    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_image_pixels: int = Field(25_000_000, ge=1, description="pixels one image may decode to (after a JPEG's "
+                                  "DCT scaling): about 8 bytes and 30 ns each at worst (RGBA PNG)")
+    max_request_pixels: int = Field(50_000_000, ge=1, description="decoded pixels of all a request's images: "
+                                    "bounds the CPU one request costs (1.5 s at worst)")
     max_images_per_request: int = Field(64, ge=1)
     max_top_k: int = Field(20, ge=1)
     verify_sha256: bool = True

@@ -77,6 +77,13 @@ class DataConfig(Strict):
     num_workers: int = Field(2, ge=0)
     balance: Literal["none", "loss_weights", "sampler"] = "none"
     limit_per_class: int | None = Field(None, ge=1, description="cap images per class and split (quick runs)")
+    max_file_bytes: int = Field(64 << 20, ge=1, description="a dataset file larger than this is skipped (listed in "
+                                                             "the data report) without being read")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="an image larger than this (width x height, read "
+                                  "from its header) is skipped before decoding: training decodes in full, about "
+                                  "8 bytes a pixel")
+    allow_outside_paths: bool = Field(False, description="a CSV manifest may name files outside its own folder "
+                                                         "(absolute paths, ../); off, such rows stop the job")
 
     @model_validator(mode="after")
     def _crop_fits(self) -> "DataConfig":
@@ -143,6 +150,9 @@ class ExportConfig(Strict):
     min_test_accuracy: float = Field(0.0, ge=0, le=1, description="publish gate: LATEST moves only at or above it")
     max_regression: float = Field(2.0, ge=0, description="publish gate: points of test accuracy the new version may "
                                                          "lose against the published one (same classes)")
+    majority_significance: float = Field(0.05, gt=0, le=1, description="publish gate: the test accuracy must beat "
+                                         "the share of the test split's largest class, by a one-sided binomial test "
+                                         "at this level (the margin a test of that size makes significant); 1: off")
 
 
 class EvalConfig(Strict):

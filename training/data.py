@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import pickle
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from contract.preprocess import load_rgb  # training decodes files as the servic
 
 from .config import DataConfig
 from .errors import DataError
-from .image_files import IMAGE_SUFFIXES, FileInfo, inspect_all, inspect_array
+from .image_files import IMAGE_SUFFIXES, FileInfo, FileLimits, inspect_all, inspect_array
 from .layouts import detect
 from .manifest import read_manifest
 
@@ -120,9 +121,10 @@ class ClassPolicy:
             self.dropped.setdefault(c, why)
 
 
-def _readable(paths: list[Path], labels: list[int], classes: list[str], skipped: list) -> tuple[ImageSet, list[int]]:
+def _readable(paths: list[Path], labels: list[int], classes: list[str], skipped: list,
+              limits: FileLimits) -> tuple[ImageSet, list[int]]:
     """The images that decode, and which of the given rows they are; the others go to `skipped` with the reason."""
-    results = inspect_all(paths)
+    results = inspect_all(paths, limits)
     keep = [i for i, (info, _) in enumerate(results) if info is not None]
     skipped.extend((str(p), reason) for p, (info, reason) in zip(paths, results) if info is None)
     images = ImageSet(classes, [labels[i] for i in keep], paths=[paths[i] for i in keep],
@@ -130,20 +132,24 @@ def _readable(paths: list[Path], labels: list[int], classes: list[str], skipped:
     return images, keep
 
 
-def _scan_folder(root: Path, classes: list[str], skipped: list) -> ImageSet:
+def _scan_folder(root: Path, classes: list[str], skipped: list, limits: FileLimits) -> ImageSet:
+    """Every entry of each class folder is an image, or a line in the skipped list saying why not (another file
+    type, a folder named like an image, a broken link); hidden entries (.DS_Store) and sub-folders are passed over
+    (layouts refuses sub-folders that hold images)."""
     paths, labels = [], []
+    reads = ", ".join(sorted(IMAGE_SUFFIXES))
     for y, name in enumerate(classes):
         folder = root / name
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")) \
-            if folder.is_dir() else []
-        for p in files:
-            if p.suffix.lower() in IMAGE_SUFFIXES:
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+        for p in entries:
+            if p.suffix.lower() in IMAGE_SUFFIXES:  # folders and broken links named like images: skipped with why
                 paths.append(p)
                 labels.append(y)
-            else:  # reported, not silently dropped: a stray file in a class folder is usually a data mistake
-                reads = ", ".join(sorted(IMAGE_SUFFIXES))
+            elif p.is_symlink() and not p.exists():
+                skipped.append((str(p), "broken or looping symbolic link"))
+            elif not p.is_dir():  # reported, not silently dropped: a stray file is usually a data mistake
                 skipped.append((str(p), f"unsupported file type '{p.suffix}' (reads {reads})"))
-    return _readable(paths, labels, classes, skipped)[0]
+    return _readable(paths, labels, classes, skipped, limits)[0]
 
 
 def _carve(images: ImageSet, ratio: float, seed: int, what: str, policy: ClassPolicy) -> tuple[ImageSet, ImageSet]:
@@ -195,10 +201,11 @@ def _read_cifar(root: Path, kind: str) -> dict[str, ImageSet]:
 
 
 def _read_csv(path: Path, cfg: DataConfig, skipped: list) -> tuple[dict[str, ImageSet], str]:
-    m = read_manifest(path, cfg.manifest)
+    m = read_manifest(path, cfg.manifest, cfg.allow_outside_paths)
     classes = sorted(set(m.labels))
+    check_class_names(classes, f"{path} ({cfg.manifest.label_column} column)")
     roles = m.roles or ["all"] * len(m.paths)
-    everything, rows = _readable(m.paths, [classes.index(c) for c in m.labels], classes, skipped)
+    everything, rows = _readable(m.paths, [classes.index(c) for c in m.labels], classes, skipped, limits_of(cfg))
     kept_roles = [roles[row] for row in rows]  # by row, not by path: a file listed twice keeps both of its splits
     given = {r: everything.subset(i for i, role in enumerate(kept_roles) if role == r) for r in sorted(set(roles))}
     if set(given) == {"train"}:
@@ -210,11 +217,25 @@ def _read_csv(path: Path, cfg: DataConfig, skipped: list) -> tuple[dict[str, Ima
     return given, f"CSV manifest {path.name} ({kind})"
 
 
-def _read_folders(root: Path, skipped: list) -> tuple[dict[str, ImageSet], str]:
+def _read_folders(root: Path, skipped: list, limits: FileLimits) -> tuple[dict[str, ImageSet], str]:
     layout = detect(root)
+    check_class_names(layout.classes, f"{root} (class folders)")
     if not layout.splits:
-        return {"all": _scan_folder(root, layout.classes, skipped)}, layout.describe()
-    return {r: _scan_folder(f, layout.classes, skipped) for r, f in layout.splits.items()}, layout.describe()
+        return {"all": _scan_folder(root, layout.classes, skipped, limits)}, layout.describe()
+    return {r: _scan_folder(f, layout.classes, skipped, limits) for r, f in layout.splits.items()}, layout.describe()
+
+
+def limits_of(cfg: DataConfig) -> FileLimits:
+    return FileLimits(max_bytes=cfg.max_file_bytes, max_pixels=cfg.max_image_pixels)
+
+
+def check_class_names(classes: list[str], where: str) -> None:
+    """A class name is shown on dashboards, in Prometheus labels, logs and answers: a control character (a newline,
+    a tab) in one is a mistake in the data, refused here rather than met after training."""
+    bad = [c for c in classes if any(unicodedata.category(ch).startswith("C") for ch in c) or not c.strip()]
+    if bad:
+        raise DataError(f"{where}: class name(s) {[c for c in bad][:10]} are empty or hold control characters "
+                        "(newline, tab, ...); rename them")
 
 
 def _detect_source(path: Path) -> str:
@@ -278,7 +299,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     elif source == "csv":
         given, layout = _read_csv(root, cfg, skipped)
     else:
-        given, layout = _read_folders(root, skipped)
+        given, layout = _read_folders(root, skipped, limits_of(cfg))
     parts = dict(zip(SPLITS, (_limit(s, cfg.limit_per_class) for s in _complete(given, cfg, seed, policy))))
     kept = _check_usable(parts, policy)
     if policy.dropped:

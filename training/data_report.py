@@ -7,8 +7,7 @@ hash, near-copies (re-encoded, resized) by a 64-bit perceptual hash within data.
 from __future__ import annotations
 
 import json
-from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,44 +19,81 @@ from .errors import DataError
 from .log import event
 
 PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
-MAX_LISTED = 200  # pairs written out; the counts are always complete
+MAX_LISTED = 200  # groups written out; the counts are always complete
+MAX_NAMES = 10  # file names listed per split in a group; its counts are complete
+CHUNK = 4_000_000  # pHash distances computed at once (bytes: 8x this)
 
 
-def _near_pairs(a: ImageSet, b: ImageSet, bits: int) -> list[tuple[int, int, int]]:
-    """(i, j, distance) for pHash Hamming distance <= bits, in chunks so memory stays bounded."""
+@dataclass
+class Copies:
+    """The same image in two splits, as groups rather than pairs: 2 images repeated as 4,000 manifest rows are 2
+    groups, where pairs were 2 million (1.5 GB). `leaked_train`: training images with a copy in val or test."""
+    groups: list[dict] = field(default_factory=list)
+    by_splits: dict[str, dict] = field(default_factory=dict)
+    leaked_train: set[int] = field(default_factory=set)
+
+
+def _group(na: str, nb: str, a: ImageSet, b: ImageSet, kind: str, bits: int, ia: list[int], jb: list[int]) -> dict:
+    return {"splits": f"{na}-{nb}", "kind": kind, "bits": bits,
+            f"{na}_count": len(ia), f"{na}_files": [a.name(i) for i in ia[:MAX_NAMES]],
+            f"{nb}_count": len(jb), f"{nb}_files": [b.name(j) for j in jb[:MAX_NAMES]],
+            "labels": sorted({a.classes[a.labels[i]] for i in ia} | {b.classes[b.labels[j]] for j in jb})}
+
+
+def _exact_groups(a: ImageSet, b: ImageSet) -> dict[str, tuple[list[int], list[int]]]:
+    in_b: dict[str, list[int]] = {}
+    for j, info in enumerate(b.infos):
+        in_b.setdefault(info.sha256, []).append(j)
+    groups: dict[str, tuple[list[int], list[int]]] = {}
+    for i, info in enumerate(a.infos):
+        if info.sha256 in in_b:
+            groups.setdefault(info.sha256, ([], in_b[info.sha256]))[0].append(i)
+    return groups
+
+
+def _near_groups(a: ImageSet, b: ImageSet, bits: int, skip_a: set[int]) -> tuple[dict[int, list], np.ndarray]:
+    """Images of `a` (not in skip_a) within `bits` pHash bits of an image of `b`, grouped under their nearest one
+    (j -> [(i, distance)]), and which images of `b` have a near copy in `a`. Distances are computed in chunks of
+    CHUNK, so memory stays bounded whatever the sizes."""
     ha = np.array([i.phash for i in a.infos], dtype=np.uint64)
     hb = np.array([i.phash for i in b.infos], dtype=np.uint64)
-    out = []
-    step = max(1, 4_000_000 // max(1, len(hb)))
+    groups: dict[int, list] = {}
+    b_has = np.zeros(len(hb), dtype=bool)
+    step = max(1, CHUNK // max(1, len(hb)))
     for start in range(0, len(ha), step):
         dist = np.bitwise_count(ha[start:start + step, None] ^ hb[None, :])
-        for i, j in zip(*np.nonzero(dist <= bits)):
-            out.append((start + int(i), int(j), int(dist[i, j])))
-    return out
+        close = dist <= bits
+        b_has |= close.any(axis=0)
+        for r in np.nonzero(close.any(axis=1))[0]:
+            i = start + int(r)
+            if i not in skip_a:
+                j = int(dist[r].argmin())
+                groups.setdefault(j, []).append((i, int(dist[r, j])))
+    return groups, b_has
 
 
-def find_duplicates(splits: Splits, bits: int) -> list[dict]:
-    """Images that appear in two splits: exact (same bytes) or near (pHash within `bits`)."""
-    parts = splits.parts()
-    found = []
+def find_duplicates(splits: Splits, bits: int) -> Copies:
+    """Images that appear in two splits: exact (same bytes) or near (pHash within `bits`), in groups."""
+    parts, copies = splits.parts(), Copies()
     for na, nb in PAIRS:
         a, b = parts[na], parts[nb]
-        by_sha = {}
-        for j, info in enumerate(b.infos):
-            by_sha.setdefault(info.sha256, []).append(j)
-        exact = {(i, j) for i, info in enumerate(a.infos) for j in by_sha.get(info.sha256, [])}
-        near = {(i, j): d for i, j, d in _near_pairs(a, b, bits) if (i, j) not in exact}
-        for (i, j), kind, d in [((i, j), "exact", 0) for i, j in sorted(exact)] + \
-                               [(k, "near", d) for k, d in sorted(near.items())]:
-            found.append({"splits": f"{na}-{nb}", "kind": kind, "bits": d, na + "_file": a.name(i),
-                          nb + "_file": b.name(j), "labels": [a.classes[a.labels[i]], b.classes[b.labels[j]]],
-                          "_index": (na, i)})
-    return found
+        exact = _exact_groups(a, b)
+        exact_a = {i for ia, _ in exact.values() for i in ia}
+        near, b_near = _near_groups(a, b, bits, exact_a)
+        near_a = {i for members in near.values() for i, _ in members}
+        copies.groups += [_group(na, nb, a, b, "exact", 0, ia, jb) for ia, jb in exact.values()]
+        copies.groups += [_group(na, nb, a, b, "near", max(d for _, d in members), [i for i, _ in members], [j])
+                          for j, members in sorted(near.items())]
+        copies.by_splits[f"{na}-{nb}"] = {"exact_groups": len(exact), "near_groups": len(near),
+                                          f"{na}_images": len(exact_a | near_a), f"{nb}_images": int(b_near.sum())}
+        if na == "train":
+            copies.leaked_train |= exact_a | near_a
+    return copies
 
 
-def drop_train_copies(splits: Splits, duplicates: list[dict]) -> tuple[Splits, int]:
+def drop_train_copies(splits: Splits, copies: Copies) -> tuple[Splits, int]:
     """data.duplicates=drop_from_train: training images that also appear in val or test are removed."""
-    leaked = {d["_index"][1] for d in duplicates if d["_index"][0] == "train"}
+    leaked = copies.leaked_train
     if not leaked:
         return splits, 0
     train = splits.train.subset(i for i in range(len(splits.train)) if i not in leaked)
@@ -77,7 +113,7 @@ def _size_stats(part: ImageSet) -> dict:
             "height": [int(h.min()), int(np.median(h)), int(h.max())], "under_image_size": None}
 
 
-def build(splits: Splits, duplicates: list[dict], dropped_copies: int, policy: str, image_size: int) -> dict:
+def build(splits: Splits, copies: Copies, dropped_copies: int, policy: str, image_size: int) -> dict:
     sizes = {}
     for name, part in splits.parts().items():
         sizes[name] = _size_stats(part)
@@ -88,10 +124,9 @@ def build(splits: Splits, duplicates: list[dict], dropped_copies: int, policy: s
         "counts": {n: dict(zip(p.classes, p.counts())) for n, p in splits.parts().items()},
         "image_sizes": sizes, "skipped": [{"path": p, "reason": r} for p, r in splits.skipped],
         "dropped_classes": splits.dropped_classes,
-        "duplicates": {"policy": policy, "exact": sum(d["kind"] == "exact" for d in duplicates),
-                       "near": sum(d["kind"] == "near" for d in duplicates), "dropped_from_train": dropped_copies,
-                       "by_splits": dict(Counter(d["splits"] for d in duplicates)),
-                       "pairs": [{k: v for k, v in d.items() if k != "_index"} for d in duplicates[:MAX_LISTED]]},
+        "duplicates": {"policy": policy, "exact": sum(g["kind"] == "exact" for g in copies.groups),
+                       "near": sum(g["kind"] == "near" for g in copies.groups), "dropped_from_train": dropped_copies,
+                       "by_splits": copies.by_splits, "groups": copies.groups[:MAX_LISTED]},
     }
 
 
@@ -105,10 +140,12 @@ def markdown(report: dict) -> str:
     lines += [f"| {s} | {v['width']} | {v['height']} | {v['under_image_size']} |"
               for s, v in report["image_sizes"].items() if v]
     dup = report["duplicates"]
-    lines.append(f"\n## Same image in two splits\n\n{dup['exact']} exact, {dup['near']} near copies "
+    lines.append(f"\n## Same image in two splits\n\n{dup['exact']} groups of exact, {dup['near']} of near copies "
                  f"(policy {dup['policy']}; removed from train: {dup['dropped_from_train']})\n")
-    lines += [f"- {d['splits']} {d['kind']} ({d['bits']} bits): " + " = ".join(
-        v for k, v in d.items() if k.endswith("_file")) + f" labels {d['labels']}" for d in dup["pairs"][:50]]
+    lines += [f"- {s}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) for s, counts in dup["by_splits"].items()]
+    lines += [f"- {g['splits']} {g['kind']} ({g['bits']} bits): " + " = ".join(
+        ", ".join(v) + (f" (+{g[k[:-6] + '_count'] - len(v)} more)" if g[k[:-6] + "_count"] > len(v) else "")
+        for k, v in g.items() if k.endswith("_files")) + f" labels {g['labels']}" for g in dup["groups"][:50]]
     if report["dropped_classes"]:
         lines.append("\n## Classes left out (data.small_classes=drop)\n")
         lines += [f"- {c}: {why}" for c, why in report["dropped_classes"].items()]
@@ -134,17 +171,18 @@ def log(report: dict) -> None:
         event(f"warning: class '{c}' left out of the model (data.small_classes=drop): {why}")
     dup = report["duplicates"]
     if dup["exact"] or dup["near"]:
-        event(f"warning: {dup['exact']} exact and {dup['near']} near copies of the same image in two splits; "
+        event(f"warning: {dup['exact']} groups of exact and {dup['near']} of near copies of the same image in two "
+              "splits; "
               + ("removed from train" if dup["dropped_from_train"] else
                  "copies in train and test inflate the test accuracy (data.duplicates=drop_from_train removes them)"),
-              pairs=dup["by_splits"],
-              first=[{k: v for k, v in d.items() if k.endswith("_file")} for d in dup["pairs"][:3]])
+              by_splits=dup["by_splits"],
+              first=[{k: v[:3] for k, v in g.items() if k.endswith("_files")} for g in dup["groups"][:3]])
 
 
 def prepare(splits: Splits, duplicates_policy: str, near_bits: int, image_size: int) -> tuple[Splits, dict]:
     """Find copies across splits and apply data.duplicates; returns the splits to train on and their report."""
-    duplicates = find_duplicates(splits, near_bits)
+    copies = find_duplicates(splits, near_bits)
     dropped = 0
     if duplicates_policy == "drop_from_train":
-        splits, dropped = drop_train_copies(splits, duplicates)
-    return splits, build(splits, duplicates, dropped, duplicates_policy, image_size)
+        splits, dropped = drop_train_copies(splits, copies)
+    return splits, build(splits, copies, dropped, duplicates_policy, image_size)

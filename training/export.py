@@ -25,7 +25,7 @@ from contract.files import sha256_of
 from contract.publish import install
 
 from .data import ImageSet
-from .publish import PublishRefused, gate, promote
+from .publish import GateLimits, PublishRefused, gate, promote
 
 PARITY_ATOL = 1e-3
 # fp16 keeps ~3 significant digits; logits of a few units move by up to ~0.02 (measured on real photos).
@@ -121,8 +121,8 @@ def skew_gate(version_dir: Path, test: ImageSet, torch_accuracy: float, toleranc
     """Re-score the artifact through `python -m serving.score` (the service's decode/resize/crop + onnxruntime)."""
     with tempfile.TemporaryDirectory() as tmp:
         items = _as_files(test, Path(tmp))
-        labels_file = Path(tmp) / "labels.tsv"
-        labels_file.write_text("".join(f"{p}\t{y}\n" for p, y in items))
+        labels_file = Path(tmp) / "labels.jsonl"  # JSON lines: any file name, newlines and tabs included
+        labels_file.write_text("".join(json.dumps({"path": p, "label": y}) + "\n" for p, y in items))
         proc = subprocess.run([sys.executable, "-m", "serving.score", "--model", str(version_dir),
                                "--labels", str(labels_file)], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -147,7 +147,7 @@ def library_versions() -> dict:
 def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifacts_root: Path,
                    parity_images: np.ndarray, opset: int = 18, skew_tolerance: float = 0.3,
                    report_dir: Path | None = None,
-                   fp16_images: np.ndarray | None = None, gate_limits: tuple[float, float] = (0.0, 100.0)) -> Path:
+                   fp16_images: np.ndarray | None = None, gate_limits: GateLimits = GateLimits()) -> Path:
     """Export, check parity and skew, write model.json (+ report/), install the version, move LATEST if the publish
     gate passes (else PublishRefused); returns the version directory."""
     pre = bundle["preprocess"]
@@ -175,7 +175,7 @@ def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifac
         # reads model.json; the final card then adds the gates' results.
         card.write(staging)
         card.skew_gate = skew_gate(staging, test, bundle["metrics"]["test"]["accuracy"], skew_tolerance)
-        card.publish_gate = gate(card.model_dump(mode="json"), root, *gate_limits)
+        card.publish_gate = gate(card.model_dump(mode="json"), root, gate_limits)
         card.export_seconds = round(time.perf_counter() - t0, 1)
         card.write(staging)
         if report_dir is not None and Path(report_dir).is_dir():

@@ -21,7 +21,7 @@ from .export import build_artifact
 from .loader import eval_loader
 from .log import event
 from .model import Classifier, build_model
-from .publish import PublishRefused
+from .publish import GateLimits, PublishRefused
 from .report import summary_table, write_report
 from .runtime import resolve_device, setup_runtime
 from .train import Trainer
@@ -193,7 +193,8 @@ def export_bundle(model: Classifier, bundle: dict, splits: Splits, cfg: TrainCon
                                eval_images(splits.test, bundle["preprocess"], 8), cfg.export.opset,
                                cfg.export.skew_tolerance,
                                report_dir=Path(cfg.output_dir) / "report",
-                               gate_limits=(cfg.export.min_test_accuracy, cfg.export.max_regression),
+                               gate_limits=GateLimits(cfg.export.min_test_accuracy, cfg.export.max_regression,
+                                                     cfg.export.majority_significance),
                                fp16_images=eval_images(splits.test, bundle["preprocess"]) if cfg.export.fp16 else None)
     card = json.loads((published / "model.json").read_text())
     event("exported", artifact=str(published), skew_gap_points=card["skew_gate"]["gap_points"],

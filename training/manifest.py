@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,22 @@ def _path_of(row: dict, m: ManifestConfig, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def read_manifest(path: Path, m: ManifestConfig) -> Manifest:
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        rows = list(reader)
+def _outside(paths: list[Path], base: Path) -> list[int]:
+    """Rows whose path leaves the manifest's folder (absolute elsewhere, or ../), judged on the path as written, so a
+    linked sub-folder the dataset's owner put there still counts as inside."""
+    root = os.path.normpath(os.path.abspath(base))
+    return [i for i, p in enumerate(paths)
+            if os.path.commonpath([root, os.path.normpath(os.path.abspath(p))]) != root]
+
+
+def read_manifest(path: Path, m: ManifestConfig, allow_outside: bool = False) -> Manifest:
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            rows = list(reader)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a readable CSV file (UTF-8, comma-separated): {exc}") from None
     missing = [c for c in _needed_columns(m) if c not in header]
     if missing or not rows:
         raise DataError(f"{path}: " + (f"column(s) {missing} not in the header {header}; set data.manifest."
@@ -54,4 +66,11 @@ def read_manifest(path: Path, m: ManifestConfig) -> Manifest:
     empty = [i for i, row in enumerate(rows, start=2) if not (row[m.label_column] or "").strip()]
     if empty:
         raise DataError(f"{path}: empty label on line(s) {empty[:10]}; every row needs a {m.label_column}")
-    return Manifest([_path_of(r, m, path.parent) for r in rows], [r[m.label_column].strip() for r in rows], roles)
+    paths = [_path_of(r, m, path.parent) for r in rows]
+    outside = [] if allow_outside else _outside(paths, path.parent)
+    if outside:
+        shown = ", ".join(f"line {i + 2}: {str(paths[i])!r}" for i in outside[:5])
+        raise DataError(f"{path}: {len(outside)} row(s) name files outside {path.parent} ({shown}); a manifest reads "
+                        "files in its own folder and below. Move the CSV beside the images, or set "
+                        "data.allow_outside_paths=true if it names files elsewhere on purpose")
+    return Manifest(paths, [r[m.label_column].strip() for r in rows], roles)

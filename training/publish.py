@@ -2,7 +2,8 @@
 
 1. everything is written into a staging directory beside the target (same filesystem),
 2. the staging directory is renamed to <version> (atomic on POSIX): the version always exists after export,
-3. LATEST (what the service loads) moves only if the publish gate passes: test accuracy at least
+3. LATEST (what the service loads) moves only if the publish gate passes: test accuracy significantly above
+   always answering the test split's largest class (export.majority_significance), at least
    export.min_test_accuracy and, against a published model with the same classes, at most export.max_regression
    points worse. It is written to a temporary file, fsynced and os.replace()d, so a reader never sees it half-written.
 `python -m training publish --model artifacts/<name> <version>` promotes a version by hand, with the same log line.
@@ -10,7 +11,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+from scipy.stats import binomtest
 
 from contract import publish as versions
 from contract.card import load_card
@@ -19,7 +23,8 @@ from contract.publish import install
 
 from .log import event
 
-__all__ = ["EXIT_NOT_PUBLISHED", "PublishRefused", "gate", "install", "promote", "publish_by_hand", "sha256_of"]
+__all__ = ["EXIT_NOT_PUBLISHED", "GateLimits", "PublishRefused", "gate", "install", "promote", "publish_by_hand",
+           "sha256_of"]
 EXIT_NOT_PUBLISHED = 3  # trained and exported, but LATEST kept: the Job fails without retrying (podFailurePolicy)
 
 
@@ -37,10 +42,37 @@ def published_card(root: Path) -> dict | None:
     return json.loads(card.read_text()) if card is not None and card.is_file() else None
 
 
-def gate(card: dict, root: Path, min_test_accuracy: float, max_regression: float) -> dict:
+@dataclass(frozen=True)
+class GateLimits:
+    min_test_accuracy: float = 0.0
+    max_regression: float = 100.0
+    majority_significance: float = 0.05
+
+
+def majority_baseline(test: dict, significance: float) -> dict:
+    """How the test accuracy compares with always answering the test split's largest class: the one-sided binomial
+    test's p-value of that many correct answers if each were right with the largest class's share. A model trained
+    on swapped labels (16.7 % on 2 classes) or on noise sits at or under the share and fails it."""
+    n = test["n"]
+    share = max(c["support"] for c in test["per_class"].values()) / n
+    correct = round(test["accuracy"] * n)
+    p_value = float(binomtest(correct, n, share, alternative="greater").pvalue) if significance < 1 else 0.0
+    return {"majority_share": share, "n": n, "correct": correct, "p_value": p_value,
+            "significance": significance, "passed": p_value <= significance}
+
+
+def gate(card: dict, root: Path, limits: GateLimits) -> dict:
     """Decide whether `card` may replace what `root`'s LATEST serves; the reasons when not."""
     acc = card["metrics"]["test"]["accuracy"]
+    min_test_accuracy, max_regression = limits.min_test_accuracy, limits.max_regression
     reasons = []
+    baseline = majority_baseline(card["metrics"]["test"], limits.majority_significance)
+    if not baseline["passed"]:
+        reasons.append(f"test accuracy {acc:.4f} ({baseline['correct']} of {baseline['n']}) is not significantly "
+                       f"above always answering the largest class ({baseline['majority_share']:.4f}; one-sided "
+                       f"binomial p = {baseline['p_value']:.3g} > export.majority_significance "
+                       f"{limits.majority_significance}): the model has not learned the task, or the test split is "
+                       "too small to tell")
     if acc < min_test_accuracy:
         reasons.append(f"test accuracy {acc:.4f} is under export.min_test_accuracy {min_test_accuracy}")
     current, compared = published_card(root), None
@@ -52,7 +84,7 @@ def gate(card: dict, root: Path, min_test_accuracy: float, max_regression: float
             reasons.append(f"test accuracy {acc:.4f} is {drop:.2f} points under the published version "
                            f"{current['version']} ({current_acc:.4f}); export.max_regression allows {max_regression}")
     return {"passed": not reasons, "reasons": reasons, "min_test_accuracy": min_test_accuracy,
-            "max_regression_points": max_regression, "compared_with": compared}
+            "max_regression_points": max_regression, "compared_with": compared, "majority_baseline": baseline}
 
 
 def promote(root: Path, version: str, why: str) -> None:

@@ -2,6 +2,7 @@
 and split, small classes, and the same image in two splits. Fixtures are built from the real photos."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from helpers import copy_images
@@ -140,9 +141,9 @@ def test_duplicates_across_splits_exact_and_near(tmp_path, data_dir):
         im.convert("RGB").resize((im.width // 2, im.height // 2)).save(root / "train" / "ants" / "near.jpg", quality=70)
     s = load_splits(DataConfig(path=root, val_ratio=0.2), seed=0)
     kept, report = data_report.prepare(s, "warn", 4, 64)
-    # the copies went into train or into the validation carved from it: either way they pair with a test image
-    pairs = {(d["kind"], d[d["splits"].split("-")[0] + "_file"].rsplit("/", 1)[-1], d["test_file"].rsplit("/", 1)[-1])
-             for d in report["duplicates"]["pairs"] if d["splits"].endswith("-test")}
+    # the copies went into train or into the validation carved from it: either way they group with a test image
+    pairs = {(g["kind"], Path(a).name, Path(b).name) for g in report["duplicates"]["groups"]
+             if g["splits"].endswith("-test") for a in g[g["splits"].split("-")[0] + "_files"] for b in g["test_files"]}
     assert ("exact", "exact_copy.jpg", leaked[0].name) in pairs
     assert ("near", "near.jpg", leaked[1].name) in pairs
     assert report["duplicates"]["exact"] >= 1 and report["duplicates"]["near"] >= 1
@@ -182,4 +183,4 @@ def test_csv_file_listed_in_two_splits_keeps_both_and_is_reported(tmp_path, data
     s = load_splits(DataConfig(path=csv_path, manifest=m), seed=0)
     assert "a000" in {p.stem for p in s.train.paths} and "a000" in {p.stem for p in s.test.paths}
     _, report = data_report.prepare(s, "warn", 4, 64)
-    assert report["duplicates"]["by_splits"].get("train-test", 0) >= 1
+    assert report["duplicates"]["by_splits"]["train-test"]["exact_groups"] >= 1
