@@ -163,7 +163,8 @@ def main() -> None:
             f"{platform.machine()}, {psutil.cpu_count()} CPUs\n\n"
             f"Bounds (issue 27): memory growth <= {MEMORY_BOUND_MB} MB, CPU <= {CPU_BOUND_S} s per request, "
             f"/metrics < {METRICS_BOUND_BYTES} bytes.\n\n"
-            "| request | status | peak RSS growth (MB) | CPU (s, all processes) | wall (s) |\n|---|---:|---:|---:|---:|\n"
+            "| request | status | peak RSS growth (MB) | CPU (s, all processes) | wall (s) |\n"
+            "|---|---:|---:|---:|---:|\n"
             + "\n".join(rows) + f"\n\n/metrics: {before} bytes before, {after} bytes after {args.paths} requests to "
             f"distinct URLs (scrape {scrape_s * 1000:.0f} ms).\n")
     print(text)

@@ -21,8 +21,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bench.hostile import (CASES, CPU_BOUND_S, MEMORY_BOUND_MB, METRICS_BOUND_BYTES, Watch, encode, metrics_growth,
-                           png, send)
+from bench.hostile import (
+    CASES,
+    CPU_BOUND_S,
+    MEMORY_BOUND_MB,
+    METRICS_BOUND_BYTES,
+    Watch,
+    encode,
+    metrics_growth,
+    png,
+    send,
+)
 from contract.card import load_card
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from training import data_report
-from training.config import DataConfig, ManifestConfig
+from training.config import DataConfig
 from training.data import DataError, load_splits
 from training.image_files import FileLimits, inspect
 
