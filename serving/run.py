@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -39,6 +40,13 @@ def in_flight(url: str) -> float:
     return total
 
 
+def gone(exc: OSError) -> bool:
+    """The server no longer listens (refused), as against a slow or failed scrape (timeout, reset), which says
+    nothing about requests in flight: a slow /metrics once ended the drain early and an in-flight batch got 503."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return isinstance(reason, ConnectionRefusedError)
+
+
 def drain(url: str, min_seconds: float, timeout: float) -> float:
     """Wait min_seconds, then until nothing is in flight or timeout; returns the requests still in flight."""
     start = time.monotonic()
@@ -47,8 +55,11 @@ def drain(url: str, min_seconds: float, timeout: float) -> float:
     while time.monotonic() - start < max(timeout, min_seconds):
         try:
             left = in_flight(url)
-        except OSError:
-            return float("nan")  # the server is already gone
+        except OSError as exc:
+            if gone(exc):
+                return float("nan")
+            log.warning("reading in-flight requests from /metrics failed (%s); still draining", exc)
+            left = float("nan")
         if left == 0:
             return 0.0
         time.sleep(0.1)
