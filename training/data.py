@@ -152,21 +152,36 @@ def _scan_folder(root: Path, classes: list[str], skipped: list, limits: FileLimi
     return _readable(paths, labels, classes, skipped, limits)[0]
 
 
+def copy_groups(images: ImageSet) -> list[list[int]]:
+    """The images grouped by content (file sha256): exact copies form one group, every other image its own. Groups
+    are ordered by their first image, so a set without copies gives [[0], [1], ...]."""
+    by_sha: dict[str, list[int]] = {}
+    for i, info in enumerate(images.infos):
+        by_sha.setdefault(info.sha256, []).append(i)
+    return sorted(by_sha.values(), key=lambda g: g[0])
+
+
 def _carve(images: ImageSet, ratio: float, seed: int, what: str, policy: ClassPolicy) -> tuple[ImageSet, ImageSet]:
-    """Stratified split of `ratio` off `images`; every class must be able to put an image in both parts."""
+    """Stratified split of `ratio` off `images`; every class must be able to put an image in both parts. Exact
+    copies go to one part together (issue 29): a split the product carves never puts the same picture on both sides.
+    Without copies every group is one image and the split is the plain stratified one, as before."""
     need = math.ceil(1 / min(ratio, 1 - ratio))
-    counts = images.counts()
-    policy.too_small({c: f"{n} image(s) where splitting off {ratio:.0%} for {what} needs at least {need} (one in "
-                      "each part)" for c, n in zip(images.classes, counts) if 0 < n < need and c not in policy.dropped},
+    groups = copy_groups(images)
+    pictures = np.bincount([images.labels[g[0]] for g in groups], minlength=len(images.classes))
+    files = images.counts()
+    policy.too_small({c: (f"{n} image(s)" if n == m else f"{n} distinct image(s) ({m} files; copies count once)")
+                      + f" where splitting off {ratio:.0%} for {what} needs at least {need} (one in each part)"
+                      for c, n, m in zip(images.classes, pictures, files) if 0 < n < need and c not in policy.dropped},
                      f"Add images, merge or remove the class, or raise the {what} ratio")
-    keep = [i for i, y in enumerate(images.labels) if images.classes[y] not in policy.dropped]
-    images = images.subset(keep)
-    idx = np.arange(len(images))
+    groups = [g for g in groups if images.classes[images.labels[g[0]]] not in policy.dropped]
     try:
-        a, b = train_test_split(idx, test_size=ratio, random_state=seed, stratify=images.labels)
+        a, b = train_test_split(np.arange(len(groups)), test_size=ratio, random_state=seed,
+                                stratify=[images.labels[g[0]] for g in groups])
     except ValueError as exc:
-        raise DataError(f"cannot split {len(images)} images by class for {what} with ratio {ratio}: {exc}") from None
-    return images.subset(sorted(a)), images.subset(sorted(b))
+        raise DataError(f"cannot split {len(groups)} distinct pictures by class for {what} with ratio {ratio}: "
+                        f"{exc}") from None
+    return (images.subset(sorted(i for k in a for i in groups[k])),
+            images.subset(sorted(i for k in b for i in groups[k])))
 
 
 def _unpickle(path: Path) -> dict:

@@ -12,14 +12,16 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from sklearn.model_selection import train_test_split
 
 from training import data_report
-from training.config import DataConfig
-from training.data import DataError, load_splits
+from training.config import DataConfig, ManifestConfig
+from training.data import ClassPolicy, DataError, _carve, load_splits
 from training.image_files import FileLimits, inspect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,11 +158,12 @@ def test_copies_are_grouped_so_the_report_grows_with_images_not_pairs(tmp_path, 
     root = tmp_path / "ds"
     _photos(root / "images", data_dir, n=1)
     files = sorted((root / "images").rglob("*.jpg"))
-    with (root / "labels.csv").open("w", newline="") as f:
+    with (root / "labels.csv").open("w", newline="") as f:  # the team's own split puts copies on every side
         w = csv.writer(f)
-        w.writerow(["path", "label"])
-        w.writerows((f"images/{p.parent.name}/{p.name}", p.parent.name) for _ in range(2000) for p in files)
-    splits = load_splits(DataConfig(path=root / "labels.csv", val_ratio=0.2, test_ratio=0.2), seed=0)
+        w.writerow(["path", "label", "split"])
+        w.writerows((f"images/{p.parent.name}/{p.name}", p.parent.name, ("train", "val", "test")[k % 3])
+                    for k in range(2000) for p in files)
+    splits = load_splits(DataConfig(path=root / "labels.csv", manifest=ManifestConfig(split_column="split")), seed=0)
     _, report = data_report.prepare(splits, "warn", 4, 64)
     dup = report["duplicates"]
     assert dup["exact"] == 6 and dup["near"] == 0  # 2 images x 3 split pairs
@@ -196,3 +199,30 @@ def test_fuzz_manifest_rows_never_escape_hang_or_crash(tmp_path, data_dir, path,
     inside = os.path.abspath(root)
     for part in splits.parts().values():
         assert all(os.path.abspath(p).startswith(inside + os.sep) for p in part.paths)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_splits_the_product_carves_keep_copies_on_one_side(tmp_path, data_dir, seed):
+    """Issue 29: a random split of class folders put 19 exact copies on both sides of train/test. Copies now move
+    as a group; a dataset without copies splits exactly as the plain stratified split did."""
+    root = tmp_path / "ds"
+    _photos(root, data_dir, n=10)
+    for i, original in enumerate(sorted((root / "ants").iterdir())[:4]):
+        for k in range(3):
+            shutil.copy(original, root / "ants" / f"copy{i}-{k}.jpg")
+    splits = load_splits(DataConfig(path=root), seed=seed)
+    _, report = data_report.prepare(splits, "warn", 0, 64)
+    assert all(counts["exact_groups"] == 0 for counts in report["duplicates"]["by_splits"].values()), \
+        report["duplicates"]["by_splits"]
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 32
+
+
+def test_without_copies_the_carve_is_the_plain_stratified_split(tmp_path, data_dir):
+    """Runs recorded before copies were grouped resume: with no copies, the same images land in the same splits."""
+    root = tmp_path / "ds"
+    _photos(root, data_dir, n=10)
+    images = load_splits(DataConfig(path=root, val_ratio=0.25, test_ratio=0.25), seed=0).train
+    for seed in range(3):
+        a, b = train_test_split(np.arange(len(images)), test_size=0.3, random_state=seed, stratify=images.labels)
+        got = _carve(images, 0.3, seed, "test", ClassPolicy("error"))
+        assert [list(part.paths) for part in got] == [[images.paths[i] for i in sorted(idx)] for idx in (a, b)]
