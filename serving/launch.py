@@ -87,9 +87,11 @@ class Server:
             except subprocess.TimeoutExpired:  # its own session: the server and its workers, nothing else
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        for p in started[1:]:  # any worker that outlived the server (its own session, or a stuck exit)
+        leftover = [p for p in started[1:] if p.is_running()]  # a worker that outlived the server (its own session)
+        for p in leftover:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
+        psutil.wait_procs(leftover, timeout=30)  # gone, not only signalled, when stop() returns
         self.log.close()
         self.home.cleanup()
         return self.proc.returncode
