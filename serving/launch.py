@@ -37,6 +37,20 @@ def wait_ready(url: str, timeout: float = 120, proc: subprocess.Popen | None = N
     return False
 
 
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
+    """Until each has exited (a zombie left for its new parent to reap counts as exited: it holds nothing)."""
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 class Server:
     def __init__(self, env: dict, log: Path | None = None, cwd: Path | None = None):
         self.port = free_port()
@@ -91,7 +105,7 @@ class Server:
         for p in leftover:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
-        psutil.wait_procs(leftover, timeout=30)  # gone, not only signalled, when stop() returns
+        _wait_gone(leftover, timeout=30)  # gone, not only signalled, when stop() returns
         self.log.close()
         self.home.cleanup()
         return self.proc.returncode
