@@ -40,8 +40,10 @@ class BodyDeadline:
         self.body_done, self.timed_out, self.response_started = False, False, False
 
     async def receive(self):
-        if self.body_done or self.timed_out:
-            return await self.inner_receive() if not self.timed_out else {"type": "http.disconnect"}
+        if self.timed_out:
+            return {"type": "http.disconnect"}
+        if self.body_done:
+            return await self.inner_receive()
         try:
             message = await asyncio.wait_for(self.inner_receive(),
                                              max(0.0, self.deadline - asyncio.get_running_loop().time()))

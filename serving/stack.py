@@ -33,14 +33,12 @@ def tracing_on() -> bool:
 def route_label(routes: list, path: str) -> str:
     """The template of the route that serves `path` (`/v2/models/{name}`), `unmatched` where none does."""
     for route in routes:
-        if isinstance(route, Mount):
-            match = route.path_regex.match(path)
-            if match:
-                inner = route_label(route.routes, "/" + match.group("path").lstrip("/")) if route.routes else None
-                if inner is None and not route.routes:  # a mounted static app: its files under one label
-                    return route.path_format
-                if inner not in (None, UNMATCHED):
-                    return route.path.rstrip("/") + inner
+        if isinstance(route, Mount) and (match := route.path_regex.match(path)):
+            if not route.routes:  # a mounted app without routes (static files): its files under one label
+                return route.path_format
+            inner = route_label(route.routes, "/" + match.group("path").lstrip("/"))
+            if inner != UNMATCHED:
+                return route.path.rstrip("/") + inner
         elif isinstance(route, Route) and route.path_regex.match(path):
             return route.path_format
     return UNMATCHED

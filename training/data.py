@@ -152,13 +152,18 @@ def _scan_folder(root: Path, classes: list[str], skipped: list, limits: FileLimi
     return _readable(paths, labels, classes, skipped, limits)[0]
 
 
-def copy_groups(images: ImageSet) -> list[list[int]]:
-    """The images grouped by content (file sha256): exact copies form one group, every other image its own. Groups
-    are ordered by their first image, so a set without copies gives [[0], [1], ...]."""
+def indices_by_content(images: ImageSet) -> dict[str, list[int]]:
+    """sha256 -> the indices of the images with that content, in order."""
     by_sha: dict[str, list[int]] = {}
     for i, info in enumerate(images.infos):
         by_sha.setdefault(info.sha256, []).append(i)
-    return sorted(by_sha.values(), key=lambda g: g[0])
+    return by_sha
+
+
+def copy_groups(images: ImageSet) -> list[list[int]]:
+    """The images grouped by content (file sha256): exact copies form one group, every other image its own. Groups
+    are ordered by their first image, so a set without copies gives [[0], [1], ...]."""
+    return sorted(indices_by_content(images).values(), key=lambda g: g[0])
 
 
 def _carve(images: ImageSet, ratio: float, seed: int, what: str, policy: ClassPolicy) -> tuple[ImageSet, ImageSet]:
@@ -249,7 +254,7 @@ def check_class_names(classes: list[str], where: str) -> None:
     a tab) in one is a mistake in the data, refused here rather than met after training."""
     bad = [c for c in classes if any(unicodedata.category(ch).startswith("C") for ch in c) or not c.strip()]
     if bad:
-        raise DataError(f"{where}: class name(s) {[c for c in bad][:10]} are empty or hold control characters "
+        raise DataError(f"{where}: class name(s) {bad[:10]} are empty or hold control characters "
                         "(newline, tab, ...); rename them")
 
 

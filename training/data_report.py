@@ -14,7 +14,7 @@ import numpy as np
 
 from contract.files import write_atomic
 
-from .data import ImageSet, Splits
+from .data import ImageSet, Splits, indices_by_content
 from .errors import DataError
 from .log import event
 
@@ -41,9 +41,7 @@ def _group(na: str, nb: str, a: ImageSet, b: ImageSet, kind: str, bits: int, ia:
 
 
 def _exact_groups(a: ImageSet, b: ImageSet) -> dict[str, tuple[list[int], list[int]]]:
-    in_b: dict[str, list[int]] = {}
-    for j, info in enumerate(b.infos):
-        in_b.setdefault(info.sha256, []).append(j)
+    in_b = indices_by_content(b)
     groups: dict[str, tuple[list[int], list[int]]] = {}
     for i, info in enumerate(a.infos):
         if info.sha256 in in_b:

@@ -14,8 +14,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy.stats import binomtest
-
 from contract import publish as versions
 from contract.card import load_card
 from contract.files import sha256_of
@@ -53,6 +51,8 @@ def majority_baseline(test: dict, significance: float) -> dict:
     """How the test accuracy compares with always answering the test split's largest class: the one-sided binomial
     test's p-value of that many correct answers if each were right with the largest class's share. A model trained
     on swapped labels (16.7 % on 2 classes) or on noise sits at or under the share and fails it."""
+    from scipy.stats import binomtest  # here, not at import: `python -m training` imports this module at start-up
+
     n = test["n"]
     share = max(c["support"] for c in test["per_class"].values()) / n
     correct = round(test["accuracy"] * n)
