@@ -1,4 +1,6 @@
-"""python -m training {train,export,predict,evaluate,publish,compare,baseline,demo} ... (console script: imgcls-train).
+"""python -m training {inspect,train,export,predict,evaluate,publish,compare,baseline,demo} ...
+
+Console script: imgcls-train.
 
 Exit codes: 0 done; 1 a clear error (data, weights, export checks); 2 bad config or an output directory holding
 another run; 3 trained and exported but not published (publish gate); 75 preempted (checkpoint written, resumable).
@@ -18,6 +20,10 @@ from .run_identity import RunMismatch
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m training", description="ImageNet transfer learning, two phases.")
     sub = ap.add_subparsers(dest="command", required=True)
+    i = sub.add_parser("inspect", help="how a dataset would be read: layout, classes, counts, what is left out")
+    i.add_argument("data", type=Path, help="dataset folder or CSV")
+    i.add_argument("--config", type=Path)
+    i.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     t = sub.add_parser("train", help="fine-tune, evaluate, export")
     t.add_argument("--config", type=Path, help="YAML file (fields of training.config.TrainConfig)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -55,7 +61,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "train":
+        if args.command == "inspect":
+            from .inspect_data import describe
+            cfg = load_config(args.config, args.overrides)
+            cfg.data.path = args.data
+            print(describe(cfg.data), end="")
+        elif args.command == "train":
             cfg = load_config(args.config, args.overrides)
             if args.print_config:
                 print(json.dumps(cfg.model_dump(mode="json"), indent=2))

@@ -54,6 +54,8 @@ class DataConfig(Strict):
     path: Path = Path("../shared/data/hymenoptera_data")
     source: Literal["auto", "folder", "csv", "cifar10", "cifar100"] = "auto"
     manifest: ManifestConfig = ManifestConfig()
+    exclude: list[str] = Field([], description="globs relative to data.path left out of the dataset, e.g. "
+                                               "'models' or '*/masks/*' (a matching folder takes all below it)")
     small_classes: Literal["error", "drop"] = Field(
         "error", description="a class with too few images to put one in every split: stop with its name and count "
                              "(error), or leave it out of the model and say so in the log and data report (drop)")

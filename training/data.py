@@ -24,8 +24,9 @@ from contract.preprocess import load_rgb  # training decodes files as the servic
 from .config import DataConfig
 from .errors import DataError
 from .image_files import IMAGE_SUFFIXES, FileInfo, FileLimits, inspect_all, inspect_array
-from .layouts import detect
+from .layouts import Exclude, detect, is_image_name, shown, visible
 from .manifest import read_manifest
+from .masks import find_masks
 
 __all__ = ["DataError", "ImageSet", "Splits", "load_rgb", "load_splits"]
 SPLITS = ("train", "val", "test")
@@ -88,6 +89,7 @@ class Splits:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     layout: str = ""
     dropped_classes: dict[str, str] = field(default_factory=dict)  # class -> why (data.small_classes=drop)
+    notes: list[str] = field(default_factory=list)  # what the reading left out or inferred (training.layouts)
 
     @property
     def classes(self) -> list[str]:
@@ -132,23 +134,37 @@ def _readable(paths: list[Path], labels: list[int], classes: list[str], skipped:
     return images, keep
 
 
-def _scan_folder(root: Path, classes: list[str], skipped: list, limits: FileLimits) -> ImageSet:
-    """Every entry of each class folder is an image, or a line in the skipped list saying why not (another file
+def list_class_folder(folder: Path, exclude: Exclude, limits: FileLimits) -> tuple[list[Path], list, dict]:
+    """(image files, skipped (path, reason), masks -> their photo) of one class folder. Every visible entry is an
+    image, a segmentation mask (left out, training.masks) or a line in the skipped list saying why not (another file
     type, a folder named like an image, a broken link); hidden entries (.DS_Store) and sub-folders are passed over
-    (layouts refuses sub-folders that hold images)."""
-    paths, labels = [], []
+    (training.layouts refuses sub-folders that hold images)."""
+    images, skipped = [], []
     reads = ", ".join(sorted(IMAGE_SUFFIXES))
+    for p in (visible(folder, exclude) if folder.is_dir() else []):
+        if is_image_name(p):  # folders and broken links named like images: skipped with why by the intake
+            images.append(p)
+        elif p.is_symlink() and not p.exists():
+            skipped.append((str(p), "broken or looping symbolic link"))
+        elif not p.is_dir():  # reported, not silently dropped: a stray file is usually a data mistake
+            skipped.append((str(p), f"unsupported file type '{p.suffix}' (reads {reads})"))
+    masks = find_masks(images, limits)
+    return [p for p in images if p not in masks], skipped, masks
+
+
+def _scan_folder(dirs: dict[str, Path], classes: list[str], exclude: Exclude, skipped: list, notes: list,
+                 limits: FileLimits) -> ImageSet:
+    paths, labels, masks = [], [], {}
     for y, name in enumerate(classes):
-        folder = root / name
-        entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
-        for p in entries:
-            if p.suffix.lower() in IMAGE_SUFFIXES:  # folders and broken links named like images: skipped with why
-                paths.append(p)
-                labels.append(y)
-            elif p.is_symlink() and not p.exists():
-                skipped.append((str(p), "broken or looping symbolic link"))
-            elif not p.is_dir():  # reported, not silently dropped: a stray file is usually a data mistake
-                skipped.append((str(p), f"unsupported file type '{p.suffix}' (reads {reads})"))
+        images, bad, found = list_class_folder(dirs[name], exclude, limits) if name in dirs else ([], [], {})
+        paths += images
+        labels += [y] * len(images)
+        skipped += bad
+        masks.update(found)
+    if masks:
+        notes.append(f"warning: left out {len(masks)} segmentation mask(s): single-channel images of a few values "
+                     "named like a photo beside them (" + shown([f"{m.relative_to(exclude.root)} of {p.name}"
+                                                                 for m, p in masks.items()]) + ")")
     return _readable(paths, labels, classes, skipped, limits)[0]
 
 
@@ -220,29 +236,31 @@ def _read_cifar(root: Path, kind: str) -> dict[str, ImageSet]:
             "test": _cifar_set([root / "test"], "fine_labels", classes)}
 
 
-def _read_csv(path: Path, cfg: DataConfig, skipped: list) -> tuple[dict[str, ImageSet], str]:
+def _read_csv(path: Path, cfg: DataConfig, skipped: list, notes: list) -> tuple[dict[str, ImageSet], str]:
     m = read_manifest(path, cfg.manifest, cfg.allow_outside_paths)
+    notes += m.columns.notes
     classes = sorted(set(m.labels))
-    check_class_names(classes, f"{path} ({cfg.manifest.label_column} column)")
+    check_class_names(classes, f"{path} ({m.columns.label_column} column)")
     roles = m.roles or ["all"] * len(m.paths)
     everything, rows = _readable(m.paths, [classes.index(c) for c in m.labels], classes, skipped, limits_of(cfg))
     kept_roles = [roles[row] for row in rows]  # by row, not by path: a file listed twice keeps both of its splits
     given = {r: everything.subset(i for i, role in enumerate(kept_roles) if role == r) for r in sorted(set(roles))}
     if set(given) == {"train"}:
-        raise DataError(f"{path}: the split column {cfg.manifest.split_column} marks every row as train; mark "
+        raise DataError(f"{path}: the split column {m.columns.split_column} marks every row as train; mark "
                         "some val and/or test, or unset data.manifest.split_column to split at random")
     if "all" not in given and "train" not in given:
         raise DataError(f"{path}: the split column has no train rows")
-    kind = f"split column '{cfg.manifest.split_column}'" if m.roles else "random split"
+    kind = f"split column '{m.columns.split_column}'" if m.roles else "random split"
     return given, f"CSV manifest {path.name} ({kind})"
 
 
-def _read_folders(root: Path, skipped: list, limits: FileLimits) -> tuple[dict[str, ImageSet], str]:
-    layout = detect(root)
+def _read_folders(root: Path, cfg: DataConfig, skipped: list, notes: list) -> tuple[dict[str, ImageSet], str]:
+    layout = detect(root, tuple(cfg.exclude))
     check_class_names(layout.classes, f"{root} (class folders)")
-    if not layout.splits:
-        return {"all": _scan_folder(root, layout.classes, skipped, limits)}, layout.describe()
-    return {r: _scan_folder(f, layout.classes, skipped, limits) for r, f in layout.splits.items()}, layout.describe()
+    notes += layout.notes
+    exclude = Exclude(root, tuple(cfg.exclude))
+    return {r: _scan_folder(dirs, layout.classes, exclude, skipped, notes, limits_of(cfg))
+            for r, dirs in layout.class_dirs.items()}, layout.describe()
 
 
 def limits_of(cfg: DataConfig) -> FileLimits:
@@ -313,15 +331,16 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         raise DataError(f"dataset not found: {root} (set data.path to a folder of class folders, a CSV or CIFAR)")
     source = _detect_source(root) if cfg.source == "auto" else cfg.source
     skipped: list = []
+    notes: list[str] = []  # what the reading left out or inferred, and why: logged and in the data report
     policy = ClassPolicy(cfg.small_classes)
     if source in ("cifar10", "cifar100"):
         given, layout = _read_cifar(root, source), f"{source} python batches (train, test)"
     elif source == "csv":
-        given, layout = _read_csv(root, cfg, skipped)
+        given, layout = _read_csv(root, cfg, skipped, notes)
     else:
-        given, layout = _read_folders(root, skipped, limits_of(cfg))
+        given, layout = _read_folders(root, cfg, skipped, notes)
     parts = dict(zip(SPLITS, (_limit(s, cfg.limit_per_class) for s in _complete(given, cfg, seed, policy))))
     kept = _check_usable(parts, policy)
     if policy.dropped:
         parts = {k: v.relabelled(kept) for k, v in parts.items()}
-    return Splits(**parts, skipped=skipped, layout=layout, dropped_classes=policy.dropped)
+    return Splits(**parts, skipped=skipped, layout=layout, dropped_classes=policy.dropped, notes=notes)

@@ -118,7 +118,7 @@ def build(splits: Splits, copies: Copies, dropped_copies: int, policy: str, imag
         if sizes[name]:  # upsampled images carry less detail than the model's input: worth knowing
             sizes[name]["under_image_size"] = sum(min(i.width, i.height) < image_size for i in part.infos)
     return {
-        "layout": splits.layout, "classes": splits.classes, "data_digest": splits.data_digest(),
+        "layout": splits.layout, "notes": splits.notes, "classes": splits.classes, "data_digest": splits.data_digest(),
         "counts": {n: dict(zip(p.classes, p.counts())) for n, p in splits.parts().items()},
         "image_sizes": sizes, "skipped": [{"path": p, "reason": r} for p, r in splits.skipped],
         "dropped_classes": splits.dropped_classes,
@@ -130,7 +130,10 @@ def build(splits: Splits, copies: Copies, dropped_copies: int, policy: str, imag
 
 def markdown(report: dict) -> str:
     classes = report["classes"]
-    lines = [f"# Data report\n\nlayout: {report['layout']}  \ndata digest: `{report['data_digest']}`\n",
+    lines = [f"# Data report\n\nlayout: {report['layout']}  \ndata digest: `{report['data_digest']}`\n"]
+    if report.get("notes"):
+        lines += ["## How the dataset was read\n"] + [f"- {n}" for n in report["notes"]] + [""]
+    lines += [
              "| class | " + " | ".join(report["counts"]) + " |", "|---|" + "---:|" * len(report["counts"])]
     lines += [f"| {c} | " + " | ".join(str(report["counts"][s][c]) for s in report["counts"]) + " |" for c in classes]
     lines.append("\n| split | width min/median/max | height min/median/max | shorter side < image_size |\n"
@@ -162,6 +165,8 @@ def log(report: dict) -> None:
     event("data", layout=report["layout"], classes=report["classes"],
           **{n: sum(c.values()) for n, c in report["counts"].items()},
           train_counts=list(report["counts"]["train"].values()), skipped=len(report["skipped"]))
+    for note in report.get("notes", []):
+        event(note if note.startswith("warning:") else f"note: {note}")
     if report["skipped"]:
         event(f"skipped {len(report['skipped'])} unreadable image(s)",
               files=[s["path"] for s in report["skipped"]][:20])

@@ -27,10 +27,17 @@ def pick_backbone(cfg: TrainConfig) -> None:
         cfg.model.backbone = "efficientnet_lite0"
 
 
+GENERIC_CSV_NAMES = {"train", "training", "labels", "label", "data", "dataset", "metadata", "annotations", "manifest",
+                     "index", "images", "all", "full", "list", "classes", "ground_truth", "groundtruth"}
+
+
 def dataset_name(data: str) -> str:
-    """A run name (training.config's pattern) from a dataset folder or CSV file name."""
+    """A run name (training.config's pattern) from a dataset folder or CSV file name; a CSV with a generic name
+    (Kaggle's train.csv) takes its folder's name, or every such dataset would share one run."""
     path = Path(data).resolve()
     stem = path.stem if path.is_file() else path.name
+    if path.is_file() and stem.lower() in GENERIC_CSV_NAMES:
+        stem = path.parent.name
     return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._") or "dataset"
 
 

@@ -40,11 +40,14 @@ def test_split_folders_use_val_as_test(data_dir):
 
 def test_empty_single_missing(tmp_path, data_dir):
     root = _folder(tmp_path, data_dir)
-    (root / "wasps").mkdir()
+    (root / "wasps").mkdir()  # a folder without images is not a class: left out, and the reading says so
+    s = load_splits(DataConfig(path=root), seed=0)
+    assert s.classes == ["ants", "bees"] and any("wasps/" in n and "no images" in n for n in s.notes)
+    (root / "wasps" / "broken.jpg").write_text("not an image")  # named like images: a class whose files fail
     with pytest.raises(DataError, match="wasps"):
         load_splits(DataConfig(path=root), seed=0)
-    (root / "wasps").rmdir()
     import shutil
+    shutil.rmtree(root / "wasps")
     shutil.rmtree(root / "bees")
     with pytest.raises(DataError, match="only one class"):
         load_splits(DataConfig(path=root), seed=0)

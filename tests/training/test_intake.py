@@ -58,9 +58,10 @@ def test_nested_layout_stops_with_the_folders_and_what_to_pass(tmp_path, data_di
     _classes(root / "part2", data_dir, "val", 4, 4)
     with pytest.raises(DataError) as err:
         load_splits(DataConfig(path=root), seed=0)
-    msg = str(err.value)
-    assert "part1/ants" in msg and "part2/bees" in msg
-    assert "set data.path" in msg and "train / val / test" in msg
+    msg = str(err.value)  # each reading, with its counts and the command that selects it; the splits alternative
+    assert f"1. part1/: class folders (2 classes), 8 images (ants 4, bees 4): --set data.path={root}/part1" in msg
+    assert f"2. part2/: class folders (2 classes), 8 images (ants 4, bees 4): --set data.path={root}/part2" in msg
+    assert "train / val / test" in msg
 
 
 def test_test_split_with_a_class_train_lacks_is_an_error(tmp_path, data_dir):
@@ -106,10 +107,20 @@ def test_csv_without_split_column_is_split_at_random(tmp_path, data_dir):
     assert len(s.train) + len(s.val) + len(s.test) == 30 and s.test.counts() == [3, 3]
 
 
+def test_csv_columns_are_found_from_the_content(tmp_path, data_dir):
+    csv_path, expected = _id_manifest(tmp_path, data_dir, split_column=True)
+    s = load_splits(DataConfig(path=csv_path), seed=0)  # nothing set: id -> train/<id>.jpg, breed, fold
+    got = {p.stem: name for name, part in s.parts().items() for p in part.paths}
+    assert got == {k: {"valid": "val"}.get(v, v) for k, v in expected.items()}
+    assert s.classes == ["ants", "bees"]
+    assert any("column 'id' as train/{id}.jpg" in n for n in s.notes)
+    assert any("labels from column 'breed'" in n for n in s.notes) and any("column 'fold'" in n for n in s.notes)
+
+
 def test_csv_errors_name_the_columns_and_values(tmp_path, data_dir):
     csv_path, _ = _id_manifest(tmp_path, data_dir, split_column=True)
-    with pytest.raises(DataError, match=r"column\(s\) \['path', 'label'\] not in the header \['id', 'breed', 'fold'\]"):
-        load_splits(DataConfig(path=csv_path), seed=0)
+    with pytest.raises(DataError, match=r"column\(s\) \['species'\] not in the header \(3 columns: id, breed, fold\)"):
+        load_splits(DataConfig(path=csv_path, manifest=ManifestConfig(label_column="species")), seed=0)
     text = csv_path.read_text().replace(",valid\n", ",holdout\n", 1)
     csv_path.write_text(text)
     m = ManifestConfig(path_template="train/{id}.jpg", label_column="breed", split_column="fold")
