@@ -21,6 +21,7 @@ from sklearn.model_selection import train_test_split
 
 from contract.preprocess import load_rgb  # training decodes files as the service decodes requests
 
+from . import copies
 from .config import DataConfig
 from .errors import DataError
 from .image_files import IMAGE_SUFFIXES, FileInfo, FileLimits, inspect_all, inspect_array
@@ -90,6 +91,7 @@ class Splits:
     layout: str = ""
     dropped_classes: dict[str, str] = field(default_factory=dict)  # class -> why (data.small_classes=drop)
     notes: list[str] = field(default_factory=list)  # what the reading left out or inferred (training.layouts)
+    test_copies: list[int] = field(default_factory=list)  # test images with a copy in train (training.data_report)
 
     @property
     def classes(self) -> list[str]:
@@ -97,6 +99,11 @@ class Splits:
 
     def parts(self) -> dict[str, ImageSet]:
         return {"train": self.train, "val": self.val, "test": self.test}
+
+    def scored_test(self) -> ImageSet:
+        """The test images without a copy in train: what the accuracy is reported, gated and published on."""
+        leaked = set(self.test_copies)
+        return self.test.subset(i for i in range(len(self.test)) if i not in leaked) if leaked else self.test
 
     def data_digest(self) -> str:
         """What was trained on, by content: classes, and each split's (class, file sha256) pairs in any order."""
@@ -176,18 +183,31 @@ def indices_by_content(images: ImageSet) -> dict[str, list[int]]:
     return by_sha
 
 
-def copy_groups(images: ImageSet) -> list[list[int]]:
-    """The images grouped by content (file sha256): exact copies form one group, every other image its own. Groups
-    are ordered by their first image, so a set without copies gives [[0], [1], ...]."""
-    return sorted(indices_by_content(images).values(), key=lambda g: g[0])
+def phashes(images: ImageSet) -> np.ndarray:
+    return np.array([info.phash for info in images.infos], dtype=np.uint64)
 
 
-def _carve(images: ImageSet, ratio: float, seed: int, what: str, policy: ClassPolicy) -> tuple[ImageSet, ImageSet]:
-    """Stratified split of `ratio` off `images`; every class must be able to put an image in both parts. Exact
-    copies go to one part together (issue 29): a split the product carves never puts the same picture on both sides.
-    Without copies every group is one image and the split is the plain stratified one, as before."""
+def copy_groups(images: ImageSet, near_bits: int | None) -> list[list[int]]:
+    """The images grouped by picture: exact copies (file sha256) and, unless near_bits is None, near copies (pHash
+    within near_bits, confirmed by training.copies' second measure) form one group, every other image its own.
+    Groups are ordered by their first image, so a set without copies gives [[0], [1], ...]."""
+    exact = sorted(indices_by_content(images).values(), key=lambda g: g[0])
+    if near_bits is None or len(exact) < 2:
+        return exact
+    firsts = [g[0] for g in exact]  # one image per content: near links between distinct files only
+    sub = images.subset(firsts)
+    links = copies.near_links(phashes(sub), near_bits, sub.source)
+    return sorted(([i for k in group for i in exact[k]] for group in copies.groups(len(exact), links)),
+                  key=lambda g: min(g))
+
+
+def _carve(images: ImageSet, ratio: float, seed: int, what: str, policy: ClassPolicy,
+           near_bits: int | None = None) -> tuple[ImageSet, ImageSet]:
+    """Stratified split of `ratio` off `images`; every class must be able to put an image in both parts. Copies go
+    to one part together (issue 29): a split the product carves never puts the same picture on both sides. Without
+    copies every group is one image and the split is the plain stratified one, as before."""
     need = math.ceil(1 / min(ratio, 1 - ratio))
-    groups = copy_groups(images)
+    groups = [sorted(g) for g in copy_groups(images, near_bits)]
     pictures = np.bincount([images.labels[g[0]] for g in groups], minlength=len(images.classes))
     files = images.counts()
     policy.too_small({c: (f"{n} image(s)" if n == m else f"{n} distinct image(s) ({m} files; copies count once)")
@@ -289,14 +309,16 @@ def _detect_source(path: Path) -> str:
 def _complete(given: dict[str, ImageSet], cfg: DataConfig, seed: int, policy: ClassPolicy):
     """train/val/test from what the dataset provides. Nothing split: stratified by seed and ratios (of the whole).
     train + test: val carved from train. train + val only: val is the test split and val is carved from train."""
+    bits = cfg.near_duplicate_bits
     if "all" in given:
-        train, test = _carve(given["all"], cfg.test_ratio, seed, "test (data.test_ratio)", policy)
-        train, val = _carve(train, cfg.val_ratio / (1 - cfg.test_ratio), seed, "validation (data.val_ratio)", policy)
+        train, test = _carve(given["all"], cfg.test_ratio, seed, "test (data.test_ratio)", policy, bits)
+        train, val = _carve(train, cfg.val_ratio / (1 - cfg.test_ratio), seed, "validation (data.val_ratio)", policy,
+                            bits)
         return train, val, test
     if "val" in given and "test" in given:
         return given["train"], given["val"], given["test"]
     test = given.get("test", given.get("val"))
-    train, val = _carve(given["train"], cfg.val_ratio, seed, "validation (data.val_ratio)", policy)
+    train, val = _carve(given["train"], cfg.val_ratio, seed, "validation (data.val_ratio)", policy, bits)
     return train, val, test
 
 

@@ -2,7 +2,9 @@
 split, image sizes, skipped files and why, classes left out, and the same image in two splits.
 
 A copy of a test image in the training split inflates the reported accuracy; exact copies are found by content
-hash, near-copies (re-encoded, resized) by a 64-bit perceptual hash within data.near_duplicate_bits bits.
+hash, near-copies (re-encoded, resized) by a 64-bit perceptual hash within data.near_duplicate_bits bits, confirmed
+by a stricter pixel measure (training.copies). The accuracy the job reports, gates and publishes is measured on the
+test images without a copy in train (training.job), the figure on all of them beside it.
 """
 from __future__ import annotations
 
@@ -14,14 +16,14 @@ import numpy as np
 
 from contract.files import write_atomic
 
-from .data import ImageSet, Splits, indices_by_content
+from . import copies
+from .data import ImageSet, Splits, indices_by_content, phashes
 from .errors import DataError
 from .log import event
 
 PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
 MAX_LISTED = 200  # groups written out; the counts are always complete
 MAX_NAMES = 10  # file names listed per split in a group; its counts are complete
-CHUNK = 4_000_000  # pHash distances computed at once (bytes: 8x this)
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Copies:
     groups: list[dict] = field(default_factory=list)
     by_splits: dict[str, dict] = field(default_factory=dict)
     leaked_train: set[int] = field(default_factory=set)
+    test_copy_of: dict[int, set[int]] = field(default_factory=dict)  # test image -> its copies in train
 
 
 def _group(na: str, nb: str, a: ImageSet, b: ImageSet, kind: str, bits: int, ia: list[int], jb: list[int]) -> dict:
@@ -49,49 +52,48 @@ def _exact_groups(a: ImageSet, b: ImageSet) -> dict[str, tuple[list[int], list[i
     return groups
 
 
-def _near_groups(a: ImageSet, b: ImageSet, bits: int, skip_a: set[int]) -> tuple[dict[int, list], np.ndarray]:
-    """Images of `a` (not in skip_a) within `bits` pHash bits of an image of `b`, grouped under their nearest one
-    (j -> [(i, distance)]), and which images of `b` have a near copy in `a`. Distances are computed in chunks of
-    CHUNK, so memory stays bounded whatever the sizes."""
-    ha = np.array([i.phash for i in a.infos], dtype=np.uint64)
-    hb = np.array([i.phash for i in b.infos], dtype=np.uint64)
+def _near(a: ImageSet, b: ImageSet, bits: int, skip_a: set[int], skip_b: set[int]):
+    """Confirmed near copies between two splits (training.copies): each image of `a` (not in skip_a) grouped under
+    its nearest confirmed copy in `b` (j -> [(i, bits)]), each image of `b` (not in skip_b) with its nearest confirmed
+    copy in `a` (j -> i), and how many pHash candidates the second measure rejected."""
+    ha, hb = phashes(a), phashes(b)
+    thumbs_a, thumbs_b = copies.thumbnails(a.source), copies.thumbnails(b.source)
+    forward, back = copies.Confirmer(thumbs_a, thumbs_b), copies.Confirmer(thumbs_b, thumbs_a)
     groups: dict[int, list] = {}
-    b_has = np.zeros(len(hb), dtype=bool)
-    step = max(1, CHUNK // max(1, len(hb)))
-    for start in range(0, len(ha), step):
-        dist = np.bitwise_count(ha[start:start + step, None] ^ hb[None, :])
-        close = dist <= bits
-        b_has |= close.any(axis=0)
-        for r in np.nonzero(close.any(axis=1))[0]:
-            i = start + int(r)
-            if i not in skip_a:
-                j = int(dist[r].argmin())
-                groups.setdefault(j, []).append((i, int(dist[r, j])))
-    return groups, b_has
+    for i, j, d in forward.confirm_all([c for c in copies.close_pairs(ha, hb, bits, False) if c[0] not in skip_a]):
+        groups.setdefault(j, []).append((i, d))
+    b_copy = {j: i for j, i, _ in back.confirm_all([c for c in copies.close_pairs(hb, ha, bits, False)
+                                                     if c[0] not in skip_b])}
+    return groups, b_copy, forward.rejected + back.rejected
 
 
 def find_duplicates(splits: Splits, bits: int) -> Copies:
-    """Images that appear in two splits: exact (same bytes) or near (pHash within `bits`), in groups."""
-    parts, copies = splits.parts(), Copies()
+    """Images that appear in two splits: exact (same bytes) or near (pHash within `bits`, confirmed), in groups."""
+    parts, found = splits.parts(), Copies()
     for na, nb in PAIRS:
         a, b = parts[na], parts[nb]
         exact = _exact_groups(a, b)
         exact_a = {i for ia, _ in exact.values() for i in ia}
-        near, b_near = _near_groups(a, b, bits, exact_a)
+        exact_b = {j for _, jb in exact.values() for j in jb}
+        near, b_near, rejected = _near(a, b, bits, exact_a, exact_b)
         near_a = {i for members in near.values() for i, _ in members}
-        copies.groups += [_group(na, nb, a, b, "exact", 0, ia, jb) for ia, jb in exact.values()]
-        copies.groups += [_group(na, nb, a, b, "near", max(d for _, d in members), [i for i, _ in members], [j])
-                          for j, members in sorted(near.items())]
-        copies.by_splits[f"{na}-{nb}"] = {"exact_groups": len(exact), "near_groups": len(near),
-                                          f"{na}_images": len(exact_a | near_a), f"{nb}_images": int(b_near.sum())}
+        found.groups += [_group(na, nb, a, b, "exact", 0, ia, jb) for ia, jb in exact.values()]
+        found.groups += [_group(na, nb, a, b, "near", max(d for _, d in members), [i for i, _ in members], [j])
+                         for j, members in sorted(near.items())]
+        found.by_splits[f"{na}-{nb}"] = {"exact_groups": len(exact), "near_groups": len(near),
+                                         f"{na}_images": len(exact_a | near_a),
+                                         f"{nb}_images": len(exact_b | set(b_near)), "near_rejected": rejected}
         if na == "train":
-            copies.leaked_train |= exact_a | near_a
-    return copies
+            found.leaked_train |= exact_a | near_a
+        if (na, nb) == ("train", "test"):
+            ia_of = {j: ia for ia, jb in exact.values() for j in jb}
+            found.test_copy_of = {j: set(ia) for j, ia in ia_of.items()} | {j: {i} for j, i in b_near.items()}
+    return found
 
 
-def drop_train_copies(splits: Splits, copies: Copies) -> tuple[Splits, int]:
+def drop_train_copies(splits: Splits, found: Copies) -> tuple[Splits, int]:
     """data.duplicates=drop_from_train: training images that also appear in val or test are removed."""
-    leaked = copies.leaked_train
+    leaked = found.leaked_train
     if not leaked:
         return splits, 0
     train = splits.train.subset(i for i in range(len(splits.train)) if i not in leaked)
@@ -111,7 +113,7 @@ def _size_stats(part: ImageSet) -> dict:
             "height": [int(h.min()), int(np.median(h)), int(h.max())], "under_image_size": None}
 
 
-def build(splits: Splits, copies: Copies, dropped_copies: int, policy: str, image_size: int) -> dict:
+def build(splits: Splits, found: Copies, dropped_copies: int, policy: str, image_size: int) -> dict:
     sizes = {}
     for name, part in splits.parts().items():
         sizes[name] = _size_stats(part)
@@ -122,9 +124,10 @@ def build(splits: Splits, copies: Copies, dropped_copies: int, policy: str, imag
         "counts": {n: dict(zip(p.classes, p.counts())) for n, p in splits.parts().items()},
         "image_sizes": sizes, "skipped": [{"path": p, "reason": r} for p, r in splits.skipped],
         "dropped_classes": splits.dropped_classes,
-        "duplicates": {"policy": policy, "exact": sum(g["kind"] == "exact" for g in copies.groups),
-                       "near": sum(g["kind"] == "near" for g in copies.groups), "dropped_from_train": dropped_copies,
-                       "by_splits": copies.by_splits, "groups": copies.groups[:MAX_LISTED]},
+        "duplicates": {"policy": policy, "exact": sum(g["kind"] == "exact" for g in found.groups),
+                       "near": sum(g["kind"] == "near" for g in found.groups), "dropped_from_train": dropped_copies,
+                       "test_with_copy_in_train": len(splits.test_copies),
+                       "by_splits": found.by_splits, "groups": found.groups[:MAX_LISTED]},
     }
 
 
@@ -142,7 +145,8 @@ def markdown(report: dict) -> str:
               for s, v in report["image_sizes"].items() if v]
     dup = report["duplicates"]
     lines.append(f"\n## Same image in two splits\n\n{dup['exact']} groups of exact, {dup['near']} of near copies "
-                 f"(policy {dup['policy']}; removed from train: {dup['dropped_from_train']})\n")
+                 f"(policy {dup['policy']}; removed from train: {dup['dropped_from_train']}; test images with a "
+                 f"copy in train, left out of the reported accuracy: {dup.get('test_with_copy_in_train', 0)})\n")
     lines += [f"- {s}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) for s, counts in dup["by_splits"].items()]
     lines += [f"- {g['splits']} {g['kind']} ({g['bits']} bits): " + " = ".join(
         ", ".join(v) + (f" (+{g[k[:-6] + '_count'] - len(v)} more)" if g[k[:-6] + "_count"] > len(v) else "")
@@ -177,15 +181,30 @@ def log(report: dict) -> None:
         event(f"warning: {dup['exact']} groups of exact and {dup['near']} of near copies of the same image in two "
               "splits; "
               + ("removed from train" if dup["dropped_from_train"] else
-                 "copies in train and test inflate the test accuracy (data.duplicates=drop_from_train removes them)"),
+                 f"the test accuracy is measured on the test images without a copy in train ("
+                 f"{dup['test_with_copy_in_train']} left out of it; the figure on all is shown beside it); "
+                 "data.duplicates=drop_from_train removes the training copies instead"),
               by_splits=dup["by_splits"],
               first=[{k: v[:3] for k, v in g.items() if k.endswith("_files")} for g in dup["groups"][:3]])
 
 
+def _scored_test(splits: Splits, found: Copies, dropped: bool) -> Splits:
+    """Mark the test images that still have a copy in train: the accuracy the job reports, gates and publishes
+    leaves them out (issue 29). All of them leaking is an error: such a test split measures memory."""
+    left = found.test_copy_of if not dropped else {
+        j: ia for j, ia in found.test_copy_of.items() if ia - found.leaked_train}
+    if left and len(left) == len(splits.test):
+        raise DataError(f"every one of the {len(left)} test images has a copy in the training split: the test would "
+                        "measure memory, not accuracy. Set data.duplicates=drop_from_train, or give a test split "
+                        "of other pictures")
+    return replace(splits, test_copies=sorted(left))
+
+
 def prepare(splits: Splits, duplicates_policy: str, near_bits: int, image_size: int) -> tuple[Splits, dict]:
     """Find copies across splits and apply data.duplicates; returns the splits to train on and their report."""
-    copies = find_duplicates(splits, near_bits)
+    found = find_duplicates(splits, near_bits)
     dropped = 0
     if duplicates_policy == "drop_from_train":
-        splits, dropped = drop_train_copies(splits, copies)
-    return splits, build(splits, copies, dropped, duplicates_policy, image_size)
+        splits, dropped = drop_train_copies(splits, found)
+    splits = _scored_test(splits, found, dropped > 0)
+    return splits, build(splits, found, dropped, duplicates_policy, image_size)

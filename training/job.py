@@ -59,21 +59,33 @@ def evaluate_model(model: Classifier, splits: Splits, cfg: TrainConfig, device: 
     monitoring)."""
     val_logits, val_labels = logits_of(model, splits.val, cfg, device)
     temperature = fit_temperature(val_logits, val_labels) if cfg.evaluate.temperature_scaling else 1.0
-    logits, labels = logits_of(model, splits.test, cfg, device)
+    scored = splits.scored_test()  # without the test images that have a copy in train (issue 29)
+    logits, labels = logits_of(model, scored, cfg, device)
     test = metrics.full(logits, labels, splits.classes, temperature)
     test["ece_uncalibrated"] = metrics.full(logits, labels, splits.classes)["ece"]
+    if splits.test_copies:
+        copied_logits, copied_labels = logits_of(model, splits.test.subset(splits.test_copies), cfg, device)
+        right = (logits.argmax(1) == labels).sum() + (copied_logits.argmax(1) == copied_labels).sum()
+        test["with_copies"] = {"accuracy": float(right / len(splits.test)), "n": len(splits.test),
+                               "copies_in_train": len(splits.test_copies)}
     watch = monitoring.fit(softmax(val_logits, temperature), val_labels, softmax(logits, temperature), labels,
                            splits.classes)
-    write_report(Path(cfg.output_dir) / "report", splits.test, logits, labels, test, history,
+    write_report(Path(cfg.output_dir) / "report", scored, logits, labels, test, history,
                  cfg.model_dump(mode="json") | {"name": cfg.name}, (extra or {}) | {"monitoring": watch},
                  temperature)
     return test, temperature, watch
 
 
+def prepared_splits(cfg: TrainConfig) -> tuple[Splits, dict]:
+    """The splits as training sees them: copies across splits found, data.duplicates applied, the test images with
+    a copy in train marked (export and evaluate score the same test images the run reported)."""
+    return data_report.prepare(load_splits(cfg.data, cfg.seed), cfg.data.duplicates, cfg.data.near_duplicate_bits,
+                               cfg.data.image_size)
+
+
 def intake(cfg: TrainConfig, d: distributed.Dist, out: Path, restart: bool) -> tuple[Splits, dict]:
     """Load and check the data, make `out` this run's directory (run identity), then log and write the data report."""
-    splits, report = data_report.prepare(load_splits(cfg.data, cfg.seed), cfg.data.duplicates,
-                                         cfg.data.near_duplicate_bits, cfg.data.image_size)
+    splits, report = prepared_splits(cfg)
     if d.main:
         how = run_identity.claim(out, run_identity.identity(cfg, splits), restart)
         event(f"run directory {out}: " + {"new": "new run", "same": "same data and config (resumes if it has a "
@@ -165,8 +177,10 @@ def print_summary(trainer: Trainer, test: dict, out: Path, watch: dict) -> None:
     print(summary_table(trainer.state.history))
     if trainer.cache_seconds is not None:  # phase-1 rows then time only the head; the backbone ran once, before
         print(f"phase 1 trained the head on cached backbone features, built in {trainer.cache_seconds:.1f} s")
+    copies = test.get("with_copies")
     print(f"test accuracy {test['accuracy']:.4f}  macro F1 {test['macro_f1']:.4f}  (n={test['n']})  "
-          f"report {out / 'report' / 'report.html'}")
+          + (f"[with the {copies['copies_in_train']} test images that have a copy in train: {copies['accuracy']:.4f}"
+             f" (n={copies['n']})]  " if copies else "") + f"report {out / 'report' / 'report.html'}")
     check = watch["self_check"]  # what the service's label-free estimate would say on the test split
     print(f"estimated without labels on the test split: ATC-MC {check['atc_mc']:.4f}  ATC-NE {check['atc_ne']:.4f}  "
           f"AC {check['ac']:.4f}  (true {check['accuracy']:.4f})")
@@ -189,13 +203,14 @@ def export_and_publish(model: Classifier, bundle: dict, splits: Splits, cfg: Tra
 
 
 def export_bundle(model: Classifier, bundle: dict, splits: Splits, cfg: TrainConfig) -> Path:
-    published = build_artifact(model, bundle, splits.test, cfg.artifacts_dir,
-                               eval_images(splits.test, bundle["preprocess"], 8), cfg.export.opset,
+    scored = splits.scored_test()  # the test images the metrics in the bundle were measured on
+    published = build_artifact(model, bundle, scored, cfg.artifacts_dir,
+                               eval_images(scored, bundle["preprocess"], 8), cfg.export.opset,
                                cfg.export.skew_tolerance,
                                report_dir=Path(cfg.output_dir) / "report",
                                gate_limits=GateLimits(cfg.export.min_test_accuracy, cfg.export.max_regression,
                                                      cfg.export.majority_significance),
-                               fp16_images=eval_images(splits.test, bundle["preprocess"]) if cfg.export.fp16 else None)
+                               fp16_images=eval_images(scored, bundle["preprocess"]) if cfg.export.fp16 else None)
     card = json.loads((published / "model.json").read_text())
     event("exported", artifact=str(published), skew_gap_points=card["skew_gate"]["gap_points"],
           parity=card["parity"])
@@ -215,8 +230,7 @@ def export_job(checkpoint_path: Path, artifacts_dir: Path | None) -> Path:
     model, bundle, cfg = load_bundle(checkpoint_path)
     if artifacts_dir is not None:
         cfg.artifacts_dir = artifacts_dir
-    splits = load_splits(cfg.data, cfg.seed)
-    return export_bundle(model, bundle, splits, cfg)
+    return export_bundle(model, bundle, prepared_splits(cfg)[0], cfg)
 
 
 def evaluate_job(checkpoint_path: Path, data: Path | None = None, out: Path | None = None) -> Path:
@@ -227,7 +241,7 @@ def evaluate_job(checkpoint_path: Path, data: Path | None = None, out: Path | No
     if out is not None:
         cfg.output_dir = Path(out).parent if Path(out).name == "report" else Path(out)
     device = setup_runtime(cfg)
-    splits = load_splits(cfg.data, cfg.seed)
+    splits = prepared_splits(cfg)[0]
     if splits.classes != bundle["classes"]:
         raise ValueError(f"dataset classes {splits.classes} differ from the model's {bundle['classes']}")
     evaluate_model(model.to(device), splits, cfg, device, bundle.get("history", []))

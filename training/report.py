@@ -121,6 +121,11 @@ def write_report(out: Path, test_set: ImageSet, logits: np.ndarray, labels: np.n
     per_class = [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in metrics_["per_class"].items()]
     summary = [[k, metrics_[k]] for k in ("accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1",
                                           "roc_auc", "ece", "log_loss", "n") if k in metrics_]
+    if "with_copies" in metrics_:  # the raw figure beside the honest one (issue 29)
+        copies = metrics_["with_copies"]
+        summary += [["accuracy incl. test images with a copy in train", copies["accuracy"]],
+                    ["n incl. those images", copies["n"]],
+                    ["test images with a copy in train", copies["copies_in_train"]]]
     hist = [[r["phase"], r["epoch"], r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"], r["seconds"]]
             for r in history]
     imgs = "".join(f'<h2>{t}</h2><img src="{f}" alt="{t}">' for f, t in (
