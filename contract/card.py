@@ -22,7 +22,7 @@ class ArtifactError(RuntimeError):
 
 
 class Variant(BaseModel):
-    """Another precision of the same model (fp16), checked against the fp32 one at export."""
+    """Another precision of the same model (fp16, int8), checked against the fp32 one at export."""
     model_config = ConfigDict(extra="allow")
     file: str
     sha256: str
@@ -30,6 +30,11 @@ class Variant(BaseModel):
     top1_agreement: float
     limits: dict
     n: int
+    test_accuracy: float | None = None  # int8: on the test images, beside fp32's
+    fp32_test_accuracy: float | None = None
+    mean_abs_dprob: float | None = None
+    calibration: dict | None = None  # int8: method, images, format and types
+    canary: dict | None = None  # int8: the node check's images and limits (contract.canary)
 
 
 class ModelCard(BaseModel):
@@ -51,6 +56,7 @@ class ModelCard(BaseModel):
     libraries: dict = Field(default_factory=dict)
     parity: dict = Field(default_factory=dict, description="onnxruntime vs PyTorch on real test images")
     variants: dict[str, Variant] = Field(default_factory=dict)
+    variants_refused: dict[str, str] = Field(default_factory=dict, description="variant -> why it was not shipped")
     skew_gate: dict | None = None
     publish_gate: dict | None = None
     monitoring: dict | None = Field(None, description="ATC thresholds and drift reference (contract.monitoring)")
@@ -92,13 +98,14 @@ def load_card(version_dir: Path, verify: bool = True) -> ModelCard:
     return card
 
 
-def model_file(version_dir: Path, card: ModelCard, fp16: bool, verify: bool = True) -> Path:
-    """model.onnx, or the fp16 variant listed in model.json (checked against its own sha256)."""
-    if not fp16:
+def model_file(version_dir: Path, card: ModelCard, precision: str, verify: bool = True) -> Path:
+    """model.onnx (fp32), or a variant listed in model.json (fp16, int8), checked against its own sha256."""
+    if precision == "fp32":
         return Path(version_dir) / "model.onnx"
-    variant = card.variants.get("fp16")
+    variant = card.variants.get(precision)
     if variant is None:
-        raise ArtifactError(f"precision=fp16 but {version_dir}/model.json lists no fp16 variant (export.fp16=true)")
+        why = card.variants_refused.get(precision, f"export.{precision}=true makes it")
+        raise ArtifactError(f"precision={precision} but {version_dir}/model.json lists no {precision} variant ({why})")
     path = Path(version_dir) / variant.file
     if not path.is_file():
         raise ArtifactError(f"model artifact incomplete: {path} is missing")

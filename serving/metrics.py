@@ -29,8 +29,13 @@ feedback = bentoml.metrics.Counter(
     name=P + "feedback_total", documentation="ground-truth feedback by outcome and actual class",
     labelnames=["outcome", "actual"])
 model_info = bentoml.metrics.Gauge(
-    name=P + "model_info", documentation="1 for the loaded model (labels: name, version, provider)",
-    labelnames=["name", "version", "provider"], multiprocess_mode="max")
+    name=P + "model_info", documentation="1 for the loaded model (labels: name, version, execution provider, "
+    "precision served: fp32 | int8 | fp16)", labelnames=["name", "version", "provider", "precision"],
+    multiprocess_mode="max")
+int8_canary = bentoml.metrics.Gauge(
+    name=P + "int8_canary_passed", documentation="1 where the artifact's int8 variant passed the canary check on "
+    "this node, 0 where it failed and fp32 serves instead (absent: no int8 variant)", labelnames=["name", "version"],
+    multiprocess_mode="min")
 offline_accuracy = bentoml.metrics.Gauge(
     name=P + "offline_test_accuracy", documentation="test-split accuracy recorded in model.json",
     labelnames=["name", "version"], multiprocess_mode="max")

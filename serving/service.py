@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from contract import monitoring
-from contract.card import ArtifactError, ModelCard, load_card, model_file
+from contract.card import ArtifactError, ModelCard, load_card
+from contract.precision import Chosen, choose
 from contract.preprocess import ImageError, PixelBudget, preprocess
 from contract.publish import resolve
 from contract.scores import softmax
@@ -69,30 +70,43 @@ class Model:
             self.error = f"model.onnx rejected: {exc}"
             log.error("model not loaded, service stays unready: %s", self.error)
             return
-        metrics.model_info.labels(name=self.card.name, version=self.card.version, provider=self.clf.provider).set(1)
+        metrics.model_info.labels(name=self.card.name, version=self.card.version, provider=self.clf.provider,
+                                  precision=self.chosen.precision).set(1)
         if self.card.test_accuracy is not None:
             metrics.offline_accuracy.labels(name=self.card.name, version=self.card.version).set(
                 self.card.test_accuracy)
 
     def _session(self, version_dir: Path) -> OnnxClassifier:
-        """fp32 on CPU; the fp16 variant where asked, or on CUDA with precision=auto (includes a warm-up run)."""
-        want_fp16 = S.precision == "fp16" or (S.precision == "auto" and S.device != "cpu"
-                                              and "fp16" in self.card.variants
-                                              and cuda_available())
-        def session(path: Path) -> OnnxClassifier:
+        """The file `precision` picks (contract.precision: int8 on CPU where it passes the canary check here, fp16
+        on CUDA, else fp32); each session runs a warm-up probe as it opens."""
+        def open_session(path: Path) -> OnnxClassifier:
             return OnnxClassifier(path, len(self.card.classes), self.card.image_size, S.device, S.intra_op_threads,
                                   S.inter_op_threads, S.spinning)
 
-        path = model_file(version_dir, self.card, want_fp16, S.verify_sha256)
-        clf = session(path)
-        if want_fp16 and S.precision == "auto" and clf.provider != "CUDAExecutionProvider":
-            path = version_dir / "model.onnx"
-            clf = session(path)  # CUDA did not load: fp16 on CPU is slow
-        log.info("serving %s on %s", path.name, clf.provider)
-        return clf
+        def pick(on_cuda: bool) -> Chosen:
+            return choose(version_dir, self.card, S.precision, on_cuda, open_session, lambda clf, x: clf.run(x),
+                          S.verify_sha256)
+
+        chosen = pick(S.device != "cpu" and cuda_available())
+        if chosen.precision == "fp16" and S.precision == "auto" and chosen.session.provider != "CUDAExecutionProvider":
+            chosen = pick(False)  # CUDA did not load: fp16 on CPU is slow
+        (log.warning if "failed the canary" in chosen.note else log.info)(
+            "serving %s on %s: %s", chosen.path.name, chosen.session.provider, chosen.note)
+        self.chosen = chosen
+        canary_ran = chosen.precision == "int8" or "failed the canary" in chosen.note
+        if canary_ran:
+            metrics.int8_canary.labels(name=self.card.name, version=self.card.version).set(chosen.precision == "int8")
+        return chosen.session
 
     def __is_ready__(self) -> bool:
         return self.clf is not None
+
+    @bentoml.api
+    def served(self) -> dict:
+        """Which file serves and why (precision, execution provider): for /model_info."""
+        if self.clf is None:
+            return {"precision": None, "provider": None, "note": f"no model loaded: {self.error}"}
+        return {"precision": self.chosen.precision, "provider": self.clf.provider, "note": self.chosen.note}
 
     @bentoml.api(batchable=S.batching, max_batch_size=S.max_batch_size, max_latency_ms=S.max_latency_ms)
     def infer(self, images: np.ndarray) -> np.ndarray:
@@ -301,14 +315,19 @@ class ImageClassifier:
         return {"outcome": outcome}
 
     @bentoml.api(route="/model_info")
-    def model_info(self) -> dict:
-        """Classes, version, preprocessing and the offline test metrics of the loaded model."""
+    async def model_info(self) -> dict:
+        """Classes, version, preprocessing, the offline test metrics of the loaded model, and which file serves
+        (precision) and why."""
         if self.card is None:
             return unavailable(f"no model loaded: {self.error}")
         test = self.card.metrics.get("test", {})
+        try:
+            served = await self.model.to_async.served()
+        except bentoml.exceptions.BentoMLException as exc:
+            served = {"precision": None, "provider": None, "note": f"the model service did not answer: {exc}"}
         return {"name": self.card.name, "version": self.card.version, "classes": self.card.classes,
                 "image_size": self.card.image_size, "resize_size": self.card.resize_size,
-                "interpolation": self.card.interpolation,
+                "interpolation": self.card.interpolation, "served": served,
                 "test_metrics": {k: test[k] for k in ("accuracy", "macro_f1", "roc_auc", "n") if k in test}}
 
 

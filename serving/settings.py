@@ -19,8 +19,9 @@ class Settings(BaseSettings):
     v2_model_name: str | None = Field(None, description="the model's name on the Open Inference Protocol routes "
                                                         "(/v2/models/<name>); default: model.json's name")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "fp16"] = Field(
-        "auto", description="auto: the fp16 variant on CUDA when the artifact has one, fp32 otherwise")
+    precision: Literal["auto", "fp32", "int8", "fp16"] = Field(
+        "auto", description="auto: fp16 on CUDA when the artifact has it; on CPU the int8 variant where it passes the "
+                            "canary check on this node; else fp32 (contract.precision)")
     max_batch_size: int = Field(32, ge=1, le=1024)
     max_latency_ms: int = Field(2000, ge=1,
                                 description="batching latency budget; BentoML sheds requests beyond it with 503")

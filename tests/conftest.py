@@ -25,7 +25,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # Small and fast, but real: pretrained EfficientNet-Lite0 on real photos at 64 px.
 QUICK = ["data.image_size=64", "data.resize_size=73", "data.num_workers=0", "data.batch_size=16",
          "model.backbone=efficientnet_lite0", "phase1.epochs=2", "phase2.epochs=1", "threads=2",
-         "data.limit_per_class=40", "export.fp16=true"]
+         "data.limit_per_class=40", "export.fp16=true",
+         "export.int8=false"]  # the serving tests compare with fp32; tests/training/test_int8.py makes its own
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k for image files with a published artifact (onnxruntime)")
     p.add_argument("--model", type=Path, required=True, help="artifacts/<name> or a version directory")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"], default="auto",
+                   help="auto: the int8 variant where it passes its canary check here, else fp32")
     p.add_argument("images", type=Path, nargs="+")
     for name, text in (("compare", "pretrained two-phase vs random init vs small CNN, one table"),
                        ("baseline", "small CNN from scratch on the same splits, beside the main run")):
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             print(export_job(args.checkpoint, args.out))
         elif args.command == "predict":
             from .predict import predict_files
-            for row in predict_files(args.model, args.images, args.top_k):
+            for row in predict_files(args.model, args.images, args.top_k, args.precision):
                 print(row["file"] + "  " + "  ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top_k"]))
         return 0
     except (ConfigError, RunMismatch) as exc:

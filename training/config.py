@@ -147,6 +147,16 @@ class EarlyStopConfig(Strict):
 class ExportConfig(Strict):
     enabled: bool = True
     fp16: bool = False
+    int8: bool = Field(True, description="also ship model.int8.onnx for CPU nodes (training.quantize), if it passes "
+                                         "the int8 gate; the service checks it again on every node")
+    int8_max_drop: float = Field(0.5, ge=0, description="int8 gate: points of test accuracy the int8 variant may lose "
+                                                        "against fp32")
+    int8_min_agreement: float = Field(0.99, ge=0, le=1, description="int8 gate: share of test images on which int8 "
+                                                                    "and fp32 give the same top-1 class")
+    int8_calibration: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="onnxruntime's calibration method (bench/quantize.py compares them)")
+    int8_calibration_images: int = Field(64, ge=1, description="training images the activation ranges are "
+                                                               "calibrated on")
     opset: int = Field(18, ge=13)
     skew_tolerance: float = Field(0.3, ge=0, description="allowed |acc_onnx - acc_torch| in points")
     min_test_accuracy: float = Field(0.0, ge=0, le=1, description="publish gate: LATEST moves only at or above it")

@@ -25,7 +25,9 @@ from contract.files import sha256_of
 from contract.publish import install
 
 from .data import ImageSet
+from .log import event
 from .publish import GateLimits, PublishRefused, gate, promote
+from .quantize import Int8Plan, export_int8
 
 PARITY_ATOL = 1e-3
 # fp16 keeps ~3 significant digits; logits of a few units move by up to ~0.02 (measured on real photos).
@@ -117,14 +119,15 @@ def _as_files(images: ImageSet, folder: Path) -> list[tuple[str, int]]:
     return items
 
 
-def skew_gate(version_dir: Path, test: ImageSet, torch_accuracy: float, tolerance_points: float) -> dict:
+def skew_gate(version_dir: Path, test: ImageSet, torch_accuracy: float, tolerance_points: float,
+              precision: str = "fp32") -> dict:
     """Re-score the artifact through `python -m serving.score` (the service's decode/resize/crop + onnxruntime)."""
     with tempfile.TemporaryDirectory() as tmp:
         items = _as_files(test, Path(tmp))
         labels_file = Path(tmp) / "labels.jsonl"  # JSON lines: any file name, newlines and tabs included
         labels_file.write_text("".join(json.dumps({"path": p, "label": y}) + "\n" for p, y in items))
         proc = subprocess.run([sys.executable, "-m", "serving.score", "--model", str(version_dir),
-                               "--labels", str(labels_file)], capture_output=True, text=True)
+                               "--labels", str(labels_file), "--precision", precision], capture_output=True, text=True)
     if proc.returncode != 0:
         raise ExportError(f"skew gate could not run the serving scorer:\n{proc.stderr[-2000:]}")
     served = json.loads(proc.stdout)
@@ -132,8 +135,9 @@ def skew_gate(version_dir: Path, test: ImageSet, torch_accuracy: float, toleranc
     result = {"torch_accuracy": torch_accuracy, "served_accuracy": served["accuracy"], "gap_points": gap,
               "tolerance_points": tolerance_points, "n": served["n"]}
     if gap > tolerance_points:
-        raise ExportError(f"train/serve skew: test accuracy through the serving path is {served['accuracy']:.4f}, "
-                          f"PyTorch gives {torch_accuracy:.4f} ({gap:.2f} points apart, limit {tolerance_points}). "
+        raise ExportError(f"train/serve skew ({precision}): test accuracy through the serving path is "
+                          f"{served['accuracy']:.4f}, training's evaluation gives {torch_accuracy:.4f} ({gap:.2f} "
+                          f"points apart, limit {tolerance_points}). "
                           "Check resize_size / image_size / interpolation in model.json against the training config.")
     return result
 
@@ -147,7 +151,8 @@ def library_versions() -> dict:
 def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifacts_root: Path,
                    parity_images: np.ndarray, opset: int = 18, skew_tolerance: float = 0.3,
                    report_dir: Path | None = None,
-                   fp16_images: np.ndarray | None = None, gate_limits: GateLimits = GateLimits()) -> Path:
+                   fp16_images: np.ndarray | None = None, gate_limits: GateLimits = GateLimits(),
+                   int8: Int8Plan | None = None) -> Path:
     """Export, check parity and skew, write model.json (+ report/), install the version, move LATEST if the publish
     gate passes (else PublishRefused); returns the version directory."""
     pre = bundle["preprocess"]
@@ -171,10 +176,20 @@ def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifac
         if fp16_images is not None:
             card.variants["fp16"] = export_fp16(model, staging, pre["image_size"], opset, card.temperature,
                                                 fp16_images)
+        if int8 is not None:
+            variant, refused = export_int8(staging, card.temperature, pre, test, int8)
+            if variant is not None:
+                card.variants["int8"] = variant
+            else:
+                card.variants_refused["int8"] = refused
+                event(f"warning: {refused}")
         # Written twice: the skew gate scores the staging directory through the service's own loader, which
         # reads model.json; the final card then adds the gates' results.
         card.write(staging)
         card.skew_gate = skew_gate(staging, test, bundle["metrics"]["test"]["accuracy"], skew_tolerance)
+        if "int8" in card.variants:  # the int8 file through the service's path, against its own accuracy here
+            card.skew_gate["int8"] = skew_gate(staging, test, card.variants["int8"].test_accuracy, skew_tolerance,
+                                               "int8")
         card.publish_gate = gate(card.model_dump(mode="json"), root, gate_limits)
         card.export_seconds = round(time.perf_counter() - t0, 1)
         card.write(staging)

@@ -22,6 +22,7 @@ from .loader import eval_loader
 from .log import event
 from .model import Classifier, build_model
 from .publish import GateLimits, PublishRefused
+from .quantize import Int8Plan
 from .report import summary_table, write_report
 from .runtime import resolve_device, setup_runtime
 from .train import Trainer
@@ -210,10 +211,16 @@ def export_bundle(model: Classifier, bundle: dict, splits: Splits, cfg: TrainCon
                                report_dir=Path(cfg.output_dir) / "report",
                                gate_limits=GateLimits(cfg.export.min_test_accuracy, cfg.export.max_regression,
                                                      cfg.export.majority_significance),
-                               fp16_images=eval_images(scored, bundle["preprocess"]) if cfg.export.fp16 else None)
+                               fp16_images=eval_images(scored, bundle["preprocess"]) if cfg.export.fp16 else None,
+                               int8=Int8Plan(splits.train, splits.val, cfg.export.int8_calibration_images,
+                                             cfg.export.int8_calibration, cfg.export.int8_max_drop,
+                                             cfg.export.int8_min_agreement, cfg.seed)
+                               if cfg.export.int8 else None)
     card = json.loads((published / "model.json").read_text())
+    int8 = card["variants"].get("int8")
     event("exported", artifact=str(published), skew_gap_points=card["skew_gate"]["gap_points"],
-          parity=card["parity"])
+          parity=card["parity"], int8=None if int8 is None else {
+              k: int8[k] for k in ("test_accuracy", "fp32_test_accuracy", "top1_agreement", "mean_abs_dprob")})
     return published
 
 

@@ -124,11 +124,19 @@ def _class_folders(folder: Path, exclude: Exclude, root: Path) -> _ClassFolders:
         elif len(inner) == 1 and _direct_images(inner[0], exclude) and not _subdirs(inner[0], exclude):
             dirs[d.name] = inner[0]  # <class>/Imgs/*.jpg: the class's images are one folder down
             notes.append(f"{d.relative_to(root)}/ holds its images in one folder, {inner[0].name}/; read through it")
+        elif DERIVED.search(d.name) and folder == root:  # `augmented/<class>/` beside the class folders
+            notes.append(_derived_note(d, root, _images_below(d, exclude)))
         else:
             nested += [f"{d.relative_to(root)}/{s.name}" for s in inner]
     if empty:
         notes.append(f"left out {shown(empty)}: no images in it, so not a class")
     return _ClassFolders(dirs, notes, nested)
+
+
+def _derived_note(d: Path, root: Path, images: int) -> str:
+    return (f"warning: left out {d.relative_to(root)}/ ({images} images): its name says it is derived from the data "
+            f"(augmented or generated); mixing it with the originals would leak between train and test. To train on "
+            f"it alone: {set_path(d)}")
 
 
 def _nested_error(root: Path, nested: list[str]) -> DataError:
@@ -171,9 +179,7 @@ def _split_layout(root: Path, roles: dict[str, Path], others: list[Path], exclud
         if not n:
             notes.append(f"left out {rel}/: no images in it")
         elif DERIVED.search(d.name):
-            notes.append(f"warning: left out {rel}/ ({n} images): its name says it is derived from the data "
-                         f"(augmented or generated); mixing it with the originals would leak between train and test. "
-                         f"To train on it alone: {set_path(d)}")
+            notes.append(_derived_note(d, root, n))
         else:
             notes.append(f"warning: left out {rel}/ ({n} images): not a split folder (train / val / test) beside "
                          f"the split folders; to train on it alone: {set_path(d)}")
@@ -254,9 +260,7 @@ def _datasets_inside(root: Path, cf: _ClassFolders, exclude: Exclude, depth: int
         layout.notes = [f"read {chosen.folder.name}/, the only folder of {root} that holds a dataset"
                         + (" that is not derived" if derived else "")] + cf.notes + _loose_files(root, exclude) + [
             f"{chosen.folder.name}/: {n}" for n in layout.notes]
-        layout.notes += [f"warning: left out {c.folder.name}/ ({c.images} images): its name says it is derived from "
-                         f"the data (augmented or generated); mixing it with the originals would leak between train "
-                         f"and test. To train on it alone: {set_path(c.folder)}" for c in derived]
+        layout.notes += [_derived_note(c.folder, root, c.images) for c in derived]
         return layout
     lines = [f"  {k}. {c.folder.name}/: {c.layout.describe()}, {c.images} images ("
              + shown([f"{name} {n}" for name, n in class_counts(c.layout, exclude).items()])

@@ -56,7 +56,7 @@ def test_fp16_variant(artifact):
     assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer)
     assert (artifact / fp16["file"]).stat().st_size < 0.6 * (artifact / "model.onnx").stat().st_size
-    path = model_file(artifact, load_card(artifact), fp16=True)
+    path = model_file(artifact, load_card(artifact), "fp16")
     logits = ort_session(path).run(["logits"], {"images": np.zeros((3, 64, 64, 3), np.uint8)})[0]
     assert logits.shape == (3, 2) and logits.dtype == np.float32
     data = bytearray(path.read_bytes())
@@ -64,7 +64,7 @@ def test_fp16_variant(artifact):
     path.write_bytes(bytes(data))
     try:
         with pytest.raises(ArtifactError, match="sha256"):
-            model_file(artifact, load_card(artifact), fp16=True)
+            model_file(artifact, load_card(artifact), "fp16")
     finally:
         data[-10] ^= 0xFF
         path.write_bytes(bytes(data))

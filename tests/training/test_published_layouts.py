@@ -96,6 +96,15 @@ def test_derived_copy_beside_the_originals_is_never_mixed_in(tmp_path, data_dir)
     assert all("Augmented Data" in str(p) for part in derived.parts().values() for p in part.paths)
 
 
+def test_derived_copy_beside_the_class_folders_is_left_out(tmp_path, data_dir):
+    root = tmp_path / "leaves"
+    _photos(root, data_dir)
+    _photos(root / "augmented", data_dir, 4, start=10)
+    s = load_splits(DataConfig(path=root), seed=0)
+    assert s.classes == ["ants", "bees"] and len(s.train) + len(s.val) + len(s.test) == 20
+    assert any(n.startswith("warning: left out augmented/ (8 images)") for n in s.notes)
+
+
 def _set_path_from_note(note: str) -> str:
     return shlex.split(note[note.index("--set"):])[1].split("=", 1)[1]
 

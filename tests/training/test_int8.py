@@ -1,0 +1,157 @@
+"""Issue 30: the int8 variant: quantized with onnxruntime, gated on accuracy at export, checked on the node that
+serves it (canary), one `precision` setting for the service, predict and the scorer; a damaged int8 file falls back
+to fp32 with the reason in the log, /metrics and /model_info."""
+import json
+import shutil
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from helpers import ROOT, running_server
+from onnx import numpy_helper
+
+from contract.card import ArtifactError, ModelCard, load_card
+from contract.files import sha256_of
+from contract.precision import choose
+from training.config import DataConfig
+from training.data import load_splits
+from training.export import ort_session
+from training.quantize import INT8_FILE, Int8Plan, export_int8
+
+
+def _run(session, images):
+    return session.run(["logits"], {"images": images})[0]
+
+
+@pytest.fixture(scope="module")
+def splits(data_dir):
+    return load_splits(DataConfig(path=data_dir, limit_per_class=40), seed=0)
+
+
+def _with_int8(artifact, folder, splits, **limits):
+    """A copy of the shared fp32 artifact, given an int8 variant by the export's own code."""
+    version = folder / "bees" / artifact.name
+    shutil.copytree(artifact, version)
+    (folder / "bees" / "LATEST").write_text(artifact.name)
+    card = load_card(version)
+    plan = Int8Plan(splits.train, splits.val, 32, "minmax", limits.get("max_drop", 100.0),
+                    limits.get("min_agreement", 0.0))
+    spec = {"resize_size": card.resize_size, "image_size": card.image_size, "interpolation": card.interpolation}
+    variant, refused = export_int8(version, card.temperature, spec, splits.test, plan)
+    if variant is not None:
+        card.variants["int8"] = variant
+    else:
+        card.variants_refused["int8"] = refused
+    card.write(version)
+    return version
+
+
+@pytest.fixture(scope="module")
+def int8_artifact(artifact, splits, tmp_path_factory):
+    return _with_int8(artifact, tmp_path_factory.mktemp("int8"), splits)
+
+
+def test_int8_variant_is_quantized_recorded_and_canaried(int8_artifact):
+    card = load_card(int8_artifact)
+    v = card.variants["int8"]
+    path = int8_artifact / INT8_FILE
+    assert sha256_of(path) == v.sha256 and v.n == 80
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    weights = onnx.load(str(path)).graph.initializer
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in weights)
+    assert any(t.data_type == onnx.TensorProto.UINT8 for t in weights)  # activation zero points: uint8
+    assert v.calibration["method"] == "minmax" and v.calibration["images"] == 32
+    assert 0 <= v.test_accuracy <= 1 and v.fp32_test_accuracy == pytest.approx(card.test_accuracy, abs=1e-9)
+    assert (int8_artifact / v.canary["file"]).is_file() and v.canary["n"] == 16
+    assert path.stat().st_size < 0.5 * (int8_artifact / "model.onnx").stat().st_size
+
+
+def test_the_gate_ships_without_int8_and_says_why(artifact, splits, tmp_path):
+    version = _with_int8(artifact, tmp_path, splits, max_drop=0.0, min_agreement=1.01)
+    card = load_card(version)
+    assert "int8" not in card.variants and not (version / INT8_FILE).exists()
+    assert "shipped without the int8 variant" in card.variants_refused["int8"]
+    with pytest.raises(ArtifactError, match="shipped without the int8 variant"):
+        choose(version, card, "int8", False, ort_session, _run)
+    assert choose(version, card, "auto", False, ort_session, _run).precision == "fp32"
+
+
+def _damage(version):
+    """Scale every weight's dequantization by 4: a file that loads and runs, and answers wrong. Its sha256 is
+    recorded anew, so only the canary can tell."""
+    path = version / INT8_FILE
+    model = onnx.load(str(path))
+    for t in model.graph.initializer:
+        if t.name.endswith("_scale") and t.data_type == onnx.TensorProto.FLOAT and "weight" in t.name.lower():
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 4, t.name))
+    onnx.save(model, str(path))
+    card = load_card(version, verify=False)
+    card.variants["int8"].sha256 = sha256_of(path)
+    card.write(version)
+
+
+@pytest.fixture(scope="module")
+def damaged(artifact, splits, tmp_path_factory):
+    version = _with_int8(artifact, tmp_path_factory.mktemp("damaged"), splits)
+    _damage(version)
+    return version
+
+
+def test_auto_serves_int8_where_the_canary_passes_and_fp32_where_it_fails(int8_artifact, damaged):
+    good = choose(int8_artifact, load_card(int8_artifact), "auto", False, ort_session, _run)
+    assert good.precision == "int8" and "canary passed" in good.note
+    bad = choose(damaged, load_card(damaged), "int8", False, ort_session, _run)
+    assert bad.precision == "fp32" and "failed the canary check on this node" in bad.note
+    assert bad.path.name == "model.onnx"
+
+
+def test_predict_takes_the_precision_setting(int8_artifact, data_dir):
+    photo = sorted((data_dir / "val" / "bees").glob("*.jpg"))[0]
+    rows = {}
+    for precision in ("fp32", "int8"):
+        out = subprocess.run([sys.executable, "-m", "training", "predict", "--model", str(int8_artifact),
+                              "--precision", precision, str(photo)], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        rows[precision] = out.stdout
+    assert rows["fp32"] != rows["int8"]  # another file answered: probabilities differ in the last digits
+
+
+def _metrics(url):
+    return httpx.get(url + "/metrics").text
+
+
+@pytest.mark.slow
+def test_service_reports_the_precision_it_serves_and_why(int8_artifact, damaged, tmp_path):
+    for version, served, canary in ((int8_artifact, "int8", "1.0"), (damaged, "fp32", "0.0")):
+        env = {"SERVING_ARTIFACTS_ROOT": str(version.parent.parent), "SERVING_MODEL_NAME": "bees"}
+        log = tmp_path / f"{served}.log"
+        with running_server(env, log) as srv:
+            info = httpx.post(srv.url + "/model_info", json={}, timeout=30).json()
+            assert info["served"]["precision"] == served, info
+            text = _metrics(srv.url)
+            assert f'precision="{served}"' in text
+            assert any(line.startswith("imgcls_int8_canary_passed") and line.endswith(canary)
+                       for line in text.splitlines()), text
+            with open(sorted((ROOT / ".." / "shared" / "data" / "hymenoptera_data" / "val" / "ants").glob(
+                    "*.jpg"))[0], "rb") as f:
+                r = httpx.post(srv.url + "/predict", files={"image": ("a.jpg", f, "image/jpeg")}, timeout=60)
+            assert r.status_code == 200 and r.json()["label"] in ("ants", "bees")
+        if served == "fp32":
+            assert "failed the canary check on this node" in info["served"]["note"]
+            assert "failed the canary check on this node" in log.read_text()
+
+
+def test_card_without_int8_fields_still_loads():
+    """Artifacts written before int8 existed keep loading (no variants_refused, no int8 fields in variants)."""
+    old = {"name": "m", "version": "v", "classes": ["a", "b"], "image_size": 64, "resize_size": 73,
+           "interpolation": "bilinear", "sha256": "0" * 64,
+           "variants": {"fp16": {"file": "model.fp16.onnx", "sha256": "1" * 64, "max_abs_diff_vs_fp32": 0.01,
+                                 "top1_agreement": 1.0, "limits": {}, "n": 3}}}
+    card = ModelCard.model_validate_json(json.dumps(old))
+    assert card.variants_refused == {} and card.variants["fp16"].canary is None
+    assert np.isclose(card.variants["fp16"].top1_agreement, 1.0)
