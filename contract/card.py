@@ -33,6 +33,7 @@ class Variant(BaseModel):
     test_accuracy: float | None = None  # int8: on the test images, beside fp32's
     fp32_test_accuracy: float | None = None
     mean_abs_dprob: float | None = None
+    speedup_vs_fp32: float | None = None  # int8: images per second over fp32's where it was exported
     calibration: dict | None = None  # int8: method, images, format and types
     canary: dict | None = None  # int8: the node check's images and limits (contract.canary)
 

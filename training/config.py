@@ -153,6 +153,9 @@ class ExportConfig(Strict):
                                                         "against fp32")
     int8_min_agreement: float = Field(0.99, ge=0, le=1, description="int8 gate: share of test images on which int8 "
                                                                     "and fp32 give the same top-1 class")
+    int8_min_speedup: float = Field(1.0, ge=0, description="int8 gate: int8 must run at least this many times fp32's "
+                                                           "images per second where it is exported (MobileNetV3 runs "
+                                                           "slower in int8 on CPUs)")
     int8_calibration: Literal["minmax", "entropy", "percentile"] = Field(
         "minmax", description="onnxruntime's calibration method (bench/quantize.py compares them)")
     int8_calibration_images: int = Field(64, ge=1, description="training images the activation ranges are "

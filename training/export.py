@@ -132,7 +132,8 @@ def skew_gate(version_dir: Path, test: ImageSet, torch_accuracy: float, toleranc
         raise ExportError(f"skew gate could not run the serving scorer:\n{proc.stderr[-2000:]}")
     served = json.loads(proc.stdout)
     gap = abs(served["accuracy"] - torch_accuracy) * 100
-    result = {"torch_accuracy": torch_accuracy, "served_accuracy": served["accuracy"], "gap_points": gap,
+    reference = "torch_accuracy" if precision == "fp32" else f"{precision}_onnxruntime_accuracy"
+    result = {reference: torch_accuracy, "served_accuracy": served["accuracy"], "gap_points": gap,
               "tolerance_points": tolerance_points, "n": served["n"]}
     if gap > tolerance_points:
         raise ExportError(f"train/serve skew ({precision}): test accuracy through the serving path is "

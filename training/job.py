@@ -214,7 +214,8 @@ def export_bundle(model: Classifier, bundle: dict, splits: Splits, cfg: TrainCon
                                fp16_images=eval_images(scored, bundle["preprocess"]) if cfg.export.fp16 else None,
                                int8=Int8Plan(splits.train, splits.val, cfg.export.int8_calibration_images,
                                              cfg.export.int8_calibration, cfg.export.int8_max_drop,
-                                             cfg.export.int8_min_agreement, cfg.seed)
+                                             cfg.export.int8_min_agreement, cfg.export.int8_min_speedup,
+                                             cfg.seed)
                                if cfg.export.int8 else None)
     card = json.loads((published / "model.json").read_text())
     int8 = card["variants"].get("int8")

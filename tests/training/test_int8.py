@@ -38,7 +38,7 @@ def _with_int8(artifact, folder, splits, **limits):
     (folder / "bees" / "LATEST").write_text(artifact.name)
     card = load_card(version)
     plan = Int8Plan(splits.train, splits.val, 32, "minmax", limits.get("max_drop", 100.0),
-                    limits.get("min_agreement", 0.0))
+                    limits.get("min_agreement", 0.0), limits.get("min_speedup", 0.0))
     spec = {"resize_size": card.resize_size, "image_size": card.image_size, "interpolation": card.interpolation}
     variant, refused = export_int8(version, card.temperature, spec, splits.test, plan)
     if variant is not None:
@@ -75,9 +75,16 @@ def test_the_gate_ships_without_int8_and_says_why(artifact, splits, tmp_path):
     card = load_card(version)
     assert "int8" not in card.variants and not (version / INT8_FILE).exists()
     assert "shipped without the int8 variant" in card.variants_refused["int8"]
+    assert "export.int8_max_drop" in card.variants_refused["int8"]
     with pytest.raises(ArtifactError, match="shipped without the int8 variant"):
         choose(version, card, "int8", False, ort_session, _run)
     assert choose(version, card, "auto", False, ort_session, _run).precision == "fp32"
+
+
+def test_int8_slower_than_fp32_is_not_shipped(artifact, splits, tmp_path):
+    version = _with_int8(artifact, tmp_path, splits, min_speedup=1000.0)
+    refused = load_card(version).variants_refused["int8"]
+    assert "x fp32's images per second" in refused and "export.int8_min_speedup 1000.0" in refused
 
 
 def _damage(version):

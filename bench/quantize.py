@@ -1,0 +1,160 @@
+"""INT8 against fp32 on this CPU, in one run: how to quantize (accuracy), and what it buys (speed).
+
+python -m bench.quantize accuracy --model artifacts/hymenoptera [--counts 32 64 128]
+python -m bench.quantize speed [--backbones resnet50 efficientnet_lite0 ...] [--batches 1 8 32]
+
+accuracy: the published model's fp32 file quantized by the export's own code (training.quantize) with each
+calibration method and number of calibration images, each scored on the run's test split (the images the model
+card's accuracy was measured on): test accuracy, top-1 agreement with fp32, mean |dp|, and whether the export's
+int8 gate would ship it. Also, for the record, the choices the export does not make (int8 activations; no
+reduce_range), so the table says why it makes the ones it does.
+
+speed: every backbone (random init: speed does not depend on the weights; calibrated on real photos) exported
+through the product's own ONNX path, fp32 and int8 raced round after round at each batch size (median round), with
+the achieved GOP/s set against this CPU's peaks: fp32 FMA (--peak-gflops) and int8 (x4 that with VNNI, x2 without:
+AVX2's vpmaddubsw + vpmaddwd take two instructions for what one VNNI vpdpbusd does).
+Appends the tables to bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.infer import gflop_per_image, machine, ort_runner, race
+from contract.card import load_card
+from contract.publish import resolve_path
+from contract.scores import softmax
+from training.config import DataConfig, ModelConfig, TrainConfig
+from training.data import load_splits
+from training.export import export_onnx
+from training.job import prepared_splits
+from training.model import build_model
+from training.quantize import logits_of, model_inputs, quantize, spread
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data" / "hymenoptera_data"
+
+
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _quantize_variant(fp32: Path, out: Path, calibration: np.ndarray, method: str, activations: str,
+                      reduce_range: bool) -> None:
+    """training.quantize.quantize for the product's choice; the alternatives through the same onnxruntime call."""
+    if activations == "uint8" and reduce_range:
+        return quantize(fp32, out, calibration, method)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from training.quantize import _Reader
+    prepared = out.with_suffix(".prepared.onnx")
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    quantize_static(str(prepared), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy",
+                                                                 "percentile": "Percentile"}[method]))
+
+
+def accuracy(model: Path, counts: list[int]) -> str:
+    version = resolve_path(model)
+    card = load_card(version)
+    cfg = TrainConfig.model_validate(card.config)
+    splits, _ = prepared_splits(cfg)
+    test = splits.scored_test()
+    spec = {"resize_size": card.resize_size, "image_size": card.image_size, "interpolation": card.interpolation}
+    labels = np.asarray(test.labels)
+    a = logits_of(version / "model.onnx", test, spec)
+    acc32 = float((a.argmax(1) == labels).mean())
+    choices = [(m, n, "uint8", True) for m in ("minmax", "entropy", "percentile") for n in counts]
+    choices += [("minmax", 64, "uint8", False), ("minmax", 64, "int8", True)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method, n, activations, reduce_range in choices:
+            calibration = model_inputs(splits.train, spec, spread(splits.train, n, cfg.seed))
+            out = Path(tmp) / f"{method}-{n}-{activations}-{reduce_range}.onnx"
+            t0 = time.perf_counter()
+            _quantize_variant(version / "model.onnx", out, calibration, method, activations, reduce_range)
+            seconds = time.perf_counter() - t0
+            b = logits_of(out, test, spec)
+            acc8, agree = float((b.argmax(1) == labels).mean()), float((a.argmax(1) == b.argmax(1)).mean())
+            dp = float(np.abs(softmax(a, card.temperature) - softmax(b, card.temperature)).mean())
+            ships = (acc32 - acc8) * 100 <= cfg.export.int8_max_drop and agree >= cfg.export.int8_min_agreement
+            rows.append(f"| {method} | {n} | {activations} | {'yes' if reduce_range else 'no'} | {acc8:.4f} | "
+                        f"{(acc8 - acc32) * 100:+.2f} | {agree:.4f} | {dp:.4f} | {'yes' if ships else 'no'} | "
+                        f"{seconds:.0f} |")
+    vnni = "VNNI" if {"avx512_vnni", "avx_vnni"} & cpu_flags() else "AVX2, no VNNI"
+    return "\n".join([
+        f"\n### bench/quantize.py accuracy: {card.name} {card.version} ({card.backbone}, {card.image_size} px), "
+        f"{len(labels)} test images, fp32 test accuracy {acc32:.4f}; {machine()}, {vnni}\n",
+        "| calibration | images | activations | reduce_range | int8 test accuracy | vs fp32 (points) | top-1 "
+        "agreement | mean abs dp | export gate ships it | quantize s |", "|---|---|---|---|---|---|---|---|---|---|",
+        *rows, ""])
+
+
+def speed(backbones: list[str], size: int, batches: list[int], rounds: int, seconds: float, peak: float) -> str:
+    vnni = bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+    int8_peak = peak * (4 if vnni else 2)
+    splits = load_splits(DataConfig(path=DATA, limit_per_class=16), 0)
+    spec = {"resize_size": int(size * 1.14), "image_size": size, "interpolation": "bilinear"}
+    calibration = model_inputs(splits.train, spec, spread(splits.train, 32, 0))
+    rows, rng = [], np.random.default_rng(0)
+    for name in backbones:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(backbone=name, weights="none"), 1000).eval()
+        folder = Path(tempfile.mkdtemp())
+        export_onnx(model, folder / "fp32.onnx", size, 18)
+        quantize(folder / "fp32.onnx", folder / "int8.onnx", calibration, "minmax")
+        gop = gflop_per_image(model, size)
+        runners = {"fp32": ort_runner(folder / "fp32.onnx"), "int8": ort_runner(folder / "int8.onnx")}
+        for bs in batches:
+            batch = rng.integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
+            r = race(runners, batch, rounds, seconds)
+            rows.append(f"| {name} | {bs} | {r['fp32']:.1f} | {r['int8']:.1f} | {r['int8'] / r['fp32']:.2f} | "
+                        f"{r['fp32'] * gop:.0f} ({100 * r['fp32'] * gop / peak:.0f} %) | "
+                        f"{r['int8'] * gop:.0f} ({100 * r['int8'] * gop / int8_peak:.0f} %) |")
+    return "\n".join([
+        f"\n### bench/quantize.py speed at {size} px: onnxruntime fp32 vs int8 (training.quantize: QDQ, uint8 "
+        f"activations, int8 per-channel weights, reduce_range), {machine()}, "
+        f"{'VNNI' if vnni else 'AVX2, no VNNI'}; peaks: fp32 {peak:.0f} GFLOP/s, int8 {int8_peak:.0f} GOP/s\n",
+        "| backbone | batch | fp32 img/s | int8 img/s | int8 / fp32 | fp32 GFLOP/s (of peak) | int8 GOP/s (of peak) |",
+        "|---|---|---|---|---|---|---|", *rows, ""])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("accuracy")
+    a.add_argument("--model", type=Path, default=ROOT / "artifacts" / "hymenoptera")
+    a.add_argument("--counts", type=int, nargs="+", default=[32, 64, 128])
+    s = sub.add_parser("speed")
+    s.add_argument("--backbones", nargs="+", default=["resnet50", "efficientnet_lite0", "mobilenet_v3_large",
+                                                      "resnet18"])
+    s.add_argument("--size", type=int, default=224)
+    s.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--seconds", type=float, default=2.0)
+    s.add_argument("--peak-gflops", type=float, default=190.0, help="fp32 FMA peak of this machine (2 cores)")
+    for p in (a, s):
+        p.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = ap.parse_args()
+    if args.what == "accuracy":
+        text = accuracy(args.model, args.counts)
+    else:
+        text = speed(args.backbones, args.size, args.batches, args.rounds, args.seconds, args.peak_gflops)
+    print(text)
+    with open(args.results, "a") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
