@@ -5,9 +5,10 @@ python -m bench.quantize speed [--backbones resnet50 efficientnet_lite0 ...] [--
 
 accuracy: the published model's fp32 file quantized by the export's own code (training.quantize) with each
 calibration method and number of calibration images, each scored on the run's test split (the images the model
-card's accuracy was measured on): test accuracy, top-1 agreement with fp32, mean |dp|, and whether the export's
-int8 gate would ship it. Also, for the record, the choices the export does not make (int8 activations; no
-reduce_range), so the table says why it makes the ones it does.
+card's accuracy was measured on): test accuracy, top-1 agreement with fp32, mean |dp|, whether the export's int8
+gate would ship it, and its img/s at batch 8 against fp32 (all files raced in the same rounds). Also the formats and
+types the export does not use (int8 activations, uint8 weights, no reduce_range, QOperator), so the table says why
+it uses the ones it does.
 
 speed: every backbone (random init: speed does not depend on the weights; calibrated on real photos) exported
 through the product's own ONNX path, fp32 and int8 raced round after round at each batch size (median round), with
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,25 +49,39 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def _quantize_variant(fp32: Path, out: Path, calibration: np.ndarray, method: str, activations: str,
-                      reduce_range: bool) -> None:
-    """training.quantize.quantize for the product's choice; the alternatives through the same onnxruntime call."""
-    if activations == "uint8" and reduce_range:
-        return quantize(fp32, out, calibration, method)
+@dataclass(frozen=True)
+class Choice:
+    method: str
+    images: int
+    form: str = "QDQ"
+    activations: str = "uint8"
+    weights: str = "int8"
+    reduce_range: bool = True
+
+    @property
+    def shipped_format(self) -> bool:
+        return (self.form, self.activations, self.weights, self.reduce_range) == ("QDQ", "uint8", "int8", True)
+
+
+def _quantize_variant(fp32: Path, out: Path, calibration: np.ndarray, c: Choice) -> None:
+    """training.quantize.quantize for the product's format; the alternatives through the same onnxruntime call."""
+    if c.shipped_format:
+        return quantize(fp32, out, calibration, c.method)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from training.quantize import _Reader
     prepared = out.with_suffix(".prepared.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    quantize_static(str(prepared), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=reduce_range, weight_type=QuantType.QInt8,
-                    activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    quantize_static(str(prepared), str(out), _Reader(calibration), quant_format=getattr(QuantFormat, c.form),
+                    per_channel=True, reduce_range=c.reduce_range, weight_type=types[c.weights],
+                    activation_type=types[c.activations],
                     calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy",
-                                                                 "percentile": "Percentile"}[method]))
+                                                                 "percentile": "Percentile"}[c.method]))
 
 
-def accuracy(model: Path, counts: list[int]) -> str:
+def accuracy(model: Path, counts: list[int], rounds: int, seconds: float) -> str:
     version = resolve_path(model)
     card = load_card(version)
     cfg = TrainConfig.model_validate(card.config)
@@ -75,30 +91,38 @@ def accuracy(model: Path, counts: list[int]) -> str:
     labels = np.asarray(test.labels)
     a = logits_of(version / "model.onnx", test, spec)
     acc32 = float((a.argmax(1) == labels).mean())
-    choices = [(m, n, "uint8", True) for m in ("minmax", "entropy", "percentile") for n in counts]
-    choices += [("minmax", 64, "uint8", False), ("minmax", 64, "int8", True)]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for method, n, activations, reduce_range in choices:
-            calibration = model_inputs(splits.train, spec, spread(splits.train, n, cfg.seed))
-            out = Path(tmp) / f"{method}-{n}-{activations}-{reduce_range}.onnx"
-            t0 = time.perf_counter()
-            _quantize_variant(version / "model.onnx", out, calibration, method, activations, reduce_range)
-            seconds = time.perf_counter() - t0
-            b = logits_of(out, test, spec)
-            acc8, agree = float((b.argmax(1) == labels).mean()), float((a.argmax(1) == b.argmax(1)).mean())
-            dp = float(np.abs(softmax(a, card.temperature) - softmax(b, card.temperature)).mean())
-            ships = (acc32 - acc8) * 100 <= cfg.export.int8_max_drop and agree >= cfg.export.int8_min_agreement
-            rows.append(f"| {method} | {n} | {activations} | {'yes' if reduce_range else 'no'} | {acc8:.4f} | "
-                        f"{(acc8 - acc32) * 100:+.2f} | {agree:.4f} | {dp:.4f} | {'yes' if ships else 'no'} | "
-                        f"{seconds:.0f} |")
+    choices = [Choice(m, n) for m in ("minmax", "entropy", "percentile") for n in counts]
+    choices += [Choice("minmax", 64, reduce_range=False), Choice("minmax", 64, activations="int8"),
+                Choice("minmax", 64, weights="uint8", reduce_range=False), Choice("minmax", 64, form="QOperator"),
+                Choice("minmax", 64, form="QOperator", weights="uint8", reduce_range=False)]
+    rows, runners = [], {"fp32": ort_runner(version / "model.onnx")}
+    tmp = Path(tempfile.mkdtemp())
+    for k, c in enumerate(choices):
+        calibration = model_inputs(splits.train, spec, spread(splits.train, c.images, cfg.seed))
+        out = tmp / f"{k}.onnx"
+        t0 = time.perf_counter()
+        _quantize_variant(version / "model.onnx", out, calibration, c)
+        seconds_q = time.perf_counter() - t0
+        b = logits_of(out, test, spec)
+        acc8, agree = float((b.argmax(1) == labels).mean()), float((a.argmax(1) == b.argmax(1)).mean())
+        dp = float(np.abs(softmax(a, card.temperature) - softmax(b, card.temperature)).mean())
+        ships = (acc32 - acc8) * 100 <= cfg.export.int8_max_drop and agree >= cfg.export.int8_min_agreement
+        runners[k] = ort_runner(out)
+        rows.append([c.method, c.images, c.form, c.activations, c.weights, "yes" if c.reduce_range else "no",
+                     f"{acc8:.4f}", f"{(acc8 - acc32) * 100:+.2f}", f"{agree:.4f}", f"{dp:.4f}",
+                     "yes" if ships else "no", f"{seconds_q:.0f}"])
+    batch = np.random.default_rng(0).integers(0, 256, (8, card.image_size, card.image_size, 3), dtype=np.uint8)
+    rates = race(runners, batch, rounds, seconds)
+    lines = ["| " + " | ".join(map(str, row)) + f" | {rates[k]:.1f} | {rates[k] / rates['fp32']:.2f} |"
+             for k, row in enumerate(rows)]
     vnni = "VNNI" if {"avx512_vnni", "avx_vnni"} & cpu_flags() else "AVX2, no VNNI"
     return "\n".join([
         f"\n### bench/quantize.py accuracy: {card.name} {card.version} ({card.backbone}, {card.image_size} px), "
-        f"{len(labels)} test images, fp32 test accuracy {acc32:.4f}; {machine()}, {vnni}\n",
-        "| calibration | images | activations | reduce_range | int8 test accuracy | vs fp32 (points) | top-1 "
-        "agreement | mean abs dp | export gate ships it | quantize s |", "|---|---|---|---|---|---|---|---|---|---|",
-        *rows, ""])
+        f"{len(labels)} test images, fp32 test accuracy {acc32:.4f}, fp32 {rates['fp32']:.1f} img/s at batch 8; "
+        f"{machine()}, {vnni}\n",
+        "| calibration | images | format | activations | weights | reduce_range | int8 test accuracy | vs fp32 "
+        "(points) | top-1 agreement | mean abs dp | export gate ships it | quantize s | img/s at batch 8 | / fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", *lines, ""])
 
 
 def speed(backbones: list[str], size: int, batches: list[int], rounds: int, seconds: float, peak: float) -> str:
@@ -136,6 +160,8 @@ def main() -> None:
     a = sub.add_parser("accuracy")
     a.add_argument("--model", type=Path, default=ROOT / "artifacts" / "hymenoptera")
     a.add_argument("--counts", type=int, nargs="+", default=[32, 64, 128])
+    a.add_argument("--rounds", type=int, default=3)
+    a.add_argument("--seconds", type=float, default=2.0)
     s = sub.add_parser("speed")
     s.add_argument("--backbones", nargs="+", default=["resnet50", "efficientnet_lite0", "mobilenet_v3_large",
                                                       "resnet18"])
@@ -148,7 +174,7 @@ def main() -> None:
         p.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
     if args.what == "accuracy":
-        text = accuracy(args.model, args.counts)
+        text = accuracy(args.model, args.counts, args.rounds, args.seconds)
     else:
         text = speed(args.backbones, args.size, args.batches, args.rounds, args.seconds, args.peak_gflops)
     print(text)

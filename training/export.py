@@ -196,6 +196,10 @@ def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifac
         card.write(staging)
         if report_dir is not None and Path(report_dir).is_dir():
             shutil.copytree(report_dir, staging / "report")
+            # what shipped beside fp32 and why not the rest, beside the evaluation it belongs to
+            (staging / "report" / "variants.json").write_text(json.dumps(
+                {"variants": {k: v.model_dump(mode="json") for k, v in card.variants.items()},
+                 "refused": card.variants_refused}, indent=2))
         target = install(staging, root, version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -143,7 +143,11 @@ def test_accuracy_is_reported_gated_and_published_without_the_copies(tmp_path, d
     out = subprocess.run([sys.executable, "-m", "training", "train", *[a for s in sets for a in ("--set", s)]],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    card = json.loads(next((tmp_path / "art" / "leaky").glob("*/model.json")).read_text())
+    card_path = next((tmp_path / "art" / "leaky").glob("*/model.json"))
+    card = json.loads(card_path.read_text())
+    shipped = json.loads((card_path.parent / "report" / "variants.json").read_text())  # int8: shipped or why not
+    assert ("int8" in shipped["variants"]) != ("int8" in shipped["refused"])
+    assert shipped["refused"] == card["variants_refused"]
     report = json.loads((tmp_path / "run" / "report" / "data.json").read_text())
     leaked = report["duplicates"]["test_with_copy_in_train"]
     test = card["metrics"]["test"]
