@@ -69,7 +69,11 @@ async def model_ready(request: Request) -> Response:
     if err is not None:
         return err
     ready = await _ready(svc)
-    return JSONResponse({"name": svc.v2_name, "ready": ready}, status_code=200 if ready else 503)
+    body = {"name": svc.v2_name, "ready": ready}
+    if ready:  # which file serves and why (an int8 variant that failed its canary on this node serves fp32)
+        served = await svc.model.to_async.served()
+        body |= {"precision": served["precision"], "precision_note": served["note"]}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def model_metadata(request: Request) -> Response:

@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             print(export_job(args.checkpoint, args.out))
         elif args.command == "predict":
             from .predict import predict_files
-            for row in predict_files(args.model, args.images, args.top_k, args.precision):
+            rows = predict_files(args.model, args.images, args.top_k, args.precision)
+            print(f"precision {rows[0]['precision']}: {rows[0]['precision_note']}", file=sys.stderr)
+            for row in rows:
                 print(row["file"] + "  " + "  ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top_k"]))
         return 0
     except (ConfigError, RunMismatch) as exc:

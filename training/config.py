@@ -156,8 +156,9 @@ class ExportConfig(Strict):
     int8_min_speedup: float = Field(1.0, ge=0, description="int8 gate: int8 must run at least this many times fp32's "
                                                            "images per second where it is exported (MobileNetV3 runs "
                                                            "slower in int8 on CPUs)")
-    int8_calibration: Literal["minmax", "entropy", "percentile"] = Field(
-        "minmax", description="onnxruntime's calibration method (bench/quantize.py compares them)")
+    int8_calibration: list[Literal["minmax", "entropy", "percentile"]] = Field(
+        ["minmax", "percentile"], min_length=1, description="onnxruntime's calibration methods to try; the one "
+        "agreeing most with fp32 on the validation split is kept (bench/quantize.py compares them)")
     int8_calibration_images: int = Field(64, ge=1, description="training images the activation ranges are "
                                                                "calibrated on")
     opset: int = Field(18, ge=13)

@@ -213,7 +213,7 @@ def export_bundle(model: Classifier, bundle: dict, splits: Splits, cfg: TrainCon
                                                      cfg.export.majority_significance),
                                fp16_images=eval_images(scored, bundle["preprocess"]) if cfg.export.fp16 else None,
                                int8=Int8Plan(splits.train, splits.val, cfg.export.int8_calibration_images,
-                                             cfg.export.int8_calibration, cfg.export.int8_max_drop,
+                                             tuple(cfg.export.int8_calibration), cfg.export.int8_max_drop,
                                              cfg.export.int8_min_agreement, cfg.export.int8_min_speedup,
                                              cfg.seed)
                                if cfg.export.int8 else None)

@@ -27,6 +27,6 @@ def predict_files(model: Path, files: list[Path], top_k: int = 3, precision: str
     out = []
     for f, p in zip(files, probs):
         top = np.argsort(-p)[:k]
-        out.append({"file": str(f), "precision": chosen.precision,
+        out.append({"file": str(f), "precision": chosen.precision, "precision_note": chosen.note,
                     "top_k": [{"label": card.classes[i], "probability": float(p[i])} for i in top]})
     return out

@@ -37,7 +37,7 @@ def _with_int8(artifact, folder, splits, **limits):
     shutil.copytree(artifact, version)
     (folder / "bees" / "LATEST").write_text(artifact.name)
     card = load_card(version)
-    plan = Int8Plan(splits.train, splits.val, 32, "minmax", limits.get("max_drop", 100.0),
+    plan = Int8Plan(splits.train, splits.val, 32, ("minmax", "percentile"), limits.get("max_drop", 100.0),
                     limits.get("min_agreement", 0.0), limits.get("min_speedup", 0.0))
     spec = {"resize_size": card.resize_size, "image_size": card.image_size, "interpolation": card.interpolation}
     variant, refused = export_int8(version, card.temperature, spec, splits.test, plan)
@@ -64,7 +64,9 @@ def test_int8_variant_is_quantized_recorded_and_canaried(int8_artifact):
     weights = onnx.load(str(path)).graph.initializer
     assert any(t.data_type == onnx.TensorProto.INT8 for t in weights)
     assert any(t.data_type == onnx.TensorProto.UINT8 for t in weights)  # activation zero points: uint8
-    assert v.calibration["method"] == "minmax" and v.calibration["images"] == 32
+    chosen, on_val = v.calibration["method"], v.calibration["validation_agreement_by_method"]
+    assert set(on_val) == {"minmax", "percentile"} and on_val[chosen] == max(on_val.values())
+    assert v.calibration["images"] == 32 and not list(int8_artifact.glob(".*int8*"))  # the other file removed
     assert 0 <= v.test_accuracy <= 1 and v.fp32_test_accuracy == pytest.approx(card.test_accuracy, abs=1e-9)
     assert (int8_artifact / v.canary["file"]).is_file() and v.canary["n"] == 16
     assert path.stat().st_size < 0.5 * (int8_artifact / "model.onnx").stat().st_size
@@ -117,13 +119,14 @@ def test_auto_serves_int8_where_the_canary_passes_and_fp32_where_it_fails(int8_a
 
 
 def test_predict_takes_the_precision_setting(int8_artifact, data_dir):
-    photo = sorted((data_dir / "val" / "bees").glob("*.jpg"))[0]
+    photos = [str(p) for p in sorted((data_dir / "val" / "bees").glob("*.jpg"))[:6]]
     rows = {}
     for precision in ("fp32", "int8"):
         out = subprocess.run([sys.executable, "-m", "training", "predict", "--model", str(int8_artifact),
-                              "--precision", precision, str(photo)], cwd=ROOT, capture_output=True, text=True,
+                              "--precision", precision, *photos], cwd=ROOT, capture_output=True, text=True,
                              timeout=300)
         assert out.returncode == 0, out.stderr
+        assert out.stderr.startswith(f"precision {precision}: "), out.stderr
         rows[precision] = out.stdout
     assert rows["fp32"] != rows["int8"]  # another file answered: probabilities differ in the last digits
 
@@ -140,6 +143,8 @@ def test_service_reports_the_precision_it_serves_and_why(int8_artifact, damaged,
         with running_server(env, log) as srv:
             info = httpx.post(srv.url + "/model_info", json={}, timeout=30).json()
             assert info["served"]["precision"] == served, info
+            ready = httpx.get(srv.url + "/v2/models/bees/ready", timeout=30).json()  # the readiness answer says it
+            assert ready["ready"] and ready["precision"] == served and ready["precision_note"] == info["served"]["note"]
             text = _metrics(srv.url)
             assert f'precision="{served}"' in text
             assert any(line.startswith("imgcls_int8_canary_passed") and line.endswith(canary)
