@@ -70,11 +70,11 @@ def _quantize_variant(fp32: Path, out: Path, calibration: np.ndarray, c: Choice)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from training.quantize import _Reader
+    from training.quantize import CalibrationReader
     prepared = out.with_suffix(".prepared.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    quantize_static(str(prepared), str(out), _Reader(calibration), quant_format=getattr(QuantFormat, c.form),
+    quantize_static(str(prepared), str(out), CalibrationReader(calibration), quant_format=getattr(QuantFormat, c.form),
                     per_channel=True, reduce_range=c.reduce_range, weight_type=types[c.weights],
                     activation_type=types[c.activations],
                     calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy",

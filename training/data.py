@@ -296,7 +296,7 @@ def check_class_names(classes: list[str], where: str) -> None:
                         "(newline, tab, ...); rename them")
 
 
-def _detect_source(path: Path) -> str:
+def detect_source(path: Path) -> str:
     if path.is_file() and path.suffix.lower() == ".csv":
         return "csv"
     if (path / "cifar-10-batches-py").is_dir() or (path / "batches.meta").is_file():
@@ -351,7 +351,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     root = Path(cfg.path)
     if not root.exists():
         raise DataError(f"dataset not found: {root} (set data.path to a folder of class folders, a CSV or CIFAR)")
-    source = _detect_source(root) if cfg.source == "auto" else cfg.source
+    source = detect_source(root) if cfg.source == "auto" else cfg.source
     skipped: list = []
     notes: list[str] = []  # what the reading left out or inferred, and why: logged and in the data report
     policy = ClassPolicy(cfg.small_classes)

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from .config import DataConfig
-from .data import _detect_source, limits_of, list_class_folder
+from .data import detect_source, limits_of, list_class_folder
 from .errors import DataError
 from .layouts import Exclude, detect, set_path
 from .manifest import read_manifest
@@ -56,7 +56,7 @@ def describe(cfg: DataConfig) -> str:
     root = Path(cfg.path)
     if not root.exists():
         raise DataError(f"dataset not found: {root}")
-    source = _detect_source(root) if cfg.source == "auto" else cfg.source
+    source = detect_source(root) if cfg.source == "auto" else cfg.source
     if source in ("cifar10", "cifar100"):
         return f"dataset: {root}\nlayout: {source} python batches (train, test)\n"
     layout, classes, counts, notes = (_csv if source == "csv" else _folders)(cfg)

@@ -36,7 +36,7 @@ CANARY_IMAGES = 16  # 2.4 MB of uint8 pixels at 224 px, compressed in canary.npz
 BATCH = 16
 
 
-class _Reader:
+class CalibrationReader:
     """onnxruntime's CalibrationDataReader protocol over uint8 NHWC images, BATCH at a time."""
 
     def __init__(self, images: np.ndarray):
@@ -55,7 +55,7 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, method: str) -> Non
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"  # shapes inferred and graph optimised, as the docs recommend
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
+        quantize_static(str(prepared), str(out), CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=methods[method],
                         extra_options={"CalibTensorRangeSymmetric": False})
