@@ -37,7 +37,7 @@ def _with_int8(artifact, folder, splits, **limits):
     shutil.copytree(artifact, version)
     (folder / "bees" / "LATEST").write_text(artifact.name)
     card = load_card(version)
-    plan = Int8Plan(splits.train, splits.val, 32, ("minmax", "percentile"), limits.get("max_drop", 100.0),
+    plan = Int8Plan(splits.train, splits.val, 37, ("minmax", "percentile"), limits.get("max_drop", 100.0),
                     limits.get("min_agreement", 0.0), limits.get("min_speedup", 0.0))
     spec = {"resize_size": card.resize_size, "image_size": card.image_size, "interpolation": card.interpolation}
     variant, refused = export_int8(version, card.temperature, spec, splits.test, plan)
@@ -66,7 +66,7 @@ def test_int8_variant_is_quantized_recorded_and_canaried(int8_artifact):
     assert any(t.data_type == onnx.TensorProto.UINT8 for t in weights)  # activation zero points: uint8
     chosen, on_val = v.calibration["method"], v.calibration["validation_agreement_by_method"]
     assert set(on_val) == {"minmax", "percentile"} and on_val[chosen] == max(on_val.values())
-    assert v.calibration["images"] == 32 and not list(int8_artifact.glob(".*int8*"))  # the other file removed
+    assert v.calibration["images"] == 37 and not list(int8_artifact.glob(".*int8*"))  # the other file removed
     assert 0 <= v.test_accuracy <= 1 and v.fp32_test_accuracy == pytest.approx(card.test_accuracy, abs=1e-9)
     assert (int8_artifact / v.canary["file"]).is_file() and v.canary["n"] == 16
     assert path.stat().st_size < 0.5 * (int8_artifact / "model.onnx").stat().st_size
