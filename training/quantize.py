@@ -15,6 +15,8 @@ where the int8 answers differ, for example on a CPU whose kernels saturate or a 
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import tempfile
 import time
@@ -57,10 +59,11 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, method: str) -> Non
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"  # shapes inferred and graph optimised, as the docs recommend
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(out), CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=methods[method],
-                        extra_options={"CalibTensorRangeSymmetric": False})
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+            quantize_static(str(prepared), str(out), CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
+                            per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                            extra_options={"CalibTensorRangeSymmetric": False})
 
 
 def model_inputs(images: ImageSet, spec: dict, picks: list[int]) -> np.ndarray:
