@@ -36,7 +36,7 @@ from training.data import load_splits
 from training.export import export_onnx
 from training.job import prepared_splits
 from training.model import build_model
-from training.quantize import logits_of, model_inputs, quantize, spread
+from training.quantize import logits_of, model_inputs, quantize, runner, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "hymenoptera_data"
@@ -89,7 +89,7 @@ def accuracy(model: Path, counts: list[int], rounds: int, seconds: float) -> str
     test = splits.scored_test()
     spec = {"resize_size": card.resize_size, "image_size": card.image_size, "interpolation": card.interpolation}
     labels = np.asarray(test.labels)
-    a = logits_of(version / "model.onnx", test, spec)
+    (a,) = logits_of([runner(version / "model.onnx")], test, spec)
     acc32 = float((a.argmax(1) == labels).mean())
     choices = [Choice(m, n) for m in ("minmax", "entropy", "percentile") for n in counts]
     choices += [Choice("minmax", 64, reduce_range=False), Choice("minmax", 64, activations="int8"),
@@ -103,7 +103,7 @@ def accuracy(model: Path, counts: list[int], rounds: int, seconds: float) -> str
         t0 = time.perf_counter()
         _quantize_variant(version / "model.onnx", out, calibration, c)
         seconds_q = time.perf_counter() - t0
-        b = logits_of(out, test, spec)
+        (b,) = logits_of([runner(out)], test, spec)
         acc8, agree = float((b.argmax(1) == labels).mean()), float((a.argmax(1) == b.argmax(1)).mean())
         dp = float(np.abs(softmax(a, card.temperature) - softmax(b, card.temperature)).mean())
         ships = (acc32 - acc8) * 100 <= cfg.export.int8_max_drop and agree >= cfg.export.int8_min_agreement

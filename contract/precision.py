@@ -27,6 +27,7 @@ class Chosen:
     path: Path
     session: Any
     note: str  # why, in one line (the log, /model_info)
+    canary_passed: bool | None = None  # the int8 canary on this node; None where it did not run
 
 
 def choose(version_dir: Path, card: ModelCard, wanted: Precision, on_cuda: bool,
@@ -46,10 +47,10 @@ def choose(version_dir: Path, card: ModelCard, wanted: Precision, on_cuda: bool,
     result = canary.check(lambda images: logits_of(session, images), version_dir, card.variants["int8"].canary,
                           card.temperature)
     if result.passed:
-        return Chosen("int8", path, session, f"int8 variant, canary passed on this node: {result.detail}")
+        return Chosen("int8", path, session, f"int8 variant, canary passed on this node: {result.detail}", True)
     path = model_file(version_dir, card, "fp32", verify)
     return Chosen("fp32", path, open_session(path), f"fp32: the int8 variant failed the canary check on this node "
-                                                    f"({result.detail}); int8 is not served here")
+                                                    f"({result.detail}); int8 is not served here", False)
 
 
 __all__ = ["ArtifactError", "Chosen", "Precision", "choose"]

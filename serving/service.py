@@ -90,12 +90,11 @@ class Model:
         chosen = pick(S.device != "cpu" and cuda_available())
         if chosen.precision == "fp16" and S.precision == "auto" and chosen.session.provider != "CUDAExecutionProvider":
             chosen = pick(False)  # CUDA did not load: fp16 on CPU is slow
-        (log.warning if "failed the canary" in chosen.note else log.info)(
+        (log.warning if chosen.canary_passed is False else log.info)(
             "serving %s on %s: %s", chosen.path.name, chosen.session.provider, chosen.note)
         self.chosen = chosen
-        canary_ran = chosen.precision == "int8" or "failed the canary" in chosen.note
-        if canary_ran:
-            metrics.int8_canary.labels(name=self.card.name, version=self.card.version).set(chosen.precision == "int8")
+        if chosen.canary_passed is not None:
+            metrics.int8_canary.labels(name=self.card.name, version=self.card.version).set(chosen.canary_passed)
         return chosen.session
 
     def __is_ready__(self) -> bool:

@@ -20,6 +20,7 @@ import io
 import itertools
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,13 +73,27 @@ def model_inputs(images: ImageSet, spec: dict, picks: list[int]) -> np.ndarray:
     return np.stack([tf(images.source(i)).permute(1, 2, 0).numpy() for i in picks])
 
 
-def logits_of(path: Path, images: ImageSet, spec: dict) -> np.ndarray:
-    """Logits of every image of a split, BATCH decoded at a time: memory stays flat however large the split."""
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def runner(path: Path) -> Runner:
+    """One onnxruntime session on an ONNX file: uint8 NHWC images -> logits, BATCH images per run."""
     from .export import ort_session
 
     session = ort_session(path)
-    return np.concatenate([session.run(["logits"], {"images": model_inputs(images, spec, list(range(i, min(
-        i + BATCH, len(images)))))})[0] for i in range(0, len(images), BATCH)])
+    return lambda images: np.concatenate([session.run(["logits"], {"images": images[i:i + BATCH]})[0]
+                                          for i in range(0, len(images), BATCH)])
+
+
+def logits_of(runners: list[Runner], images: ImageSet, spec: dict) -> list[np.ndarray]:
+    """Each runner's logits on every image of a split, each batch decoded once for all of them and BATCH at a time:
+    memory stays flat however large the split."""
+    out: list[list[np.ndarray]] = [[] for _ in runners]
+    for i in range(0, len(images), BATCH):
+        batch = model_inputs(images, spec, list(range(i, min(i + BATCH, len(images)))))
+        for rows, run in zip(out, runners):
+            rows.append(run(batch))
+    return [np.concatenate(rows) for rows in out]
 
 
 def spread(images: ImageSet, n: int, seed: int) -> list[int]:
@@ -108,8 +123,9 @@ def export_int8(staging: Path, temperature: float, spec: dict, test: ImageSet,
     """(the variant, None) when it passes the gate, else (None, why): the version then ships fp32 only."""
     path = staging / INT8_FILE
     calibration = model_inputs(plan.train, spec, spread(plan.train, plan.calibration_images, plan.seed))
-    method, on_val = _best_calibration(staging / "model.onnx", path, calibration, plan, spec)
-    a, b = logits_of(staging / "model.onnx", test, spec), logits_of(path, test, spec)
+    run32 = runner(staging / "model.onnx")
+    method, on_val, run8 = _best_calibration(staging / "model.onnx", run32, path, calibration, plan, spec)
+    a, b = logits_of([run32, run8], test, spec)
     labels = np.asarray(test.labels)
     pa, pb = softmax(a, temperature), softmax(b, temperature)
     acc32, acc8 = float((a.argmax(1) == labels).mean()), float((b.argmax(1) == labels).mean())
@@ -124,7 +140,6 @@ def export_int8(staging: Path, temperature: float, spec: dict, test: ImageSet,
                       f"int8_min_agreement {plan.min_agreement}) on {len(labels)} test images: shipped without the "
                       "int8 variant")
     canary = model_inputs(plan.val, spec, spread(plan.val, CANARY_IMAGES, plan.seed))
-    run32, run8 = _runner(staging / "model.onnx"), _runner(path)
     speedup = _speedup(run32, run8, canary)
     facts["speedup_vs_fp32"] = speedup
     if speedup < plan.min_speedup:  # MobileNetV3's hard-swish and squeeze-excite run slower quantized on CPUs
@@ -144,24 +159,24 @@ def export_int8(staging: Path, temperature: float, spec: dict, test: ImageSet,
                    canary=canary_facts, **facts), None
 
 
-def _best_calibration(fp32: Path, out: Path, calibration: np.ndarray, plan: Int8Plan,
-                      spec: dict) -> tuple[str, dict[str, float]]:
+def _best_calibration(fp32: Path, run32: Runner, out: Path, calibration: np.ndarray, plan: Int8Plan,
+                      spec: dict) -> tuple[str, dict[str, float], Runner]:
     """Quantize with each calibration method; keep at `out` the file whose top-1 agrees most with fp32 on the
-    validation split (the first listed wins a tie). Returns the method and every method's agreement."""
-    reference = logits_of(fp32, plan.val, spec).argmax(1)
-    agreement, best = {}, None
-    for method in plan.methods:
-        candidate = out.with_name(f".{method}-{out.name}")
-        quantize(fp32, candidate, calibration, method)
-        agreement[method] = float((logits_of(candidate, plan.val, spec).argmax(1) == reference).mean())
-        if best is None or agreement[method] > agreement[best]:
-            if best is not None:
-                out.with_name(f".{best}-{out.name}").unlink()
-            best = method
+    validation split (the first listed wins a tie), scored in one pass over it. Returns the method, every method's
+    agreement and the kept file's runner."""
+    files = {m: out.with_name(f".{m}-{out.name}") for m in plan.methods}
+    for method, file in files.items():
+        quantize(fp32, file, calibration, method)
+    runners = {m: runner(file) for m, file in files.items()}
+    reference, *scored = logits_of([run32, *runners.values()], plan.val, spec)
+    agreement = {m: float((z.argmax(1) == reference.argmax(1)).mean()) for m, z in zip(runners, scored)}
+    best = max(plan.methods, key=lambda m: (agreement[m], -plan.methods.index(m)))
+    for method, file in files.items():
+        if method == best:
+            file.rename(out)  # the session read the file when it opened: a rename leaves it as it is
         else:
-            candidate.unlink()
-    out.with_name(f".{best}-{out.name}").rename(out)
-    return best, agreement
+            file.unlink()
+    return best, agreement, runners[best]
 
 
 def _speedup(run32, run8, images: np.ndarray, rounds: int = 3, seconds: float = 0.5) -> float:
@@ -178,11 +193,3 @@ def _speedup(run32, run8, images: np.ndarray, rounds: int = 3, seconds: float = 
             rates.append(n / elapsed)
         ratios.append(rates[1] / rates[0])
     return float(np.median(ratios))
-
-
-def _runner(path: Path):
-    from .export import ort_session
-
-    session = ort_session(path)
-    return lambda images: np.concatenate([session.run(["logits"], {"images": images[i:i + BATCH]})[0]
-                                          for i in range(0, len(images), BATCH)])

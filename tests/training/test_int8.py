@@ -112,9 +112,10 @@ def damaged(artifact, splits, tmp_path_factory):
 
 def test_auto_serves_int8_where_the_canary_passes_and_fp32_where_it_fails(int8_artifact, damaged):
     good = choose(int8_artifact, load_card(int8_artifact), "auto", False, ort_session, _run)
-    assert good.precision == "int8" and "canary passed" in good.note
+    assert good.precision == "int8" and "canary passed" in good.note and good.canary_passed is True
     bad = choose(damaged, load_card(damaged), "int8", False, ort_session, _run)
     assert bad.precision == "fp32" and "failed the canary check on this node" in bad.note
+    assert bad.canary_passed is False
     assert bad.path.name == "model.onnx"
 
 
