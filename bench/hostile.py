@@ -35,18 +35,16 @@ class Watch:
 
     def __init__(self, root_pid: int):
         self.procs = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]
-        self.model = [p for p in self.procs if _is_model_worker(p)]
-        self.peak_mb = self.cpu_s = self.model_cpu_s = self.wall_s = 0.0
+        self.peak_mb = self.cpu_s = self.wall_s = 0.0
 
     def _rss(self) -> int:
         return sum(p.memory_info().rss for p in self.procs if p.is_running())
 
-    def _cpu(self, procs: list[psutil.Process] | None = None) -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in (self.procs if procs is None else procs) if p.is_running())
+    def _cpu(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self.procs if p.is_running())
 
     def __enter__(self) -> Watch:
         self._base, self._cpu0, self._t0 = self._rss(), self._cpu(), time.perf_counter()
-        self._model0 = self._cpu(self.model)
         self._peak, self._stop = self._base, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -62,14 +60,7 @@ class Watch:
         self._peak = max(self._peak, self._rss())
         self.peak_mb = (self._peak - self._base) / 1e6
         self.cpu_s = self._cpu() - self._cpu0
-        self.model_cpu_s = self._cpu(self.model) - self._model0
         self.wall_s = time.perf_counter() - self._t0
-
-
-def _is_model_worker(p: psutil.Process) -> bool:
-    """BentoML starts each service's workers with `--service-name <name>`: the Model's run onnxruntime."""
-    args = p.cmdline()
-    return "--service-name" in args and args[args.index("--service-name") + 1:][:1] == ["Model"]
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -167,8 +158,7 @@ def main() -> None:
             for case in CASES:
                 with Watch(srv.proc.pid) as w:
                     status = send(client, case, card.name).status_code
-                rows.append(f"| {case.name} | {status} | {w.peak_mb:.0f} | {w.cpu_s:.2f} | "
-                            f"{w.cpu_s - w.model_cpu_s:.2f} | {w.model_cpu_s:.2f} | {w.wall_s:.2f} |")
+                rows.append(f"| {case.name} | {status} | {w.peak_mb:.0f} | {w.cpu_s:.2f} | {w.wall_s:.2f} |")
             before, after, scrape_s = metrics_growth(client, args.paths)
     finally:
         srv.stop()
@@ -177,8 +167,8 @@ def main() -> None:
             f"{platform.machine()}, {psutil.cpu_count()} CPUs\n\n"
             f"Bounds (issue 27): memory growth <= {MEMORY_BOUND_MB} MB, CPU <= {CPU_BOUND_S} s per request, "
             f"/metrics < {METRICS_BOUND_BYTES} bytes.\n\n"
-            "| request | status | peak RSS growth (MB) | CPU (s, all processes) | of which decoding side (s) | "
-            "of which Model / onnxruntime (s) | wall (s) |\n|---|---:|---:|---:|---:|---:|---:|\n"
+            "| request | status | peak RSS growth (MB) | CPU (s, all processes) | wall (s) |\n"
+            "|---|---:|---:|---:|---:|\n"
             + "\n".join(rows) + f"\n\n/metrics: {before} bytes before, {after} bytes after {args.paths} requests to "
             f"distinct URLs (scrape {scrape_s * 1000:.0f} ms).\n")
     print(text)

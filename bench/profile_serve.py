@@ -1,10 +1,10 @@
-"""Where the service's CPU goes under load, by function: py-spy samples of both BentoML services at once.
+"""Where the service's CPU goes under load, by function: py-spy samples of the service's processes at once.
 
 python -m bench.profile_serve --model artifacts/hymenoptera [--concurrency 32] [--seconds 20] [--native]
 
 Starts the real service, loads it with real JPEGs (bench/serve.py's client) and, meanwhile, samples the
-ImageClassifier and Model worker processes with py-spy (`pip install py-spy`; it reads the processes from outside,
-no code change). For each process: the share of its samples per leaf function (where the CPU is, not who
+ImageClassifier worker process (and the Model service's, in checkouts with the two-service layout) with py-spy
+(`pip install py-spy`; it reads the processes from outside, no code change). For each process: the share of its samples per leaf function (where the CPU is, not who
 called it), per thread (the event loop vs the worker threads) and per module family (onnxruntime, PIL,
 multipart/HTTP, serialisation, asyncio...). py-spy leaves out threads it sees idle, but an event loop blocked in
 uvloop's epoll is counted as busy (the leaf `Runner.run`) unless --native shows the epoll frame, which is then left
@@ -47,9 +47,8 @@ STAGES = [("decode + resize + crop (contract.preprocess)", ("contract/preprocess
           ("thread hop for decoding (anyio.to_thread)", ("anyio/_backends/_asyncio.py:run_sync", "run_sync_in_worker")),
           ("multipart parsing", ("multipart",)),
           ("upload to a temporary file (BentoML FileSchema)", ("_bentoml_sdk/validators.py",)),
-          ("call to Model (coalescer, pickling, aiohttp)", ("serving/coalesce.py", "aiohttp", "_bentoml_impl/client")),
-          ("Model: onnxruntime", ("onnxruntime",)),
-          ("Model: dispatcher", ("dispatcher.py",)),
+          ("batching (serving.coalesce)", ("serving/coalesce.py",)),
+          ("onnxruntime", ("onnxruntime",)),
           ("answer (pydantic, JSON)", ("pydantic", "json/")),
           ("metrics (prometheus_client)", ("prometheus",)),
           ("HTTP server (uvicorn, h11, httptools)", ("uvicorn", "h11", "httptools"))]
@@ -125,8 +124,8 @@ def main() -> None:
         assert srv.wait_ready(), "service did not become ready"
         load(srv.url, blobs, args.concurrency, 2 * args.concurrency)  # warm-up
         workers = psutil.Process(srv.proc.pid).children(recursive=True)
-        pids = {name: next(p.pid for p in workers if f"--service-name {name}" in " ".join(p.cmdline()))
-                for name in ("ImageClassifier", "Model")}
+        pids = {name: p.pid for name in ("ImageClassifier", "Model") for p in workers
+                if f"--service-name {name}" in " ".join(p.cmdline())}
         stop = threading.Event()
 
         def keep_loading() -> None:

@@ -14,6 +14,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +33,8 @@ from serving.runtime import OnnxClassifier
 ROOT = Path(__file__).resolve().parents[1]
 
 def scrape_batches(url: str) -> tuple[float, float, float]:
-    """Images run, onnxruntime runs, and HTTP calls from ImageClassifier to the Model service, so far."""
+    """Images run, onnxruntime runs, and HTTP calls to a separate Model service (the two-service layout of older
+    checkouts; none now), so far."""
     s = c = calls = 0.0
     for line in httpx.get(url + "/metrics").text.splitlines():
         if line.startswith("imgcls_batch_size_sum"):
@@ -44,29 +46,39 @@ def scrape_batches(url: str) -> tuple[float, float, float]:
     return s, c, calls
 
 
-def load(url: str, blobs: list[bytes], concurrency: int, requests: int) -> dict:
+Send = Callable[[httpx.Client, str, bytes], httpx.Response]
+
+
+def multipart(client: httpx.Client, url: str, blob: bytes) -> httpx.Response:
+    """The service's /predict: one photo as a multipart upload."""
+    return client.post(url + "/predict", files={"image": ("x.jpg", blob, "image/jpeg")})
+
+
+def load(url: str, blobs: list[bytes], concurrency: int, requests: int, send: Send = multipart,
+         batches: bool = True) -> dict:
+    """`requests` requests from `concurrency` clients, each its own connection; batches: read the batch sizes from
+    the service's /metrics (False for a server without them)."""
     clients = [httpx.Client(timeout=120) for _ in range(concurrency)]
 
     def one(i: int) -> float:
         t = time.perf_counter()
-        r = clients[i % concurrency].post(url + "/predict", files={"image": ("x.jpg", blobs[i % len(blobs)],
-                                                                             "image/jpeg")})
-        r.raise_for_status()
+        send(clients[i % concurrency], url, blobs[i % len(blobs)]).raise_for_status()
         return time.perf_counter() - t
 
     for i in range(min(concurrency, 8)):  # warm the connections
         one(i)
-    s0, c0, calls0 = scrape_batches(url)
+    s0, c0, calls0 = scrape_batches(url) if batches else (0.0, 0.0, 0.0)
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         lat = sorted(pool.map(one, range(requests)))
     wall = time.perf_counter() - start
-    s1, c1, calls1 = scrape_batches(url)
+    s1, c1, calls1 = scrape_batches(url) if batches else (0.0, 0.0, 0.0)
     for c in clients:
         c.close()
     q = statistics.quantiles(lat, n=100)
     return {"img_s": requests / wall, "p50": q[49] * 1000, "p95": q[94] * 1000, "p99": q[98] * 1000,
-            "mean_batch": (s1 - s0) / max(1.0, c1 - c0), "per_call": (s1 - s0) / max(1.0, calls1 - calls0)}
+            "mean_batch": (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan"),
+            "per_call": (s1 - s0) / (calls1 - calls0) if calls1 > calls0 else float("nan")}
 
 
 def raw_ort(version: Path, arrays: np.ndarray, batch: int, seconds: float = 4.0) -> float:

@@ -1,28 +1,24 @@
-"""Where the service's CPU goes, per image, and service settings compared at one concurrency, in one run.
+"""Where the service's CPU goes, per image, and service settings or checkouts compared, in one run.
 
-python -m bench.serve_cpu --model artifacts/hymenoptera [--concurrency 32] [--requests 640] [--rounds 2]
-python -m bench.serve_cpu --photo-sizes "as shot (~0.2 MP)" "12 MP" "24 MP"   # by photo size: now and before
-python -m bench.serve_cpu --variants default... --against /tmp/old   # also the service of another checkout
+python -m bench.serve_cpu --model artifacts/hymenoptera [--concurrency 1 8 32 64] [--requests 640] [--rounds 2]
+python -m bench.serve_cpu --variants default --photo-sizes "as shot (~0.2 MP)" "12 MP"   # by photo size
+python -m bench.serve_cpu --variants default --against /tmp/old   # also the service of another checkout
 
-For each variant (SERVING_* settings) the real service is started, loaded with real JPEGs by bench/serve.py's
-client, and the CPU time of every process is read before and after: the load generator, the HTTP-facing
-ImageClassifier (decode, multipart, JSON) and the Model service (onnxruntime). Variants alternate over rounds so that
-drift on a shared machine hits all of them. With C cores, img/s can be at most C * 1000 / (core-ms per image), which
-says how far any setting can go and what the service costs beyond onnxruntime itself.
+For each variant (SERVING_* settings, or another checkout's service with default settings) the real service is
+started once per round, loaded with real JPEGs by bench/serve.py's client at each concurrency and photo size, and
+the CPU time of every process is read before and after: the load generator, the HTTP-facing process (decoding,
+multipart, JSON and, since the one-process layout, onnxruntime) and, in checkouts with the two-service layout, the
+Model service. Variants alternate over rounds so that drift on a shared machine hits all of them. With C cores,
+img/s can be at most C * 1000 / (core-ms per image), which says how far any setting can go and what the service
+costs beyond onnxruntime itself.
 
 The same run also measures the two costs no service can avoid, in this process: decoding the same photos
 (contract.preprocess, one thread) and onnxruntime alone at batch 1-32 with the service's session settings, in every
-round. The overhead column is everything else the two services spend per image: ImageClassifier + Model - decoding
-- onnxruntime alone at the variant's mean batch (interpolated). In the service onnxruntime always shares the cores
-with decoding, which costs it CPU of its own (threads that wait and wake); the last column also subtracts that cost:
-onnxruntime at batch 8 beside a process that decodes the same photos nonstop, minus onnxruntime alone at batch 8.
-
-The last three columns split each process by thread instead. The event loops (each process's main thread: HTTP,
-multipart, (de)serialisation, the hop, BentoML's dispatcher) are overhead whatever the machine does; the Model's other
-threads are onnxruntime's (its calls and its thread pool: 'onnxruntime's threads in the service', against
-'onnxruntime alone'); ImageClassifier's other threads decode, and what they spend beyond decoding alone (reading
-uploads, stacking, the thread hop) is overhead too. Overhead by thread = event loops + that excess: the CPU that is
-neither decoding nor onnxruntime, without the cost that sharing the cores adds to onnxruntime's own threads.
+round. The overhead column is everything else the server spends per image: its processes - decoding - onnxruntime
+alone at the variant's mean batch (interpolated). In the service onnxruntime shares the cores with decoding, which
+costs it CPU of its own (threads that wait and wake); the next column also subtracts that cost: onnxruntime at batch
+8 beside a process that decodes the same photos nonstop, minus onnxruntime alone at batch 8. The event loops are the
+processes' main threads (HTTP, multipart, (de)serialisation, batching): overhead whatever the machine does.
 """
 from __future__ import annotations
 
@@ -46,13 +42,11 @@ from contract.preprocess import preprocess
 from serving.runtime import OnnxClassifier
 from serving.settings import load_settings
 
-BEFORE = {"SERVING_MODEL_CALLS_IN_FLIGHT": "1024", "SERVING_DECODE_THREADS": "40"}  # 40: anyio's default pool
+AS_SHOT = "as shot (~0.2 MP)"
 VARIANTS = {
-    "default (2 Model calls in flight, decode threads = cores)": {},
-    "before: every request its own Model call, 40 decode threads": BEFORE,
-    "no coalescing": {"SERVING_MODEL_CALLS_IN_FLIGHT": "1024"},
-    "1 Model call in flight": {"SERVING_MODEL_CALLS_IN_FLIGHT": "1"},
-    "4 Model calls in flight": {"SERVING_MODEL_CALLS_IN_FLIGHT": "4"},
+    "default (1 onnxruntime run at a time, decode threads = cores)": {},
+    "2 runs in flight": {"SERVING_MODEL_CALLS_IN_FLIGHT": "2"},
+    "no batching (every request runs alone)": {"SERVING_BATCHING": "false"},
     "access log off": {"SERVING_ACCESS_LOG": "false"},
     "2 API workers": {"SERVING_API_WORKERS": "2"},
     "1 onnxruntime thread": {"SERVING_INTRA_OP_THREADS": "1"},
@@ -60,6 +54,7 @@ VARIANTS = {
     "precision=fp32 (model.onnx)": {"SERVING_PRECISION": "fp32"},
     "precision=int8 (model.int8.onnx)": {"SERVING_PRECISION": "int8"},
 }
+SERVICES = ("ImageClassifier", "Model")  # the HTTP-facing service; Model only in the two-service layout (older code)
 
 
 def cpu_ms(procs: list[psutil.Process]) -> list[float]:
@@ -73,29 +68,35 @@ def event_loop_ms(procs: list[psutil.Process]) -> float:
     return sum((t.user_time + t.system_time) * 1000 for p in procs for t in p.threads() if t.id == p.pid)
 
 
-def measure(version: Path, env: dict, blobs: list[bytes], concurrency: int, requests: int,
-            code: Path | None = None) -> dict:
-    """code: a checkout whose serving/ runs instead of this one (the same venv)."""
+def measure(version: Path, env: dict, photo_sets: dict[str, list[bytes]], concurrencies: list[int],
+            requests: int, code: Path | None = None) -> dict[tuple[str, int], dict]:
+    """One server start, loaded with each photo set at each concurrency: a row per (photos, concurrency).
+    code: a checkout whose serving/ runs instead of this one (the same venv)."""
     srv = Server({"SERVING_MODEL_DIR": str(version.resolve()), "SERVING_MAX_BATCH_SIZE": "64", **env},
                  Path(os.environ.get("TMPDIR", "/tmp")) / "bench-serve-cpu.log", cwd=code)
+    rows = {}
     try:
         assert srv.wait_ready(), "service did not become ready"
-        load(srv.url, blobs, concurrency, 2 * concurrency)  # warm-up: sessions, thread pools, batch sizes
         workers = psutil.Process(srv.proc.pid).children(recursive=True)
         by_name = {name: [p for p in workers if f"--service-name {name}" in " ".join(p.cmdline())]
-                   for name in ("ImageClassifier", "Model")}
-        loops0 = {n: event_loop_ms(ps) for n, ps in by_name.items()}
-        before, client0 = {n: sum(cpu_ms(ps)) for n, ps in by_name.items()}, time.process_time()
-        row = load(srv.url, blobs, concurrency, requests)
-        after, client1 = {n: sum(cpu_ms(ps)) for n, ps in by_name.items()}, time.process_time()
-        loops1 = {n: event_loop_ms(ps) for n, ps in by_name.items()}
+                   for name in SERVICES}
+        for photos, blobs in photo_sets.items():
+            for c in concurrencies:
+                n = max(requests, 4 * c)
+                load(srv.url, blobs, c, 2 * c)  # warm-up: sessions, thread pools, batch sizes
+                loops0 = {name: event_loop_ms(ps) for name, ps in by_name.items()}
+                before, client0 = {name: sum(cpu_ms(ps)) for name, ps in by_name.items()}, time.process_time()
+                row = load(srv.url, blobs, c, n)
+                after, client1 = {name: sum(cpu_ms(ps)) for name, ps in by_name.items()}, time.process_time()
+                loops1 = {name: event_loop_ms(ps) for name, ps in by_name.items()}
+                row["client_ms"] = (client1 - client0) * 1000 / n
+                for name in by_name:
+                    row[f"{name}_ms"] = (after[name] - before[name]) / n
+                    row[f"{name}_loop_ms"] = (loops1[name] - loops0[name]) / n
+                rows[(photos, c)] = row
     finally:
         srv.stop()
-    row["client_ms"] = (client1 - client0) * 1000 / requests
-    for name in by_name:
-        row[f"{name}_ms"] = (after[name] - before[name]) / requests
-        row[f"{name}_loop_ms"] = (loops1[name] - loops0[name]) / requests
-    return row
+    return rows
 
 
 def checkout_name(path: Path) -> str:
@@ -150,63 +151,62 @@ def onnxruntime_ms(version: Path, blobs: list[bytes], batches=(1, 2, 4, 8, 16, 3
 
 def main() -> None:
     ap = service_bench_parser()
-    ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--requests", type=int, default=640)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[32])
+    ap.add_argument("--requests", type=int, default=640, help="per concurrency (at least 4 x concurrency)")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                    help="the settings variants to compare (default: all)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                    help=f"the settings variants to compare (default: all); 'default' for the first: {list(VARIANTS)}")
     ap.add_argument("--against", nargs="+", type=Path, default=[],
                     help="other checkouts (git worktree add DIR COMMIT): their service with default settings, in the "
                          "same rounds, to compare code before and after a change in one run")
-    ap.add_argument("--photo-sizes", nargs="+", choices=list(PHOTO_SIZES),
-                    help="instead of the settings: the default service sent the same photos at these sizes")
+    ap.add_argument("--photo-sizes", nargs="+", choices=list(PHOTO_SIZES), default=[AS_SHOT],
+                    help="the photos sent, as shot or re-encoded at phone sizes (16 photos each past as shot)")
     args, version, card = parse_with_model(ap)
     paths = sorted(args.data.rglob("*.jpg"))
-    if args.photo_sizes:  # 16 photos per size: a 24 MP JPEG is ~5 MB in memory; today's settings and the before
-        variants = {}
-        for size in args.photo_sizes:
-            blobs = reencoded(paths[:16], PHOTO_SIZES[size])
-            variants |= {f"photos {size}": ({}, blobs), f"photos {size}, before": (BEFORE, blobs)}
-    else:
-        blobs = [p.read_bytes() for p in paths[:64]]
-        variants = {name: (VARIANTS[name], blobs) for name in args.variants}
-    code = {f"default settings, code of {checkout_name(d)}": d for d in args.against}
-    variants |= {name: ({}, blobs) for name in code}
-    runs, ort_rounds, beside_rounds = {name: [] for name in variants}, [], []
+    photo_sets = {size: [p.read_bytes() for p in paths[:64]] if size == AS_SHOT else
+                  reencoded(paths[:16], PHOTO_SIZES[size]) for size in args.photo_sizes}
+    names = [next(iter(VARIANTS)) if v == "default" else v for v in args.variants]
+    cases = {name: (VARIANTS[name], None) for name in names}
+    cases |= {f"default settings, code of {checkout_name(d)}": ({}, d) for d in args.against}
+    runs = {name: [] for name in cases}
+    ort_rounds, beside_rounds = [], []
+    as_shot = photo_sets.get(AS_SHOT) or next(iter(photo_sets.values()))
     for _ in range(args.rounds):
-        for name, (env, blobs) in variants.items():
-            runs[name].append(measure(version, env, blobs, args.concurrency, args.requests, code.get(name)))
-            print(name, f"{runs[name][-1]['img_s']:.1f} img/s", flush=True)
-        ort_rounds.append(onnxruntime_ms(version, blobs))  # every round: it drifts with the machine as much
-        beside_rounds.append(onnxruntime_beside_decoding_ms(version, blobs))
+        for name, (env, code) in cases.items():
+            runs[name].append(measure(version, env, photo_sets, args.concurrency, args.requests, code))
+            print(name, {k: f"{r['img_s']:.1f} img/s" for k, r in runs[name][-1].items()}, flush=True)
+        ort_rounds.append(onnxruntime_ms(version, as_shot))  # every round: it drifts with the machine as much
+        beside_rounds.append(onnxruntime_beside_decoding_ms(version, as_shot))
     ort_ms = {b: statistics.median(r[b] for r in ort_rounds) for b in ort_rounds[0]}
     contention = statistics.median(beside_rounds) - ort_ms[8]  # what sharing the cores costs onnxruntime per image
-    base = statistics.median(r["img_s"] for r in runs[next(iter(variants))])
     cores = len(os.sched_getaffinity(0))
-    decode = {id(b): decode_ms(version, b) for _, b in variants.values()}
-    head = ("| variant | img/s (median) | / first | p50 ms | p99 ms | mean batch | images per Model call | client | "
-            "ImageClassifier | Model | all | img/s bound = cores x 1000 / all | decoding alone | onnxruntime alone "
-            "| overhead | overhead beyond onnxruntime's contention | event loops | onnxruntime's threads in the "
-            "service | overhead by thread |\n"
+    decode = {size: decode_ms(version, blobs) for size, blobs in photo_sets.items()}
+    first = next(iter(cases))
+    head = ("| variant | photos | c | img/s (median) | / first | p50 ms | p99 ms | mean batch | images per Model call "
+            "| client | ImageClassifier | Model | all | img/s bound = cores x 1000 / all | decoding alone | "
+            "onnxruntime alone | overhead | overhead beyond onnxruntime's contention | event loops |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = []
-    for name, rows in runs.items():
-        m = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-        total = m["client_ms"] + m["ImageClassifier_ms"] + m["Model_ms"]
-        alone = float(np.interp(m["mean_batch"], list(ort_ms), list(ort_ms.values())))
-        dec = decode[id(variants[name][1])]
-        loops = m["ImageClassifier_loop_ms"] + m["Model_loop_ms"]
-        lines.append(f"| {name} | {m['img_s']:.1f} | {m['img_s'] / base:.2f} | {m['p50']:.0f} | {m['p99']:.0f} | "
-                     f"{m['mean_batch']:.1f} | {m['per_call']:.1f} | {m['client_ms']:.1f} | "
-                     f"{m['ImageClassifier_ms']:.1f} | {m['Model_ms']:.1f} | {total:.1f} | "
-                     f"{cores * 1000 / total:.0f} | {dec:.1f} | {alone:.1f} | "
-                     f"{m['ImageClassifier_ms'] + m['Model_ms'] - dec - alone:.1f} | "
-                     f"{m['ImageClassifier_ms'] + m['Model_ms'] - dec - alone - contention:.1f} | "
-                     f"{loops:.1f} | {m['Model_ms'] - m['Model_loop_ms']:.1f} | "
-                     f"{loops + max(0.0, m['ImageClassifier_ms'] - m['ImageClassifier_loop_ms'] - dec):.1f} |")
+    for photos in photo_sets:
+        for c in args.concurrency:
+            base = statistics.median(r[(photos, c)]["img_s"] for r in runs[first])
+            for name, rounds in runs.items():
+                rows = [r[(photos, c)] for r in rounds]
+                m = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+                server = m["ImageClassifier_ms"] + m["Model_ms"]
+                total = m["client_ms"] + server
+                alone = float(np.interp(m["mean_batch"], list(ort_ms), list(ort_ms.values())))
+                over = server - decode[photos] - alone
+                model = f"{m['Model_ms']:.1f}" if m["Model_ms"] else "none"
+                per_call = "-" if np.isnan(m["per_call"]) else f"{m['per_call']:.1f}"
+                lines.append(f"| {name} | {photos} | {c} | {m['img_s']:.1f} | {m['img_s'] / base:.2f} | "
+                             f"{m['p50']:.0f} | {m['p99']:.0f} | {m['mean_batch']:.1f} | {per_call} | "
+                             f"{m['client_ms']:.1f} | {m['ImageClassifier_ms']:.1f} | {model} | {total:.1f} | "
+                             f"{cores * 1000 / total:.0f} | {decode[photos]:.1f} | {alone:.1f} | {over:.1f} | "
+                             f"{over - contention:.1f} | {m['ImageClassifier_loop_ms'] + m['Model_loop_ms']:.1f} |")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = (f"\n### bench/serve_cpu.py: {card.name} ({card.image_size} px), c = {args.concurrency}, {args.requests} "
-            f"requests x {args.rounds} rounds, {stamp}, {platform.machine()}, {cores} cores, CPU\n\n"
+    text = (f"\n### bench/serve_cpu.py: {card.name} ({card.image_size} px), c = {args.concurrency}, "
+            f"{args.requests} requests x {args.rounds} rounds, {stamp}, {platform.machine()}, {cores} cores, CPU\n\n"
             "CPU core-ms per image by process (user + system), median over rounds; onnxruntime alone by batch "
             "(median over rounds): "
             + ", ".join(f"{b}: {v:.1f}" for b, v in ort_ms.items())

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import RequestError
+
 INTERPOLATION = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
                  "bicubic": Image.Resampling.BICUBIC}
 ORIENTATION = 0x0112  # the EXIF tag
@@ -21,12 +23,8 @@ FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"}
 MAX_FULL_RESIZE_ASPECT = 4  # longer side / shorter side up to which the whole picture is resized before the crop
 
 
-class ImageError(ValueError):
-    """A request image that cannot be used. `reason` labels the metric; `status` is the HTTP status to answer."""
-
-    def __init__(self, reason: str, message: str, status: int = 400):
-        super().__init__(message)
-        self.reason, self.status = reason, status
+class ImageError(RequestError):
+    """A request image that cannot be used (unreadable, or over a limit)."""
 
 
 class PixelBudget:

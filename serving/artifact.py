@@ -9,9 +9,9 @@ from contract.publish import resolve
 
 def pin_version(settings):
     """Resolve LATEST once per server start, for every process of it: the resolved version directory becomes
-    SERVING_MODEL_DIR, which `bentoml serve` hands to each service worker it spawns (and respawns). Otherwise
-    ImageClassifier and Model would each read LATEST when they start, and a publish in between (or a worker restart
-    after one) would pair one version's classes and preprocessing with another version's weights."""
+    SERVING_MODEL_DIR, which `bentoml serve` hands to each API worker it spawns (and respawns). Otherwise each worker
+    would read LATEST when it starts, and a publish in between (or a worker restart after one) would have one pod
+    answer from two versions."""
     if settings.model_dir is not None or settings.artifacts_root is None or not settings.model_name:
         return settings
     try:

@@ -1,75 +1,107 @@
-"""One Model call for the images of many concurrent requests of this process.
+"""Adaptive batching in the service's own process: the images of concurrent requests share one onnxruntime run.
 
-Without it, every request pays a hop to the Model service of its own (an HTTP request, pickling, the dispatcher's
-bookkeeping: about 3.7 core-ms on the Model side alone, bench/RESULTS.md), although BentoML's dispatcher then runs
-them together anyway. Here requests that arrive while earlier calls are in flight wait in a queue and leave together
-in the next call, up to max_batch_size images. Nothing waits on a timer: an idle service sends a lone request at
-once, so latency at low load is unchanged, and the adaptive part (how long to wait for a fuller batch) stays with
-BentoML's dispatcher in the Model service, which still batches across API workers.
+Requests that arrive while a run is under way wait in a queue and leave together in the next run, up to
+max_batch_size images: under load the batch grows with the queue, at low load a lone request leaves at once. Nothing
+waits on a timer for a fuller batch, so there is no latency model to get wrong: the run itself is the wait. A part
+still waiting `max_wait` seconds after it was queued is answered 503 at that moment (the service is over its latency
+budget, max_latency_ms), so an overloaded node sheds load instead of queueing without bound.
 """
 from __future__ import annotations
 
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import numpy as np
+
+from contract.errors import RequestError
 
 Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 
-class Coalescer:
-    """`await run(pixels)` returns `infer(pixels)`, computed in a call shared with other waiting requests."""
+@dataclass
+class Part:
+    pixels: np.ndarray
+    future: asyncio.Future
+    expiry: asyncio.TimerHandle | None
 
-    def __init__(self, infer: Infer, max_batch_size: int, max_in_flight: int) -> None:
+
+def overloaded(max_wait: float) -> RequestError:
+    return RequestError("overloaded", f"the request waited over {max_wait * 1000:.0f} ms (max_latency_ms) for the "
+                        "model: this replica is over its load; retry later or add replicas", 503)
+
+
+class Coalescer:
+    """`await run(pixels)` returns `infer(pixels)`, computed in a call shared with other waiting requests.
+
+    combine=False: every request is a call of its own (split at max_batch_size), for comparison."""
+
+    def __init__(self, infer: Infer, max_batch_size: int, max_in_flight: int, max_wait: float | None = None,
+                 combine: bool = True) -> None:
         self.infer = infer
         self.max_batch_size = max_batch_size
         self.max_in_flight = max_in_flight
-        self.waiting: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        self.max_wait = max_wait
+        self.combine = combine
+        self.waiting: deque[Part] = deque()
         self.in_flight: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
 
     async def run(self, pixels: np.ndarray) -> np.ndarray:
-        """Logits for uint8 [N,S,S,3]; a request larger than max_batch_size goes as several parts."""
+        """Outputs for uint8 [N,S,S,3]; a request larger than max_batch_size goes as several parts."""
         loop = asyncio.get_running_loop()
-        parts = [loop.create_future() for _ in range(0, len(pixels), self.max_batch_size)]
-        for i, future in enumerate(parts):
-            self.waiting.append((pixels[i * self.max_batch_size:(i + 1) * self.max_batch_size], future))
+        parts = []
+        for start in range(0, len(pixels), self.max_batch_size):
+            future = loop.create_future()
+            expiry = None if self.max_wait is None else loop.call_later(self.max_wait, self._expire, future)
+            parts.append(Part(pixels[start:start + self.max_batch_size], future, expiry))
+        self.waiting.extend(parts)
         self._send()
-        # gather: a part's error (503, dropped connection) reaches its request; a cancelled request (client gone)
-        # leaves its parts in their calls, whose other requests are unaffected
-        return np.concatenate(await asyncio.gather(*parts))
+        # gather: a part's error (503, a failed run) reaches its request; a cancelled request (client gone) leaves its
+        # parts in their calls, whose other requests are unaffected
+        return np.concatenate(await asyncio.gather(*(p.future for p in parts)))
+
+    def _expire(self, future: asyncio.Future) -> None:
+        if not future.done():  # still queued: a part that left has its timer cancelled
+            future.set_exception(overloaded(self.max_wait))
 
     def _send(self) -> None:
         while self.waiting and len(self.in_flight) < self.max_in_flight:
             batch = self._take()
+            if not batch:
+                continue
             task = asyncio.get_running_loop().create_task(self._call(batch))
             self.in_flight.add(task)
             task.add_done_callback(self._done)
 
-    def _take(self) -> list[tuple[np.ndarray, asyncio.Future]]:
+    def _take(self) -> list[Part]:
+        """The next call's parts: the waiting ones in arrival order up to max_batch_size images (one part where
+        combine=False), skipping those cancelled or expired while they waited."""
         batch, size = [], 0
-        while self.waiting and size + len(self.waiting[0][0]) <= self.max_batch_size:
-            item = self.waiting.popleft()
-            if not item[1].done():  # skip the parts of requests cancelled while waiting
-                batch.append(item)
-                size += len(item[0])
+        while self.waiting and size + len(self.waiting[0].pixels) <= self.max_batch_size:
+            part = self.waiting.popleft()
+            if part.expiry is not None:
+                part.expiry.cancel()
+            if not part.future.done():
+                batch.append(part)
+                size += len(part.pixels)
+                if not self.combine:
+                    break
         return batch
 
-    async def _call(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
-        if not batch:
-            return
+    async def _call(self, batch: list[Part]) -> None:
         try:
-            logits = await self.infer(np.concatenate([pixels for pixels, _ in batch]))
+            outputs = await self.infer(np.concatenate([p.pixels for p in batch]))
         except Exception as exc:  # every request of the call gets the error, as it would have alone
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
             return
         start = 0
-        for pixels, future in batch:
-            if not future.done():
-                future.set_result(logits[start:start + len(pixels)])
-            start += len(pixels)
+        for p in batch:
+            if not p.future.done():
+                p.future.set_result(outputs[start:start + len(p.pixels)])
+            start += len(p.pixels)
 
     def _done(self, task: asyncio.Task) -> None:
         self.in_flight.discard(task)

@@ -8,10 +8,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
-from . import metrics
+from contract.errors import RequestError
+
+from .errors import error_response
 
 log = logging.getLogger("bentoml.serving")
 
@@ -22,11 +23,10 @@ def missing_boundary(content_type: bytes) -> bool:
 
 
 async def reject(send, status: int, reason: str, message: str) -> None:
-    metrics.invalid_requests.labels(reason=reason).inc()
-    body = json.dumps({"error": reason, "message": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    """A refusal before the app runs, in the REST error body (serving.errors), counted by reason."""
+    response = error_response(RequestError(reason, message, status))
+    await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
 
 
 class BodyDeadline:

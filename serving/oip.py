@@ -18,17 +18,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from contract.errors import RequestError
+
 HEADER_LENGTH = "inference-header-content-length"
 IMAGE_FILES, PIXELS = "image", "images"  # encoded files (BYTES) | preprocessed uint8 pixels (UINT8 [N,S,S,3])
 PROBABILITIES, LABELS = "probabilities", "labels"
-
-
-class ProtocolError(Exception):
-    """A request the protocol (or this model) cannot take: 400 unless said otherwise, with the reason counted."""
-
-    def __init__(self, reason: str, message: str, status: int = 400):
-        super().__init__(message)
-        self.reason, self.status = reason, status
 
 
 class _Loose(BaseModel):
@@ -74,11 +68,11 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
     if not re.fullmatch(r"[0-9]{1,15}", header_length.strip()):  # ASCII digits: '²'.isdigit() is true too
-        raise ProtocolError("bad_header_length", f"Inference-Header-Content-Length must be a byte count, "
+        raise RequestError("bad_header_length", f"Inference-Header-Content-Length must be a byte count, "
                             f"got {header_length[:40]!r}")
     n = int(header_length)
     if n > len(body):
-        raise ProtocolError("bad_header_length", f"Inference-Header-Content-Length is {n} but the body has only "
+        raise RequestError("bad_header_length", f"Inference-Header-Content-Length is {n} but the body has only "
                             f"{len(body)} bytes")
     return body[:n], body[n:]
 
@@ -88,8 +82,8 @@ def parse_header(header: bytes) -> InferenceRequest:
         return InferenceRequest.model_validate_json(header)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
-            raise ProtocolError("bad_json", "the request (or its JSON header) is not valid JSON") from None
-        raise ProtocolError("bad_request", f"not an inference request: {_validation_message(exc)}") from None
+            raise RequestError("bad_json", "the request (or its JSON header) is not valid JSON") from None
+        raise RequestError("bad_request", f"not an inference request: {_validation_message(exc)}") from None
 
 
 def _binary_sizes(inputs: list[RequestInput]) -> list[int | None]:
@@ -97,11 +91,11 @@ def _binary_sizes(inputs: list[RequestInput]) -> list[int | None]:
     for item in inputs:
         size = (item.parameters or {}).get("binary_data_size")
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-            raise ProtocolError("bad_binary_size", f"input '{item.name}': binary_data_size must be a byte count")
+            raise RequestError("bad_binary_size", f"input '{item.name}': binary_data_size must be a byte count")
         if size is not None and item.data is not None:
-            raise ProtocolError("bad_request", f"input '{item.name}' has both data and binary_data_size")
+            raise RequestError("bad_request", f"input '{item.name}' has both data and binary_data_size")
         if size is None and item.data is None:
-            raise ProtocolError("bad_request", f"input '{item.name}' has neither data nor binary_data_size")
+            raise RequestError("bad_request", f"input '{item.name}' has neither data nor binary_data_size")
         sizes.append(size)
     return sizes
 
@@ -113,7 +107,7 @@ def _slice_binary(inputs: list[RequestInput], tail: bytes) -> list[bytes | None]
         parts.append(None if size is None else tail[offset:offset + size])
         offset += size or 0
     if offset != len(tail):
-        raise ProtocolError("bad_binary_size", f"the inputs' binary_data_size add up to {offset} bytes but "
+        raise RequestError("bad_binary_size", f"the inputs' binary_data_size add up to {offset} bytes but "
                             f"{len(tail)} bytes follow the JSON header")
     return parts
 
@@ -123,16 +117,16 @@ def unpack_bytes(blob: bytes, count: int, name: str) -> list[bytes]:
     out, offset = [], 0
     while offset < len(blob):
         if offset + 4 > len(blob):
-            raise ProtocolError("bad_bytes_tensor", f"input '{name}': truncated element length at byte {offset}")
+            raise RequestError("bad_bytes_tensor", f"input '{name}': truncated element length at byte {offset}")
         (n,) = struct.unpack_from("<I", blob, offset)
         offset += 4
         if offset + n > len(blob):
-            raise ProtocolError("bad_bytes_tensor", f"input '{name}': element {len(out)} says {n} bytes but only "
+            raise RequestError("bad_bytes_tensor", f"input '{name}': element {len(out)} says {n} bytes but only "
                                 f"{len(blob) - offset} remain")
         out.append(blob[offset:offset + n])
         offset += n
     if len(out) != count:
-        raise ProtocolError("bad_shape", f"input '{name}': shape says {count} elements, the data holds {len(out)}")
+        raise RequestError("bad_shape", f"input '{name}': shape says {count} elements, the data holds {len(out)}")
     return out
 
 
@@ -152,57 +146,57 @@ def _flat(data: Any) -> list:
 
 def _count(shape: list[int], name: str, max_images: int) -> int:
     if any(d < 0 for d in shape) or not shape:
-        raise ProtocolError("bad_shape", f"input '{name}': shape {shape} must be non-empty with no negative sizes")
+        raise RequestError("bad_shape", f"input '{name}': shape {shape} must be non-empty with no negative sizes")
     n = shape[0]
     if not 1 <= n <= max_images:
-        raise ProtocolError("too_many_images" if n > max_images else "bad_shape",
+        raise RequestError("too_many_images" if n > max_images else "bad_shape",
                             f"input '{name}': batch size {n} must be between 1 and {max_images} per request")
     return n
 
 
 def _files(item: RequestInput, binary: bytes | None, max_images: int) -> list[bytes]:
     if item.datatype != "BYTES":
-        raise ProtocolError("bad_datatype", f"input '{IMAGE_FILES}' holds encoded image files: datatype BYTES, "
+        raise RequestError("bad_datatype", f"input '{IMAGE_FILES}' holds encoded image files: datatype BYTES, "
                             f"not {item.datatype}")
     if len(item.shape) not in (1, 2) or (len(item.shape) == 2 and item.shape[1] != 1):
-        raise ProtocolError("bad_shape", f"input '{IMAGE_FILES}': shape must be [N] or [N,1], got {item.shape}")
+        raise RequestError("bad_shape", f"input '{IMAGE_FILES}': shape must be [N] or [N,1], got {item.shape}")
     n = _count(item.shape, IMAGE_FILES, max_images)
     if binary is not None:
         return unpack_bytes(binary, n, IMAGE_FILES)
     values = _flat(item.data)
     if len(values) != n:
-        raise ProtocolError("bad_shape", f"input '{IMAGE_FILES}': shape says {n} elements, data holds {len(values)}")
+        raise RequestError("bad_shape", f"input '{IMAGE_FILES}': shape says {n} elements, data holds {len(values)}")
     out = []
     for i, v in enumerate(values):
         if not isinstance(v, str):
-            raise ProtocolError("bad_base64", f"input '{IMAGE_FILES}' element {i}: in JSON each image file is a "
+            raise RequestError("bad_base64", f"input '{IMAGE_FILES}' element {i}: in JSON each image file is a "
                                 "base64 string (or send it raw with the binary tensor data extension)")
         try:
             out.append(base64.b64decode(v, validate=True))
         except (binascii.Error, ValueError):
-            raise ProtocolError("bad_base64", f"input '{IMAGE_FILES}' element {i} is not valid base64") from None
+            raise RequestError("bad_base64", f"input '{IMAGE_FILES}' element {i} is not valid base64") from None
     return out
 
 
 def _pixels(item: RequestInput, binary: bytes | None, max_images: int, image_size: int) -> np.ndarray:
     want = [image_size, image_size, 3]
     if item.datatype != "UINT8":
-        raise ProtocolError("bad_datatype", f"input '{PIXELS}' holds preprocessed pixels: datatype UINT8, "
+        raise RequestError("bad_datatype", f"input '{PIXELS}' holds preprocessed pixels: datatype UINT8, "
                             f"not {item.datatype}")
     if len(item.shape) != 4 or item.shape[1:] != want:
-        raise ProtocolError("bad_shape", f"input '{PIXELS}': shape must be [N,{image_size},{image_size},3] "
+        raise RequestError("bad_shape", f"input '{PIXELS}': shape must be [N,{image_size},{image_size},3] "
                             f"(resized, center-cropped RGB, as model.json says), got {item.shape}")
     n = _count(item.shape, PIXELS, max_images)
     size = n * image_size * image_size * 3
     if binary is not None:
         if len(binary) != size:
-            raise ProtocolError("bad_shape", f"input '{PIXELS}': shape {item.shape} needs {size} bytes, got "
+            raise RequestError("bad_shape", f"input '{PIXELS}': shape {item.shape} needs {size} bytes, got "
                                 f"{len(binary)}")
         return np.frombuffer(binary, dtype=np.uint8).reshape(n, *want)
     values = _flat(item.data)
     if len(values) != size or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255
                                       for v in values):
-        raise ProtocolError("bad_data", f"input '{PIXELS}': data must be {size} integers in 0..255 for shape "
+        raise RequestError("bad_data", f"input '{PIXELS}': data must be {size} integers in 0..255 for shape "
                             f"{item.shape}")
     return np.asarray(values, dtype=np.uint8).reshape(n, *want)
 
@@ -211,7 +205,7 @@ def parse_infer(body: bytes, header_length: str | None, *, max_images: int, imag
     header, tail = split_body(body, header_length)
     req = parse_header(header)
     if len(req.inputs) != 1:
-        raise ProtocolError("bad_request", f"one input per request ('{IMAGE_FILES}' BYTES or '{PIXELS}' UINT8), "
+        raise RequestError("bad_request", f"one input per request ('{IMAGE_FILES}' BYTES or '{PIXELS}' UINT8), "
                             f"got {len(req.inputs)}")
     item, binary = req.inputs[0], _slice_binary(req.inputs, tail)[0]
     files = pixels = None
@@ -220,20 +214,20 @@ def parse_infer(body: bytes, header_length: str | None, *, max_images: int, imag
     elif item.name == PIXELS:
         pixels = _pixels(item, binary, max_images, image_size)
     else:
-        raise ProtocolError("unknown_input", f"unknown input '{item.name}'; inputs are '{IMAGE_FILES}' (BYTES, "
+        raise RequestError("unknown_input", f"unknown input '{item.name}'; inputs are '{IMAGE_FILES}' (BYTES, "
                             f"encoded files) and '{PIXELS}' (UINT8 [N,{image_size},{image_size},3])")
     outputs = req.outputs if req.outputs is not None else [RequestOutput(name=PROBABILITIES),
                                                            RequestOutput(name=LABELS)]
     unknown = [o.name for o in outputs if o.name not in (PROBABILITIES, LABELS)]
     if unknown or not outputs:
-        raise ProtocolError("unknown_output", f"unknown outputs {unknown}; outputs are '{PROBABILITIES}' and "
+        raise RequestError("unknown_output", f"unknown outputs {unknown}; outputs are '{PROBABILITIES}' and "
                             f"'{LABELS}'")
     return Request(req.id, files, pixels, outputs, req.parameters or {})
 
 
 def _positive_int(value: Any, what: str, limit: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
-        raise ProtocolError("bad_parameter", f"{what} must be an integer from 1 to {limit}, got {value!r}")
+        raise RequestError("bad_parameter", f"{what} must be an integer from 1 to {limit}, got {value!r}")
     return value
 
 

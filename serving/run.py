@@ -1,7 +1,8 @@
 """`python -m serving.run [bentoml serve options]` (console script imgcls-serve): `bentoml serve` with a graceful stop.
 
-bentoml serve stops its worker processes all at once on SIGTERM, so a request in flight in the HTTP-facing service
-loses the Model service under it and gets a 503. This parent process takes SIGTERM instead and, in order:
+bentoml serve stops its worker processes at once on SIGTERM, so a request in flight is cut off and a load balancer
+that has not yet seen the pod go unready keeps sending new ones. This parent process takes SIGTERM instead and, in
+order:
 1. makes /readyz answer 503 (a drain file the services check), so load balancers stop sending new requests;
 2. keeps serving for drain_seconds, then until no request is in flight (BentoML's own in-progress gauge on /metrics),
    at most drain_timeout_seconds;

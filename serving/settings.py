@@ -23,19 +23,19 @@ class Settings(BaseSettings):
         "auto", description="auto: fp16 on CUDA when the artifact has it; on CPU the int8 variant where it passes the "
                             "canary check on this node; else fp32 (contract.precision)")
     max_batch_size: int = Field(32, ge=1, le=1024)
-    max_latency_ms: int = Field(2000, ge=1,
-                                description="batching latency budget; BentoML sheds requests beyond it with 503")
+    max_latency_ms: int = Field(2000, ge=1, description="latency budget: a request whose images still wait for "
+                                "their onnxruntime run this long after decoding is answered 503 (load shedding)")
     batching: bool = Field(True, description="false: every request runs alone (for comparison)")
-    intra_op_threads: int = Field(0, ge=0, description="0: the container's CPU allotment (affinity, cgroup "
-                                                        "quota), else onnxruntime's default (physical cores)")
+    intra_op_threads: int = Field(0, ge=0, description="per API worker; 0: the container's CPU allotment (affinity, "
+                                  "cgroup quota) shared out between the API workers, else onnxruntime's default")
     inter_op_threads: int = Field(1, ge=1)
     spinning: bool = Field(False, description="onnxruntime's threads busy-wait between runs: lower latency on idle "
                                               "cores, CPU taken from decoding on busy ones (bench/serve.py)")
-    api_workers: int = Field(1, ge=1, description="processes that decode and preprocess")
+    api_workers: int = Field(1, ge=1, description="processes, each decoding and running its own onnxruntime session")
     decode_threads: int = Field(0, ge=0, description="per API worker: images decoded at once, the others queue in "
                                                      "arrival order; 0: the container's CPU allotment")
-    model_calls_in_flight: int = Field(2, ge=1, description="per API worker: concurrent calls to the Model service; "
-                                                             "requests arriving meanwhile share the next call")
+    model_calls_in_flight: int = Field(1, ge=1, description="per API worker: concurrent onnxruntime runs; requests "
+                                       "arriving meanwhile share the next run (bench/serve_cpu.py compares 1 and 2)")
     max_request_bytes: int = Field(32 << 20, ge=1024)
     body_timeout_seconds: float = Field(30.0, gt=0, lt=60, description="a request body not fully received by then is "
                                         "answered 408 (below BentoML's 60 s request timeout, which answers 504)")

@@ -22,8 +22,9 @@ def test_script_parses(script):
 
 
 def test_carried_wheels_pin_what_pyproject_pins():
-    """The versions pyproject pins exactly (BentoML: serving/multipart.py patches its internals) are the ones carried;
-    the other pins are the versions this environment had when the list was made (a fresh install may move them)."""
+    """The versions pyproject pins exactly (BentoML: serving/bentoml_adapter.py changes its internals) are the ones
+    carried; the other pins are the versions this environment had when the list was made (a fresh install may move
+    them)."""
     pins = dict(line.split("==") for line in (GPU / "wheels.txt").read_text().splitlines()
                 if line and not line.startswith("#"))
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())

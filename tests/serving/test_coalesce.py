@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from contract.errors import RequestError
 from serving.coalesce import Coalescer
 
 
@@ -115,3 +116,37 @@ def test_calls_in_flight_never_exceed_the_setting(in_flight):
 
     asyncio.run(main())
     assert model.most_running == in_flight
+
+
+def test_a_request_waiting_past_the_budget_is_answered_503_then():
+    """max_wait: a request queued behind a long run is refused when its budget runs out, not when the run ends; the
+    request in the run is unaffected."""
+    model = SlowModel(seconds=0.5)
+
+    async def main():
+        c = Coalescer(model, max_batch_size=8, max_in_flight=1, max_wait=0.1)
+        first = asyncio.ensure_future(c.run(images(1)))
+        await asyncio.sleep(0.01)
+        start = time.perf_counter()
+        with pytest.raises(RequestError, match="max_latency_ms") as refused:
+            await c.run(images(2))
+        waited = time.perf_counter() - start
+        return await first, refused.value, waited
+
+    logits, refused, waited = asyncio.run(main())
+    assert logits[:, 0].tolist() == [1]
+    assert refused.status == 503 and refused.reason == "overloaded"
+    assert 0.09 < waited < 0.3, waited
+    assert model.calls == [1], "the refused request must not run"
+
+
+def test_without_combining_every_request_runs_alone():
+    model = SlowModel(seconds=0.01)
+
+    async def main():
+        c = Coalescer(model, max_batch_size=4, max_in_flight=1, combine=False)
+        return await asyncio.gather(*(c.run(images(i, i, i)) for i in range(6)))
+
+    answers = asyncio.run(main())
+    assert [a[:, 0].tolist() for a in answers] == [[i, i, i] for i in range(6)]
+    assert model.calls == [3] * 6

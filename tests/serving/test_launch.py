@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_stop_leaves_no_process_behind_even_workers_that_do_not_stop(artifact, tmp_path):
     """BentoML's workers lead sessions of their own, so the old fallback (SIGKILL to the server's process group)
     missed any worker that did not stop: it outlived the test, holding its memory and port (issue 27)."""
-    srv = Server({"SERVING_MODEL_DIR": str(artifact)}, tmp_path / "serve.log")
+    srv = Server({"SERVING_MODEL_DIR": str(artifact), "SERVING_API_WORKERS": "2"}, tmp_path / "serve.log")
     try:
         assert srv.wait_ready(), (tmp_path / "serve.log").read_text()[-2000:]
         started = srv.processes()

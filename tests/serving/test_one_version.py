@@ -1,5 +1,5 @@
-"""One served version per server start: a publish while the service starts never pairs one version's classes and
-preprocessing (ImageClassifier) with another version's weights (Model)."""
+"""One served version per server start: a publish while the service starts never has two API workers serve two
+versions (serving.artifact.pin_version resolves LATEST once, before the workers start)."""
 from __future__ import annotations
 
 import json
@@ -34,7 +34,8 @@ def test_a_publish_during_start_up_does_not_split_the_service(artifact, data_dir
     (v2 / "model.json").write_text(json.dumps(card))
     (root / "LATEST").write_text(v1.name + "\n")
     log = tmp_path / "serve.log"
-    srv = Server({"SERVING_ARTIFACTS_ROOT": str(root.parent), "SERVING_MODEL_NAME": "bees"}, log)
+    srv = Server({"SERVING_ARTIFACTS_ROOT": str(root.parent), "SERVING_MODEL_NAME": "bees",
+                  "SERVING_API_WORKERS": "2"}, log)
     try:
         _wait_for_line(log, "model version directory for this start")
         promote(root, "v2-other")  # published the way training publishes
@@ -43,7 +44,7 @@ def test_a_publish_during_start_up_does_not_split_the_service(artifact, data_dir
         assert info["version"] == v1.name and info["classes"] == ["ants", "bees"]
         metrics = httpx.get(srv.url + "/metrics").text
         served = re.findall(r'imgcls_model_info\{[^}]*version="([^"]+)"', metrics)
-        assert served == [v1.name], "the Model service must load the same version as ImageClassifier"
+        assert served == [v1.name], "every API worker must load the version pinned at start"
         photo = sorted((data_dir / "val" / "bees").iterdir())[0]
         answer = httpx.post(srv.url + "/predict", files={"image": (photo.name, photo.read_bytes())}).json()
         assert answer["version"] == v1.name and answer["label"] in ("ants", "bees")

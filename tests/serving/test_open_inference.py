@@ -18,6 +18,7 @@ from kserve.protocol.infer_type import RequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from contract.card import load_card
+from contract.errors import RequestError
 from contract.preprocess import preprocess
 from serving import oip
 
@@ -254,9 +255,9 @@ def test_bytes_tensor_round_trip_and_truncation():
     packed = oip.pack_bytes(items)
     assert oip.unpack_bytes(packed, 3, "image") == items
     for cut in (1, 5, len(packed) - 1):
-        with pytest.raises(oip.ProtocolError):
+        with pytest.raises(RequestError):
             oip.unpack_bytes(packed[:cut], 3, "image")
-    with pytest.raises(oip.ProtocolError, match="shape says 2"):
+    with pytest.raises(RequestError, match="shape says 2"):
         oip.unpack_bytes(packed, 2, "image")
 
 
