@@ -4,8 +4,8 @@ python -m bench.profile_serve --model artifacts/hymenoptera [--concurrency 32] [
 
 Starts the real service, loads it with real JPEGs (bench/serve.py's client) and, meanwhile, samples the
 ImageClassifier worker process (and the Model service's, in checkouts with the two-service layout) with py-spy
-(`pip install py-spy`; it reads the processes from outside, no code change). For each process: the share of its samples per leaf function (where the CPU is, not who
-called it), per thread (the event loop vs the worker threads) and per module family (onnxruntime, PIL,
+(`pip install py-spy`; it reads the processes from outside, no code change). For each process: the share of its
+samples per leaf function (where the CPU is, not who called it), per thread (the event loop vs the worker threads) and per module family (onnxruntime, PIL,
 multipart/HTTP, serialisation, asyncio...). py-spy leaves out threads it sees idle, but an event loop blocked in
 uvloop's epoll is counted as busy (the leaf `Runner.run`) unless --native shows the epoll frame, which is then left
 out: read the tables of a run without --native as waiting plus work. --native pauses each process at every sample,
