@@ -3,14 +3,15 @@
 python -m bench.profile_serve --model artifacts/hymenoptera [--concurrency 32] [--seconds 20] [--native]
 
 Starts the real service, loads it with real JPEGs (bench/serve.py's client) and, meanwhile, samples the
-ImageClassifier worker process (and the Model service's, in checkouts with the two-service layout) with py-spy
-(`pip install py-spy`; it reads the processes from outside, no code change). For each process: the share of its
-samples per leaf function (where the CPU is, not who called it), per thread (the event loop vs the worker threads) and per module family (onnxruntime, PIL,
-multipart/HTTP, serialisation, asyncio...). py-spy leaves out threads it sees idle, but an event loop blocked in
-uvloop's epoll is counted as busy (the leaf `Runner.run`) unless --native shows the epoll frame, which is then left
-out: read the tables of a run without --native as waiting plus work. --native pauses each process at every sample,
-which slows it down (its worker threads most): use its tables for what runs inside a thread, and bench/serve_cpu.py's
-per-thread CPU for how the CPU splits between threads. Appends the tables to bench/RESULTS.md.
+ImageClassifier worker process (and the Model service's, in checkouts with the two-service layout) with py-spy (`pip
+install py-spy`; it reads the processes from outside, no code change). For each process: the share of its samples
+per leaf function (where the CPU is, not who called it), per thread (the event loop vs the worker threads) and per
+module family (onnxruntime, PIL, multipart/HTTP, serialisation, asyncio...). py-spy leaves out threads it sees idle,
+but an event loop blocked in uvloop's epoll is counted as busy (the leaf `Runner.run`) unless --native shows the
+epoll frame, which is then left out: read the tables of a run without --native as waiting plus work. --native pauses
+each process at every sample, which slows it down (its worker threads most): use its tables for what runs inside a
+thread, and bench/serve_cpu.py's per-thread CPU for how the CPU splits between threads. Appends the tables to
+bench/RESULTS.md.
 """
 from __future__ import annotations
 
