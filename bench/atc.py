@@ -131,13 +131,14 @@ def clean_by_seed(versions: list[Path]) -> list[str]:
     errors = {"atc_mc": [], "atc_ne": [], "ac": []}
     for version in versions:
         card = load_card(version)
-        fit, check = card.monitoring["fitted_on"], card.monitoring["self_check"]
-        acc = check["accuracy"]
-        se = math.sqrt(acc * (1 - acc) / check["n"])
+        fit, check = card.monitoring.fitted_on, card.monitoring.self_check
+        acc = check.accuracy
+        se = math.sqrt(acc * (1 - acc) / check.n)
         cells = []
         for k in errors:
-            errors[k].append(abs(check[k] - acc) / se)
-            cells.append(f"{100 * (check[k] - acc):+.1f} ({(check[k] - acc) / se:+.2f} SE)")
+            estimate = getattr(check, k)
+            errors[k].append(abs(estimate - acc) / se)
+            cells.append(f"{100 * (estimate - acc):+.1f} ({(estimate - acc) / se:+.2f} SE)")
         lines.append(f"| {card.config['seed']} | {fit['n']} | {fit['accuracy']:.3f} | {check['n']} | {acc:.3f} ± "
                      f"{se:.3f} | " + " | ".join(cells) + " |")
     lines.append("\nWithin one standard error: " + ", ".join(
@@ -158,7 +159,7 @@ def main() -> None:
     card = load_card(version)
     if not card.monitoring:
         raise SystemExit(f"{version}/model.json has no monitoring block: export it with this version of training")
-    thresholds, reference = card.monitoring["thresholds"], card.monitoring["reference_shares"]
+    thresholds, reference = card.monitoring.thresholds, card.monitoring.reference_shares
     data = DataConfig.model_validate(card.config["data"])
     test = load_splits(data, card.config["seed"]).test
     session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -205,7 +205,8 @@ def main() -> None:
     expected = None
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     for _ in range(args.rounds):
-        srv = Server({"SERVING_MODEL_DIR": str(version), "SERVING_MAX_BATCH_SIZE": str(BATCH)},
+        srv = Server({"SERVING_MODEL_DIR": str(version), "SERVING_MAX_BATCH_SIZE": str(BATCH),
+                      "SERVING_PRECISION": "fp32"},  # model.onnx, as every peer runs it
                      logs / "bench-peers-ours.log")
         try:
             assert srv.wait_ready(), "the service did not become ready"

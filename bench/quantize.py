@@ -29,6 +29,7 @@ import torch
 
 from bench.infer import gflop_per_image, machine, ort_runner, race
 from contract.card import load_card
+from contract.preprocess import PreprocessSpec
 from contract.publish import resolve_path
 from contract.scores import softmax
 from training.config import DataConfig, ModelConfig, TrainConfig
@@ -87,7 +88,7 @@ def accuracy(model: Path, counts: list[int], rounds: int, seconds: float) -> str
     cfg = TrainConfig.model_validate(card.config)
     splits, _ = prepared_splits(cfg)
     test = splits.scored_test()
-    spec = {"resize_size": card.resize_size, "image_size": card.image_size, "interpolation": card.interpolation}
+    spec = card.spec
     labels = np.asarray(test.labels)
     (a,) = logits_of([runner(version / "model.onnx")], test, spec)
     acc32 = float((a.argmax(1) == labels).mean())
@@ -129,7 +130,7 @@ def speed(backbones: list[str], size: int, batches: list[int], rounds: int, seco
     vnni = bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
     int8_peak = peak * (4 if vnni else 2)
     splits = load_splits(DataConfig(path=DATA, limit_per_class=16), 0)
-    spec = {"resize_size": int(size * 1.14), "image_size": size, "interpolation": "bilinear"}
+    spec = PreprocessSpec(int(size * 1.14), size, "bilinear")
     calibration = model_inputs(splits.train, spec, spread(splits.train, 32, 0))
     rows, rng = [], np.random.default_rng(0)
     for name in backbones:

@@ -44,7 +44,7 @@ from serving.settings import load_settings
 
 AS_SHOT = "as shot (~0.2 MP)"
 VARIANTS = {
-    "default (1 onnxruntime run at a time, decode threads = cores)": {},
+    "default (1 onnxruntime run at a time, decode threads = cores; fp32)": {},
     "2 runs in flight": {"SERVING_MODEL_CALLS_IN_FLIGHT": "2"},
     "no batching (every request runs alone)": {"SERVING_BATCHING": "false"},
     "access log off": {"SERVING_ACCESS_LOG": "false"},
@@ -54,6 +54,9 @@ VARIANTS = {
     "precision=fp32 (model.onnx)": {"SERVING_PRECISION": "fp32"},
     "precision=int8 (model.int8.onnx)": {"SERVING_PRECISION": "int8"},
 }
+# model.onnx unless a variant says otherwise: `auto` picks int8 on CPU where the artifact has it (and older checkouts
+# chose fp32 wherever onnxruntime-gpu is installed), which would compare two models instead of two services
+FIXED = {"SERVING_PRECISION": "fp32"}
 SERVICES = ("ImageClassifier", "Model")  # the HTTP-facing service; Model only in the two-service layout (older code)
 
 
@@ -72,7 +75,7 @@ def measure(version: Path, env: dict, photo_sets: dict[str, list[bytes]], concur
             requests: int, code: Path | None = None) -> dict[tuple[str, int], dict]:
     """One server start, loaded with each photo set at each concurrency: a row per (photos, concurrency).
     code: a checkout whose serving/ runs instead of this one (the same venv)."""
-    srv = Server({"SERVING_MODEL_DIR": str(version.resolve()), "SERVING_MAX_BATCH_SIZE": "64", **env},
+    srv = Server({"SERVING_MODEL_DIR": str(version.resolve()), "SERVING_MAX_BATCH_SIZE": "64", **FIXED, **env},
                  Path(os.environ.get("TMPDIR", "/tmp")) / "bench-serve-cpu.log", cwd=code)
     rows = {}
     try:

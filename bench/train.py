@@ -54,7 +54,7 @@ def phase1(cfg, splits, device) -> dict:
     trainer.run_phase(1, None)
     wall = time.perf_counter() - t0
     logits, labels = logits_of(trainer.model, splits.test, cfg, device)
-    images = trainer.sampler.batches_per_epoch() * cfg.data.batch_size
+    images = trainer.data.sampler.batches_per_epoch() * cfg.data.batch_size
     return {"img_s": images * len(epoch_s) / sum(epoch_s), "cache_s": cache_s[0], "wall": wall,
             "epochs": len(epoch_s), "test_acc": metrics.quick(logits, labels)["acc"]}
 
@@ -68,10 +68,10 @@ def pipeline(cfg, splits, device, workers: int) -> dict:
     set_trainable(model, cfg.stages_to_unfreeze(), "frozen")
     train_mode(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    trainer.sampler.set_epoch(0)
+    trainer.data.sampler.set_epoch(0)
     wait = 0.0
     t0 = time.perf_counter()
-    it = iter(trainer.train_loader)
+    it = iter(trainer.data.train_loader)
     n = 0
     while True:
         t = time.perf_counter()
@@ -80,7 +80,7 @@ def pipeline(cfg, splits, device, workers: int) -> dict:
         except StopIteration:
             break
         wait += time.perf_counter() - t
-        x, y = trainer.image_input(images, labels)
+        x, y = trainer.data.image_input(images, labels)
         loss = trainer.criterion(model(x), y)
         opt.zero_grad()
         loss.backward()

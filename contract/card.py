@@ -6,11 +6,13 @@ card that does not follow this schema. Each refusal says exactly what is wrong.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .canary import Canary
 from .files import sha256_of
+from .monitoring import Monitoring
 from .preprocess import PreprocessSpec
 
 INPUT = {"name": "images", "dtype": "uint8", "layout": "NHWC", "color": "RGB"}
@@ -21,6 +23,99 @@ class ArtifactError(RuntimeError):
     pass
 
 
+class Block(BaseModel):
+    """A typed part of model.json; fields a newer trainer adds are kept, not refused (an older service loads it)."""
+    model_config = ConfigDict(extra="allow")
+
+
+class ClassMetrics(Block):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class WithCopies(Block):
+    """Accuracy counting the test images that have a copy in train: the raw figure, beside the honest one."""
+    accuracy: float
+    n: int
+    copies_in_train: int
+
+
+class SplitMetrics(Block):
+    """training.metrics.full on one split (the test split: the images without a copy in train)."""
+    n: int
+    accuracy: float
+    macro_precision: float | None = None
+    macro_recall: float | None = None
+    macro_f1: float | None = None
+    per_class: dict[str, ClassMetrics] = Field(default_factory=dict)
+    confusion_matrix: list[list[int]] = Field(default_factory=list)
+    top5_accuracy: float | None = None
+    roc_auc: float | None = None
+    ece: float | None = None
+    ece_uncalibrated: float | None = None
+    log_loss: float | None = None
+    with_copies: WithCopies | None = None
+
+
+class Metrics(Block):
+    test: SplitMetrics | None = None
+    best_val: dict[str, Any] = Field(default_factory=dict)  # {<early_stop.metric>: value, "at": [phase, epoch]}
+
+
+class ParityCheck(Block):
+    """onnxruntime against PyTorch on the same images at one batch size."""
+    max_abs_diff: float
+    argmax_equal: bool
+
+
+class SkewCheck(Block):
+    """Test accuracy through the service's own scorer against training's evaluation (the reference is named by its
+    key: torch_accuracy for fp32, <precision>_onnxruntime_accuracy for a variant)."""
+    served_accuracy: float
+    gap_points: float
+    tolerance_points: float
+    n: int
+
+
+class SkewGate(SkewCheck):
+    int8: SkewCheck | None = None  # the int8 file through the service's path, when it ships
+
+
+class ComparedWith(Block):
+    version: str
+    test_accuracy: float | None
+
+
+class MajorityBaseline(Block):
+    majority_share: float
+    n: int
+    correct: int
+    p_value: float
+    significance: float
+    passed: bool
+
+
+class PublishGate(Block):
+    passed: bool
+    reasons: list[str]
+    min_test_accuracy: float
+    max_regression_points: float
+    compared_with: ComparedWith | None
+    majority_baseline: MajorityBaseline
+
+
+class Calibration(Block):
+    """How the int8 variant was calibrated (training.quantize): the method chosen by validation agreement."""
+    method: str
+    images: int
+    format: str
+    validation_agreement_by_method: dict[str, float] = Field(default_factory=dict)
+    activations: str = ""
+    weights: str = ""
+
+
 class Variant(BaseModel):
     """Another precision of the same model (fp16, int8), checked against the fp32 one at export."""
     model_config = ConfigDict(extra="allow")
@@ -28,14 +123,14 @@ class Variant(BaseModel):
     sha256: str
     max_abs_diff_vs_fp32: float
     top1_agreement: float
-    limits: dict
+    limits: dict[str, float]  # what it had to meet at export
     n: int
     test_accuracy: float | None = None  # int8: on the test images, beside fp32's
     fp32_test_accuracy: float | None = None
     mean_abs_dprob: float | None = None
     speedup_vs_fp32: float | None = None  # int8: images per second over fp32's where it was exported
-    calibration: dict | None = None  # int8: method, images, format and types
-    canary: dict | None = None  # int8: the node check's images and limits (contract.canary)
+    calibration: Calibration | None = None  # int8
+    canary: Canary | None = None  # int8: the node check's images and limits (contract.canary)
 
 
 class ModelCard(BaseModel):
@@ -52,15 +147,16 @@ class ModelCard(BaseModel):
     temperature: float = Field(1.0, gt=0, description="softmax temperature fitted on the validation split")
     sha256: str = Field(pattern="^[0-9a-f]{64}$", description="of model.onnx")
     backbone: str = ""
-    metrics: dict = Field(default_factory=dict, description="test (and best validation) metrics from training")
-    config: dict = Field(default_factory=dict, description="the training config")
-    libraries: dict = Field(default_factory=dict)
-    parity: dict = Field(default_factory=dict, description="onnxruntime vs PyTorch on real test images")
+    metrics: Metrics = Field(default_factory=Metrics, description="test (and best validation) metrics from training")
+    config: dict = Field(default_factory=dict, description="the training config (training.config.TrainConfig)")
+    libraries: dict[str, str] = Field(default_factory=dict)
+    parity: dict[str, ParityCheck] = Field(default_factory=dict, description="onnxruntime vs PyTorch on real test "
+                                                                              "images, by batch size (batch_<n>)")
     variants: dict[str, Variant] = Field(default_factory=dict)
     variants_refused: dict[str, str] = Field(default_factory=dict, description="variant -> why it was not shipped")
-    skew_gate: dict | None = None
-    publish_gate: dict | None = None
-    monitoring: dict | None = Field(None, description="ATC thresholds and drift reference (contract.monitoring)")
+    skew_gate: SkewGate | None = None
+    publish_gate: PublishGate | None = None
+    monitoring: Monitoring | None = Field(None, description="ATC thresholds and drift reference (contract.monitoring)")
     export_seconds: float | None = None
 
     @model_validator(mode="after")
@@ -75,7 +171,7 @@ class ModelCard(BaseModel):
 
     @property
     def test_accuracy(self) -> float | None:
-        return self.metrics.get("test", {}).get("accuracy")
+        return self.metrics.test.accuracy if self.metrics.test is not None else None
 
     def write(self, folder: Path) -> None:
         (Path(folder) / "model.json").write_text(self.model_dump_json(indent=2))

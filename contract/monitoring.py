@@ -10,9 +10,46 @@ Torch-free: both halves compute the scores with these functions.
 from __future__ import annotations
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 SCORES = ("mc", "ne")
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)  # the service's histogram
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="allow")  # a newer trainer's extra fields are kept, not refused
+
+
+class FittedOn(_Block):
+    split: str
+    n: int
+    accuracy: float
+    standard_error: float  # one binomial standard error of `accuracy`: the estimate inherits it
+
+
+class Histogram(_Block):
+    edges: list[float]
+    counts: list[int]
+
+
+class SelfCheck(_Block):
+    """The estimates on the test split against its true accuracy."""
+    split: str
+    n: int
+    accuracy: float
+    atc_mc: float
+    atc_ne: float
+    ac: float
+
+
+class Monitoring(_Block):
+    """model.json's `monitoring` block."""
+    method: str
+    thresholds: dict[str, float]  # score name (SCORES) -> ATC threshold
+    fitted_on: FittedOn
+    reference_shares: dict[str, float]  # class -> share of the test split's predictions: the drift reference
+    confidence_histogram: Histogram
+    self_check: SelfCheck
 
 
 def scores(probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -52,7 +89,7 @@ def predicted_shares(probs: np.ndarray, classes: list[str]) -> dict[str, float]:
 
 
 def fit(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndarray, test_labels: np.ndarray,
-        classes: list[str]) -> dict:
+        classes: list[str]) -> Monitoring:
     """The monitoring block: thresholds fitted on validation, the test split's predicted-class shares (drift
     reference) and confidence histogram, and a self-check of the estimates against the true test accuracy."""
     v = scores(val_probs)
@@ -62,13 +99,13 @@ def fit(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndarray, t
     hist, _ = np.histogram(test_probs.max(axis=1), bins=edges)
     test_acc = float(np.mean(test_probs.argmax(axis=1) == test_labels))
     val_acc = float(np.mean(correct))
-    return {"method": "ATC (Garg et al., ICLR 2022) on the temperature-scaled softmax",
-            "thresholds": thresholds,
-            # the estimate inherits validation accuracy's sampling error: on data like validation it is off by
-            # about this much (one binomial standard error), whatever the method
-            "fitted_on": {"split": "val", "n": int(len(val_labels)), "accuracy": val_acc,
-                          "standard_error": float(np.sqrt(val_acc * (1 - val_acc) / len(correct)))},
-            "reference_shares": predicted_shares(test_probs, classes),
-            "confidence_histogram": {"edges": list(edges), "counts": hist.tolist()},
-            "self_check": {"split": "test", "n": int(len(test_labels)), "accuracy": test_acc,
-                           **estimates(test_probs, thresholds)}}
+    return Monitoring(
+        method="ATC (Garg et al., ICLR 2022) on the temperature-scaled softmax", thresholds=thresholds,
+        # the estimate inherits validation accuracy's sampling error: on data like validation it is off by about
+        # this much (one binomial standard error), whatever the method
+        fitted_on=FittedOn(split="val", n=int(len(val_labels)), accuracy=val_acc,
+                           standard_error=float(np.sqrt(val_acc * (1 - val_acc) / len(correct)))),
+        reference_shares=predicted_shares(test_probs, classes),
+        confidence_histogram=Histogram(edges=list(edges), counts=hist.tolist()),
+        self_check=SelfCheck(split="test", n=int(len(test_labels)), accuracy=test_acc,
+                             **estimates(test_probs, thresholds)))

@@ -11,25 +11,21 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Protocol
 
 import anyio
 import numpy as np
 from pydantic import BaseModel
 
-from contract import monitoring
-from contract.card import ArtifactError, ModelCard, load_card
+from contract.card import ArtifactError, ModelCard
 from contract.errors import RequestError
-from contract.precision import Chosen, choose
 from contract.preprocess import PixelBudget, preprocess
-from contract.publish import resolve
 from contract.scores import softmax
 
-from . import metrics
+from . import loading, metrics
 from .coalesce import Coalescer
 from .cpus import cpu_allotment
-from .runtime import OnnxClassifier, cuda_available
+from .loading import Loaded
 from .settings import Settings
 
 log = logging.getLogger("bentoml.serving")  # the logger bentoml serve shows at INFO
@@ -69,27 +65,29 @@ class Core:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.card: ModelCard | None = None
-        self.chosen: Chosen | None = None
+        self.model: Loaded | None = None
         self.error: str | None = "not loaded yet"
 
-    # ---- loading -------------------------------------------------------------------------------------------------
+    @property
+    def card(self) -> ModelCard | None:
+        return self.model.card if self.model is not None else None
+
     def load(self) -> None:
         """The pinned version's card and session; on any failure the core stays unready and says why."""
         s = self.settings
         try:
-            version_dir = resolve(s.model_dir, s.artifacts_root, s.model_name)
-            self.card = load_card(version_dir, verify=s.verify_sha256)
-            self.chosen = self._open(version_dir)
+            self.model = loading.load(s)
         except (ArtifactError, OSError) as exc:
             self.error = str(exc)
         except Exception as exc:  # a model that does not match its card must not serve
             self.error = f"model.onnx rejected: {exc}"
-        if self.chosen is None:
+        if self.model is None:
             log.error("model not loaded, service stays unready: %s", self.error)
             return
         self.error = None
-        self._start_metrics()
+        chosen = self.model.chosen
+        self.series = metrics.ModelSeries(self.model.card, chosen.session.provider, chosen.precision,
+                                          chosen.canary_passed)
         # decoding threads beyond the cores only share them: every request in the pool finishes late together
         # (12 MP photos at c = 32: p99 2.1x p50), where a queue served in arrival order keeps the tail short (1.3x)
         self.decoders = anyio.CapacityLimiter(s.decode_threads or cpu_allotment() or os.cpu_count() or 1)
@@ -97,68 +95,27 @@ class Core:
         self.coalescer = Coalescer(self._run, s.max_batch_size, s.model_calls_in_flight,
                                    max_wait=s.max_latency_ms / 1000, combine=s.batching)
 
-    def _open(self, version_dir: Path) -> Chosen:
-        """The file `precision` picks (contract.precision: int8 on CPU where it passes the canary check here, fp16
-        on CUDA, else fp32); each session runs a warm-up probe as it opens."""
-        s, card = self.settings, self.card
-
-        def open_session(path: Path) -> OnnxClassifier:
-            return OnnxClassifier(path, len(card.classes), card.image_size, s.device, self._intra_threads(),
-                                  s.inter_op_threads, s.spinning)
-
-        def pick(on_cuda: bool) -> Chosen:
-            return choose(version_dir, card, s.precision, on_cuda, open_session, lambda clf, x: clf.run(x),
-                          s.verify_sha256)
-
-        on_cuda = s.device != "cpu" and cuda_available()
-        chosen = pick(on_cuda)
-        if on_cuda and chosen.session.provider != "CUDAExecutionProvider":
-            chosen = pick(False)  # the build has CUDA but it did not load: choose as on CPU (fp16 there is slow)
-        (log.warning if chosen.canary_passed is False else log.info)(
-            "serving %s on %s: %s", chosen.path.name, chosen.session.provider, chosen.note)
-        return chosen
-
-    def _intra_threads(self) -> int:
-        """onnxruntime's threads per process: the cores shared out between the API workers, each with a session."""
-        s = self.settings
-        if s.intra_op_threads or s.api_workers == 1:
-            return s.intra_op_threads  # 0: the allotment, or onnxruntime's own choice (serving.runtime)
-        return max(1, (cpu_allotment() or os.cpu_count() or 1) // s.api_workers)
-
-    def _start_metrics(self) -> None:
-        card, chosen = self.card, self.chosen
-        metrics.model_info.labels(name=card.name, version=card.version, provider=chosen.session.provider,
-                                  precision=chosen.precision).set(1)
-        if chosen.canary_passed is not None:
-            metrics.int8_canary.labels(name=card.name, version=card.version).set(chosen.canary_passed)
-        if card.test_accuracy is not None:
-            metrics.offline_accuracy.labels(name=card.name, version=card.version).set(card.test_accuracy)
-        self.thresholds = _monitoring_gauges(card)
-        # the labelled series, looked up once (a lookup takes a lock and a dict)
-        self.predicted = [metrics.predictions.labels(predicted=c) for c in card.classes]
-        self.confident = {name: metrics.atc_confident.labels(score=name) for name in self.thresholds or {}}
-        self.inference_seconds = metrics.inference_seconds.labels(provider=chosen.session.provider)
-
     # ---- state -----------------------------------------------------------------------------------------------
     def ready(self) -> bool:
         """A model serves and the process is not draining (serving.run got SIGTERM and still serves)."""
         drain = self.settings.drain_file
-        return self.chosen is not None and not (drain is not None and drain.exists())
+        return self.model is not None and not (drain is not None and drain.exists())
 
     def check_loaded(self) -> None:
-        if self.chosen is None:
+        if self.model is None:
             raise RequestError("model_unavailable", f"no model loaded: {self.error}", 503)
 
     def served(self) -> Served:
-        if self.chosen is None:
+        if self.model is None:
             return Served(precision=None, provider=None, note=f"no model loaded: {self.error}")
-        return Served(precision=self.chosen.precision, provider=self.chosen.session.provider, note=self.chosen.note)
+        chosen = self.model.chosen
+        return Served(precision=chosen.precision, provider=chosen.session.provider, note=chosen.note)
 
     def info(self) -> dict:
         """Classes, version, preprocessing, the offline test metrics and which file serves (precision) and why."""
         self.check_loaded()
         card = self.card
-        test = card.metrics.get("test", {})
+        test = card.metrics.test.model_dump() if card.metrics.test is not None else {}
         return {"name": card.name, "version": card.version, "classes": card.classes,
                 "image_size": card.image_size, "resize_size": card.resize_size,
                 "interpolation": card.interpolation, "served": self.served().model_dump(),
@@ -221,41 +178,7 @@ class Core:
 
     def _probabilities(self, batch: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        logits = self.chosen.session.run(np.ascontiguousarray(batch, dtype=np.uint8))
-        self.inference_seconds.observe(time.perf_counter() - start)
-        metrics.batch_size.observe(len(batch))
+        logits = self.model.session.run(np.ascontiguousarray(batch, dtype=np.uint8))
         probs = softmax(logits, self.card.temperature)
-        self._count(probs)
+        self.series.run(time.perf_counter() - start, probs)
         return probs
-
-    def _count(self, probs: np.ndarray) -> None:
-        """The metrics of a run's predictions, counted once per run rather than per request."""
-        best = probs.argmax(axis=1)
-        for i, n in enumerate(np.bincount(best, minlength=len(self.predicted))):
-            if n:
-                self.predicted[i].inc(int(n))
-        for p in probs[np.arange(len(probs)), best]:
-            metrics.confidence.observe(float(p))
-        if self.thresholds is not None:
-            for name, values in monitoring.scores(probs).items():
-                confident = int((values >= self.thresholds[name]).sum())
-                if confident:
-                    self.confident[name].inc(confident)
-
-
-def _monitoring_gauges(card: ModelCard) -> dict[str, float] | None:
-    """Thresholds and drift reference from model.json as gauges; every class's prediction counter (and the ATC
-    counters) start at 0, so PromQL sees a class nobody has predicted yet as 0, not as missing."""
-    for c in card.classes:
-        metrics.predictions.labels(predicted=c).inc(0)
-    if not card.monitoring:
-        log.warning("model.json has no monitoring block (exported before it existed): no label-free accuracy "
-                    "estimate or drift reference for %s %s", card.name, card.version)
-        return None
-    thresholds = card.monitoring["thresholds"]
-    for name, value in thresholds.items():
-        metrics.atc_threshold.labels(score=name).set(value)
-        metrics.atc_confident.labels(score=name).inc(0)
-    for c, share in card.monitoring["reference_shares"].items():
-        metrics.reference_share.labels(predicted=c).set(share)
-    return thresholds

@@ -6,6 +6,10 @@ only the model knows. Every metric is documented in the README (its "Metrics" ta
 from __future__ import annotations
 
 import bentoml
+import numpy as np
+
+from contract import monitoring
+from contract.card import ModelCard
 
 P = "imgcls_"
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -50,3 +54,43 @@ atc_threshold = bentoml.metrics.Gauge(
 reference_share = bentoml.metrics.Gauge(
     name=P + "reference_class_share", documentation="share of each predicted class on the test split (model.json): "
     "the reference for prediction drift", labelnames=["predicted"], multiprocess_mode="max")
+
+
+class ModelSeries:
+    """The series of one loaded model, labelled and looked up once (a lookup takes a lock and a dict): set at load,
+    counted once per onnxruntime run rather than per request."""
+
+    def __init__(self, card: ModelCard, provider: str, precision: str, canary_passed: bool | None) -> None:
+        model_info.labels(name=card.name, version=card.version, provider=provider, precision=precision).set(1)
+        if canary_passed is not None:
+            int8_canary.labels(name=card.name, version=card.version).set(canary_passed)
+        if card.test_accuracy is not None:
+            offline_accuracy.labels(name=card.name, version=card.version).set(card.test_accuracy)
+        # every class's prediction counter (and the ATC counters) start at 0, so PromQL sees a class nobody has
+        # predicted yet as 0, not as missing
+        self.predicted = [predictions.labels(predicted=c) for c in card.classes]
+        for counter in self.predicted:
+            counter.inc(0)
+        self.thresholds = card.monitoring.thresholds if card.monitoring is not None else {}
+        self.confident = {name: atc_confident.labels(score=name) for name in self.thresholds}
+        for name, value in self.thresholds.items():
+            atc_threshold.labels(score=name).set(value)
+            self.confident[name].inc(0)
+        for c, share in (card.monitoring.reference_shares if card.monitoring is not None else {}).items():
+            reference_share.labels(predicted=c).set(share)
+        self.inference = inference_seconds.labels(provider=provider)
+
+    def run(self, seconds: float, probs: np.ndarray) -> None:
+        """One onnxruntime run: its time, its batch size and its predictions."""
+        self.inference.observe(seconds)
+        batch_size.observe(len(probs))
+        best = probs.argmax(axis=1)
+        for i, n in enumerate(np.bincount(best, minlength=len(self.predicted))):
+            if n:
+                self.predicted[i].inc(int(n))
+        for p in probs[np.arange(len(probs)), best]:
+            confidence.observe(float(p))
+        for name, values in monitoring.scores(probs).items() if self.thresholds else ():
+            confident = int((values >= self.thresholds[name]).sum())
+            if confident:
+                self.confident[name].inc(confident)

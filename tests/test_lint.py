@@ -10,3 +10,30 @@ def test_ruff_finds_nothing():
     ruff = Path(sys.executable).parent / "ruff"
     done = subprocess.run([str(ruff), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports (at any depth: a lazy import inside a function counts)."""
+    import ast
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_training_and_serving_meet_only_at_the_contract():
+    """ARCHITECTURE.md: training and serving never import each other; the one exception is the demo (the README's
+    end-to-end command), which starts the service through serving.launch, a process launcher that imports nothing of
+    the service. The contract imports neither."""
+    crossings = []
+    for package, other in (("training", "serving"), ("serving", "training"), ("contract", "training"),
+                           ("contract", "serving")):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for module in _imports(path):
+                if module.split(".")[0] == other:
+                    crossings.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert crossings == ["training/demo.py imports serving.launch"], crossings
+    assert not {m for m in _imports(ROOT / "serving" / "launch.py") if m.split(".")[0] in ("serving", "contract")}

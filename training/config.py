@@ -12,24 +12,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from contract.preprocess import PreprocessSpec
+
+from .registry import BACKBONES
+
 ENV_PREFIX = "TRAINING__"  # TRAINING__PHASE2__EPOCHS=8 is the same as --set phase2.epochs=8
-
-
-# Stage names bottom-up, per backbone (training.backbones builds them); phase2.unfreeze names one of them.
-_RESNET = ["stem", "layer1", "layer2", "layer3", "layer4"]
-_BY_RESOLUTION = ["stem", "stage2", "stage3", "stage4", "stage5"]
-BACKBONE_STAGES = {"resnet18": _RESNET, "resnet50": _RESNET, "resnet101": _RESNET,
-                   "vgg16": ["block1", "block2", "block3", "block4", "block5"],
-                   "mobilenet_v2": _BY_RESOLUTION, "mobilenet_v3_large": _BY_RESOLUTION,
-                   "efficientnet_lite0": _BY_RESOLUTION,
-                   "small_cnn": ["block1", "block2", "block3"]}  # the from-scratch baseline
-# (resize R, crop S, interpolation) as each backbone's ImageNet weights publish them (torchvision's weight enums'
-# transforms(); tests/training/test_backbones.py holds this table equal to them). data.resize_size, image_size and
-# interpolation default to these (timm's resolve_data_config: the model's defaults, overridden only when asked).
-WEIGHTS_PREPROCESSING = {"resnet18": (256, 224, "bilinear"), "resnet50": (232, 224, "bilinear"),
-                         "resnet101": (232, 224, "bilinear"), "vgg16": (256, 224, "bilinear"),
-                         "mobilenet_v2": (232, 224, "bilinear"), "mobilenet_v3_large": (232, 224, "bilinear"),
-                         "efficientnet_lite0": (256, 224, "bilinear"), "small_cnn": (256, 224, "bilinear")}
 
 
 class ConfigError(ValueError):
@@ -87,6 +74,12 @@ class DataConfig(Strict):
     allow_outside_paths: bool = Field(False, description="a CSV manifest may name files outside its own folder "
                                                          "(absolute paths, ../); off, such rows stop the job")
 
+    @property
+    def spec(self) -> PreprocessSpec:
+        """The evaluation preprocessing (filled in from the backbone's weights where not set): what model.json
+        records and the service applies."""
+        return PreprocessSpec(self.resize_size, self.image_size, self.interpolation)
+
     @model_validator(mode="after")
     def _crop_fits(self) -> "DataConfig":
         if self.resize_size is not None and self.image_size is not None and self.resize_size < self.image_size:
@@ -106,7 +99,7 @@ class AugmentConfig(Strict):
 
 
 class ModelConfig(Strict):
-    backbone: Literal[tuple(BACKBONE_STAGES)] = "resnet50"
+    backbone: Literal[tuple(BACKBONES)] = "resnet50"
     weights: str = Field("imagenet", description="imagenet | none | path to a state_dict file")
     download_weights: bool = Field(False, description="allow fetching ImageNet weights at run time")
     hidden_dim: int | None = Field(None, ge=1)
@@ -206,7 +199,8 @@ class TrainConfig(Strict):
         """Unset sizes and interpolation follow the backbone's published preprocessing; with image_size alone set,
         R keeps the weights' ratio R/S (232/224 -> 73 for 64)."""
         d = self.data
-        resize, crop, interp = WEIGHTS_PREPROCESSING[self.model.backbone]
+        weights = BACKBONES[self.model.backbone].preprocessing
+        resize, crop, interp = weights.resize_size, weights.image_size, weights.interpolation
         if d.image_size is None:
             d.image_size = crop
         if d.resize_size is None:
@@ -224,7 +218,7 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _unfreeze_names_a_stage(self) -> "TrainConfig":
-        allowed = ["top", "all"] + BACKBONE_STAGES[self.model.backbone][1:]
+        allowed = ["top", "all", *BACKBONES[self.model.backbone].stages[1:]]
         if self._deepest_unfrozen() not in allowed:
             raise ValueError(f"phase2.unfreeze: '{self.phase2.unfreeze}' is not a stage of {self.model.backbone}; "
                              f"allowed: {', '.join(allowed)}")
@@ -235,7 +229,7 @@ class TrainConfig(Strict):
 
     def stages_to_unfreeze(self) -> list[str]:
         """Top-down list of the stages phase 2 trains, e.g. ['layer4', 'layer3'] for unfreeze=layer3."""
-        stages = BACKBONE_STAGES[self.model.backbone]
+        stages = list(BACKBONES[self.model.backbone].stages)
         deepest = self._deepest_unfrozen()
         first = {"all": 0, "top": len(stages) - 1}.get(deepest) if deepest in ("all", "top") else stages.index(deepest)
         return stages[first:][::-1]

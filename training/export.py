@@ -1,5 +1,6 @@
-"""Checkpoint -> published artifact (DESIGN.md): ONNX with the uint8 NHWC contract, parity-checked against PyTorch,
-re-scored through the service's own preprocessing (skew gate), described by model.json, published atomically."""
+"""Checkpoint -> published artifact: ONNX with the uint8 NHWC contract (contract/card.py), parity-checked against
+PyTorch, re-scored through the service's own preprocessing (skew gate), described by model.json, published
+atomically."""
 from __future__ import annotations
 
 import copy
@@ -20,11 +21,12 @@ import onnx
 import torch
 import torchvision
 
-from contract.card import ModelCard, Variant
+from contract.card import ModelCard, SkewCheck, SkewGate, Variant
 from contract.files import sha256_of
 from contract.publish import install
 
 from .data import ImageSet
+from .final_model import FinalModel
 from .log import event
 from .publish import GateLimits, PublishRefused, gate, promote
 from .quantize import Int8Plan, export_int8
@@ -149,33 +151,32 @@ def library_versions() -> dict:
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifacts_root: Path,
+def build_artifact(model: torch.nn.Module, final: FinalModel, test: ImageSet, artifacts_root: Path,
                    parity_images: np.ndarray, opset: int = 18, skew_tolerance: float = 0.3,
                    report_dir: Path | None = None,
                    fp16_images: np.ndarray | None = None, gate_limits: GateLimits = GateLimits(),
                    int8: Int8Plan | None = None) -> Path:
     """Export, check parity and skew, write model.json (+ report/), install the version, move LATEST if the publish
     gate passes (else PublishRefused); returns the version directory."""
-    pre = bundle["preprocess"]
-    name = bundle["name"]
+    pre, name = final.preprocess, final.name
     root = Path(artifacts_root) / name
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     staging.chmod(0o755)  # mkdtemp makes it 0700: the service (another user) must be able to read the version
     try:
         t0 = time.perf_counter()
-        export_onnx(model, staging / "model.onnx", pre["image_size"], opset, bundle.get("temperature", 1.0))
+        export_onnx(model, staging / "model.onnx", pre.image_size, opset, final.temperature)
         parity = check_parity(model, staging / "model.onnx", parity_images)
         digest = sha256_of(staging / "model.onnx")
         version = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + digest[:8]
         card = ModelCard(name=name, version=version, created=datetime.now(timezone.utc).isoformat(),
-                         classes=bundle["classes"], image_size=pre["image_size"], resize_size=pre["resize_size"],
-                         interpolation=pre["interpolation"], temperature=bundle.get("temperature", 1.0),
-                         backbone=bundle["config"]["model"]["backbone"], metrics=bundle["metrics"],
-                         config=bundle["config"], libraries=library_versions(), sha256=digest, parity=parity,
-                         monitoring=bundle.get("monitoring"))
+                         classes=final.classes, image_size=pre.image_size, resize_size=pre.resize_size,
+                         interpolation=pre.interpolation, temperature=final.temperature,
+                         backbone=final.config["model"]["backbone"], metrics=final.metrics,
+                         config=final.config, libraries=library_versions(), sha256=digest, parity=parity,
+                         monitoring=final.monitoring)
         if fp16_images is not None:
-            card.variants["fp16"] = export_fp16(model, staging, pre["image_size"], opset, card.temperature,
+            card.variants["fp16"] = export_fp16(model, staging, pre.image_size, opset, card.temperature,
                                                 fp16_images)
         if int8 is not None:
             variant, refused = export_int8(staging, card.temperature, pre, test, int8)
@@ -187,11 +188,11 @@ def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifac
         # Written twice: the skew gate scores the staging directory through the service's own loader, which
         # reads model.json; the final card then adds the gates' results.
         card.write(staging)
-        card.skew_gate = skew_gate(staging, test, bundle["metrics"]["test"]["accuracy"], skew_tolerance)
+        card.skew_gate = SkewGate(**skew_gate(staging, test, card.test_accuracy, skew_tolerance))
         if "int8" in card.variants:  # the int8 file through the service's path, against its own accuracy here
-            card.skew_gate["int8"] = skew_gate(staging, test, card.variants["int8"].test_accuracy, skew_tolerance,
-                                               "int8")
-        card.publish_gate = gate(card.model_dump(mode="json"), root, gate_limits)
+            card.skew_gate.int8 = SkewCheck(**skew_gate(staging, test, card.variants["int8"].test_accuracy,
+                                                        skew_tolerance, "int8"))
+        card.publish_gate = gate(card, root, gate_limits)
         card.export_seconds = round(time.perf_counter() - t0, 1)
         card.write(staging)
         if report_dir is not None and Path(report_dir).is_dir():
@@ -204,8 +205,8 @@ def build_artifact(model: torch.nn.Module, bundle: dict, test: ImageSet, artifac
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if not card.publish_gate["passed"]:
-        raise PublishRefused(target, card.publish_gate["reasons"])
-    compared = card.publish_gate["compared_with"]
-    promote(root, version, "publish gate passed" + (f" (vs {compared['version']})" if compared else ""))
+    if not card.publish_gate.passed:
+        raise PublishRefused(target, card.publish_gate.reasons)
+    compared = card.publish_gate.compared_with
+    promote(root, version, "publish gate passed" + (f" (vs {compared.version})" if compared else ""))
     return target

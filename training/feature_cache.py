@@ -87,7 +87,7 @@ def build(model: Classifier, splits: Splits, cfg: TrainConfig, device: torch.dev
                             num_workers=d.num_workers, pin_memory=device.type == "cuda")
         f, train_labels = _features(model, loader, device, cfg.channels_last, amp, f"feature cache view {v + 1}")
         train.append(f)
-    loader = DataLoader(SeededImages(splits.val, eval_transform(d.resize_size, d.image_size, d.interpolation)),
+    loader = DataLoader(SeededImages(splits.val, eval_transform(d.spec)),
                         batch_size=d.eval_batch_size, num_workers=d.num_workers, pin_memory=device.type == "cuda")
     val, val_labels = _features(model, loader, device, cfg.channels_last, amp, "feature cache val")
     return FeatureCache(torch.stack(train), train_labels, val, val_labels, time.perf_counter() - start)

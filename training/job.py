@@ -10,7 +10,10 @@ import numpy as np
 import torch
 
 from contract import monitoring
+from contract.card import Metrics, load_card
 from contract.files import write_atomic
+from contract.monitoring import Monitoring
+from contract.preprocess import PreprocessSpec
 from contract.scores import softmax
 
 from . import checkpoint, data_report, distributed, metrics, run_identity
@@ -18,6 +21,7 @@ from .calibrate import fit_temperature
 from .config import TrainConfig
 from .data import ImageSet, Splits, load_splits
 from .export import build_artifact
+from .final_model import FinalModel
 from .loader import eval_loader
 from .log import event
 from .model import Classifier, build_model
@@ -34,27 +38,21 @@ def write_json(path: Path, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
-def preprocess_spec(cfg: TrainConfig) -> dict:
-    """The one preprocessing specification: written to model.json, read by the service and by eval_transform."""
-    return {"resize_size": cfg.data.resize_size, "image_size": cfg.data.image_size,
-            "interpolation": cfg.data.interpolation}
-
-
-def eval_images(images: ImageSet, spec: dict, count: int | None = None) -> np.ndarray:
+def eval_images(images: ImageSet, spec: PreprocessSpec, count: int | None = None) -> np.ndarray:
     """uint8 NHWC images as the model contract takes them (for parity checks)."""
     n = len(images) if count is None else min(count, len(images))
-    tf = eval_transform(**spec)
+    tf = eval_transform(spec)
     return np.stack([tf(images.source(i)).permute(1, 2, 0).numpy() for i in range(n)])
 
 
 def logits_of(model: Classifier, images: ImageSet, cfg: TrainConfig, device: torch.device):
-    loader = eval_loader(images, eval_transform(**preprocess_spec(cfg)), cfg.data.eval_batch_size,
+    loader = eval_loader(images, eval_transform(cfg.data.spec), cfg.data.eval_batch_size,
                          cfg.data.num_workers, device.type == "cuda")
     return metrics.predict(model, loader, device, cfg.channels_last)
 
 
 def evaluate_model(model: Classifier, splits: Splits, cfg: TrainConfig, device: torch.device,
-                   history: list[dict], extra: dict | None = None) -> tuple[dict, float, dict]:
+                   history: list[dict], extra: dict | None = None) -> tuple[dict, float, Monitoring]:
     """Test metrics (+ temperature fitted on val), the monitoring block (ATC thresholds fitted on val after
     temperature scaling, drift reference from test), report/ with plots and report.html; returns (metrics, T,
     monitoring)."""
@@ -72,7 +70,8 @@ def evaluate_model(model: Classifier, splits: Splits, cfg: TrainConfig, device: 
     watch = monitoring.fit(softmax(val_logits, temperature), val_labels, softmax(logits, temperature), labels,
                            splits.classes)
     write_report(Path(cfg.output_dir) / "report", scored, logits, labels, test, history,
-                 cfg.model_dump(mode="json") | {"name": cfg.name}, (extra or {}) | {"monitoring": watch},
+                 cfg.model_dump(mode="json") | {"name": cfg.name},
+                 (extra or {}) | {"monitoring": watch.model_dump(mode="json")},
                  temperature)
     return test, temperature, watch
 
@@ -139,13 +138,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist, restart: bool) -> dict:
     test, temperature, watch = evaluate_model(model, splits, cfg, device, trainer.state.history,
                                               {"data": data_summary})
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
-    bundle = save_final(model, trainer, splits, cfg, test, temperature, watch)
+    final = save_final(model, trainer, splits, cfg, test, temperature, watch)
     print_summary(trainer, test, out, watch)
     result = {"test_accuracy": test["accuracy"], "final": str(out / "final" / "model.pt"),
               "history": trainer.state.history, "world_size": d.world, "weights_sha256_per_rank": digests,
               "test_samples": sample_test_images(splits.test, 3, out / "samples")}
     if cfg.export.enabled:
-        export_and_publish(model, bundle, splits, cfg, result)
+        export_and_publish(model, final, splits, cfg, result)
     write_json(out / "final" / "result.json", result)
     return result
 
@@ -160,21 +159,20 @@ def fit(cfg: TrainConfig, splits: Splits, device: torch.device, d: distributed.D
 
 
 def save_final(model: Classifier, trainer: Trainer, splits: Splits, cfg: TrainConfig, test: dict,
-               temperature: float, watch: dict) -> dict:
+               temperature: float, watch: Monitoring) -> FinalModel:
     """final/model.pt: weights with everything export and evaluate need (classes, config, preprocessing, metrics)."""
     st = trainer.state
-    bundle = {"name": cfg.name, "classes": splits.classes, "config": cfg.model_dump(mode="json"),
-              "preprocess": preprocess_spec(cfg), "history": st.history,
-              "metrics": {"test": test, "best_val": {cfg.early_stop.metric: st.best, "at": st.best_where}},
-              "skipped": splits.skipped, "temperature": temperature, "monitoring": watch,
-              "state_dict": model.state_dict()}
+    final = FinalModel(name=cfg.name, classes=splits.classes, config=cfg.model_dump(mode="json"),
+                       preprocess=cfg.data.spec, history=st.history, skipped=splits.skipped,
+                       metrics=Metrics(test=test, best_val={cfg.early_stop.metric: st.best, "at": st.best_where}),
+                       temperature=temperature, monitoring=watch, state_dict=model.state_dict())
     out = Path(cfg.output_dir) / "final"
-    checkpoint.atomic_save(bundle, out / "model.pt")
-    write_json(out / "metrics.json", bundle["metrics"])
-    return bundle
+    final.save(out / "model.pt")
+    write_json(out / "metrics.json", final.metrics.model_dump(mode="json"))
+    return final
 
 
-def print_summary(trainer: Trainer, test: dict, out: Path, watch: dict) -> None:
+def print_summary(trainer: Trainer, test: dict, out: Path, watch: Monitoring) -> None:
     print(summary_table(trainer.state.history))
     if trainer.cache_seconds is not None:  # phase-1 rows then time only the head; the backbone ran once, before
         print(f"phase 1 trained the head on cached backbone features, built in {trainer.cache_seconds:.1f} s")
@@ -182,20 +180,20 @@ def print_summary(trainer: Trainer, test: dict, out: Path, watch: dict) -> None:
     print(f"test accuracy {test['accuracy']:.4f}  macro F1 {test['macro_f1']:.4f}  (n={test['n']})  "
           + (f"[with the {copies['copies_in_train']} test images that have a copy in train: {copies['accuracy']:.4f}"
              f" (n={copies['n']})]  " if copies else "") + f"report {out / 'report' / 'report.html'}")
-    check = watch["self_check"]  # what the service's label-free estimate would say on the test split
-    print(f"estimated without labels on the test split: ATC-MC {check['atc_mc']:.4f}  ATC-NE {check['atc_ne']:.4f}  "
-          f"AC {check['ac']:.4f}  (true {check['accuracy']:.4f})")
-    fitted = watch["fitted_on"]
-    if fitted["n"] < check["n"]:
-        event(f"warning: the label-free estimate's thresholds rest on {fitted['n']} validation images, fewer than the "
-              f"test split's {check['n']}: on data like validation the estimate is off by about "
-              f"±{100 * fitted['standard_error']:.1f} points from that alone; raise data.val_ratio",
-              val_n=fitted["n"], test_n=check["n"])
+    check = watch.self_check  # what the service's label-free estimate would say on the test split
+    print(f"estimated without labels on the test split: ATC-MC {check.atc_mc:.4f}  ATC-NE {check.atc_ne:.4f}  "
+          f"AC {check.ac:.4f}  (true {check.accuracy:.4f})")
+    fitted = watch.fitted_on
+    if fitted.n < check.n:
+        event(f"warning: the label-free estimate's thresholds rest on {fitted.n} validation images, fewer than the "
+              f"test split's {check.n}: on data like validation the estimate is off by about "
+              f"±{100 * fitted.standard_error:.1f} points from that alone; raise data.val_ratio",
+              val_n=fitted.n, test_n=check.n)
 
 
-def export_and_publish(model: Classifier, bundle: dict, splits: Splits, cfg: TrainConfig, result: dict) -> None:
+def export_and_publish(model: Classifier, final: FinalModel, splits: Splits, cfg: TrainConfig, result: dict) -> None:
     try:
-        result.update(artifact=str(export_bundle(model, bundle, splits, cfg)), published=True)
+        result.update(artifact=str(export_final(model, final, splits, cfg)), published=True)
         print(f"published {result['artifact']}")
     except PublishRefused as exc:  # the version exists; the result says so before the job fails
         result.update(artifact=str(exc.version_dir), published=False, not_published_because=str(exc))
@@ -203,54 +201,54 @@ def export_and_publish(model: Classifier, bundle: dict, splits: Splits, cfg: Tra
         raise
 
 
-def export_bundle(model: Classifier, bundle: dict, splits: Splits, cfg: TrainConfig) -> Path:
-    scored = splits.scored_test()  # the test images the metrics in the bundle were measured on
-    published = build_artifact(model, bundle, scored, cfg.artifacts_dir,
-                               eval_images(scored, bundle["preprocess"], 8), cfg.export.opset,
+def export_final(model: Classifier, final: FinalModel, splits: Splits, cfg: TrainConfig) -> Path:
+    scored = splits.scored_test()  # the test images the metrics in final/model.pt were measured on
+    published = build_artifact(model, final, scored, cfg.artifacts_dir,
+                               eval_images(scored, final.preprocess, 8), cfg.export.opset,
                                cfg.export.skew_tolerance,
                                report_dir=Path(cfg.output_dir) / "report",
                                gate_limits=GateLimits(cfg.export.min_test_accuracy, cfg.export.max_regression,
                                                      cfg.export.majority_significance),
-                               fp16_images=eval_images(scored, bundle["preprocess"]) if cfg.export.fp16 else None,
+                               fp16_images=eval_images(scored, final.preprocess) if cfg.export.fp16 else None,
                                int8=Int8Plan(splits.train, splits.val, cfg.export.int8_calibration_images,
                                              tuple(cfg.export.int8_calibration), cfg.export.int8_max_drop,
                                              cfg.export.int8_min_agreement, cfg.export.int8_min_speedup,
                                              cfg.seed)
                                if cfg.export.int8 else None)
-    card = json.loads((published / "model.json").read_text())
-    int8 = card["variants"].get("int8")
-    event("exported", artifact=str(published), skew_gap_points=card["skew_gate"]["gap_points"],
-          parity=card["parity"], int8=None if int8 is None else {
-              k: int8[k] for k in ("test_accuracy", "fp32_test_accuracy", "top1_agreement", "mean_abs_dprob")})
+    card = load_card(published, verify=False)
+    int8 = card.variants.get("int8")
+    event("exported", artifact=str(published), skew_gap_points=card.skew_gate.gap_points,
+          parity={k: v.model_dump() for k, v in card.parity.items()}, int8=None if int8 is None else int8.model_dump(
+              include={"test_accuracy", "fp32_test_accuracy", "top1_agreement", "mean_abs_dprob"}))
     return published
 
 
-def load_bundle(path: Path) -> tuple[Classifier, dict, TrainConfig]:
-    bundle = checkpoint.load(path)
-    cfg = TrainConfig.model_validate(bundle["config"])
+def load_final(path: Path) -> tuple[Classifier, FinalModel, TrainConfig]:
+    final = FinalModel.load(path)
+    cfg = TrainConfig.model_validate(final.config)
     cfg.model.weights = "none"  # the state dict carries the weights
-    model = build_model(cfg.model, len(bundle["classes"]))
-    model.load_state_dict(bundle["state_dict"])
-    return model.eval(), bundle, cfg
+    model = build_model(cfg.model, len(final.classes))
+    model.load_state_dict(final.state_dict)
+    return model.eval(), final, cfg
 
 
 def export_job(checkpoint_path: Path, artifacts_dir: Path | None) -> Path:
-    model, bundle, cfg = load_bundle(checkpoint_path)
+    model, final, cfg = load_final(checkpoint_path)
     if artifacts_dir is not None:
         cfg.artifacts_dir = artifacts_dir
-    return export_bundle(model, bundle, prepared_splits(cfg)[0], cfg)
+    return export_final(model, final, prepared_splits(cfg)[0], cfg)
 
 
 def evaluate_job(checkpoint_path: Path, data: Path | None = None, out: Path | None = None) -> Path:
     """Re-evaluate a trained checkpoint, optionally on another dataset with the same classes."""
-    model, bundle, cfg = load_bundle(checkpoint_path)
+    model, final, cfg = load_final(checkpoint_path)
     if data is not None:
         cfg.data.path = data
     if out is not None:
         cfg.output_dir = Path(out).parent if Path(out).name == "report" else Path(out)
     device = setup_runtime(cfg)
     splits = prepared_splits(cfg)[0]
-    if splits.classes != bundle["classes"]:
-        raise ValueError(f"dataset classes {splits.classes} differ from the model's {bundle['classes']}")
-    evaluate_model(model.to(device), splits, cfg, device, bundle.get("history", []))
+    if splits.classes != final.classes:
+        raise ValueError(f"dataset classes {splits.classes} differ from the model's {final.classes}")
+    evaluate_model(model.to(device), splits, cfg, device, final.history)
     return Path(cfg.output_dir) / "report" / "report.html"

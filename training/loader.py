@@ -5,13 +5,11 @@ mid-epoch sees exactly the batches and augmentations the interrupted run would h
 """
 from __future__ import annotations
 
-import random
-
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .data import ImageSet
-from .seeds import derive
+from .seeds import derive, seed_all, torch_generator
 
 
 class SeededImages(Dataset):
@@ -24,8 +22,7 @@ class SeededImages(Dataset):
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
         if seed is not None:
-            torch.manual_seed(seed)
-            random.seed(seed)
+            seed_all(seed)
         takes_bytes = getattr(self.transform, "takes_file_bytes", False)  # evaluation decodes as the service does
         item = self.images.source(index) if takes_bytes else self.images.image(index)
         return self.transform(item), self.images.labels[index]
@@ -44,7 +41,7 @@ class EpochSampler(Sampler):
         self.epoch, self.start_batch = epoch, start_batch
 
     def _order(self) -> list[int]:
-        g = torch.Generator().manual_seed(derive(self.seed, "order", self.epoch))
+        g = torch_generator(self.seed, "order", self.epoch)
         if self.weights is not None:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
         else:

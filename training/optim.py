@@ -19,6 +19,11 @@ def trainable_stages(cfg: TrainConfig, phase: int, epoch: int) -> list[str]:
     return stages
 
 
+def lr_factor(cfg: TrainConfig, world: int) -> float:
+    """Linear scaling (Goyal et al., 2017): the global batch is world x data.batch_size, so is the rate."""
+    return float(world) if cfg.lr_scaling == "linear" else 1.0
+
+
 def make_optimizer(model: Classifier, cfg: TrainConfig, phase: int, lr_factor: float = 1.0) -> torch.optim.Optimizer:
     """AdamW. Phase 2 gets discriminative rates: the pretrained backbone moves more slowly than the new head.
     Every stage that may unfreeze during the phase has its group from the start; frozen parameters get no

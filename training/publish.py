@@ -10,12 +10,11 @@
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from contract import publish as versions
-from contract.card import load_card
+from contract.card import ComparedWith, MajorityBaseline, ModelCard, PublishGate, SplitMetrics, load_card
 from contract.files import sha256_of
 from contract.publish import install
 
@@ -34,10 +33,10 @@ class PublishRefused(RuntimeError):
                          f"{version_dir.parent} {version_dir.name}")
 
 
-def published_card(root: Path) -> dict | None:
+def published_card(root: Path) -> ModelCard | None:
     version = versions.published_version(root)
     card = root / version / "model.json" if version else None
-    return json.loads(card.read_text()) if card is not None and card.is_file() else None
+    return ModelCard.model_validate_json(card.read_text()) if card is not None and card.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -47,44 +46,44 @@ class GateLimits:
     majority_significance: float = 0.05
 
 
-def majority_baseline(test: dict, significance: float) -> dict:
+def majority_baseline(test: SplitMetrics, significance: float) -> MajorityBaseline:
     """How the test accuracy compares with always answering the test split's largest class: the one-sided binomial
     test's p-value of that many correct answers if each were right with the largest class's share. A model trained
     on swapped labels (16.7 % on 2 classes) or on noise sits at or under the share and fails it."""
     from scipy.stats import binomtest  # here, not at import: `python -m training` imports this module at start-up
 
-    n = test["n"]
-    share = max(c["support"] for c in test["per_class"].values()) / n
-    correct = round(test["accuracy"] * n)
+    n = test.n
+    share = max(c.support for c in test.per_class.values()) / n
+    correct = round(test.accuracy * n)
     p_value = float(binomtest(correct, n, share, alternative="greater").pvalue) if significance < 1 else 0.0
-    return {"majority_share": share, "n": n, "correct": correct, "p_value": p_value,
-            "significance": significance, "passed": p_value <= significance}
+    return MajorityBaseline(majority_share=share, n=n, correct=correct, p_value=p_value, significance=significance,
+                            passed=p_value <= significance)
 
 
-def gate(card: dict, root: Path, limits: GateLimits) -> dict:
+def gate(card: ModelCard, root: Path, limits: GateLimits) -> PublishGate:
     """Decide whether `card` may replace what `root`'s LATEST serves; the reasons when not."""
-    acc = card["metrics"]["test"]["accuracy"]
+    acc = card.test_accuracy
     min_test_accuracy, max_regression = limits.min_test_accuracy, limits.max_regression
     reasons = []
-    baseline = majority_baseline(card["metrics"]["test"], limits.majority_significance)
-    if not baseline["passed"]:
-        reasons.append(f"test accuracy {acc:.4f} ({baseline['correct']} of {baseline['n']}) is not significantly "
-                       f"above always answering the largest class ({baseline['majority_share']:.4f}; one-sided "
-                       f"binomial p = {baseline['p_value']:.3g} > export.majority_significance "
+    baseline = majority_baseline(card.metrics.test, limits.majority_significance)
+    if not baseline.passed:
+        reasons.append(f"test accuracy {acc:.4f} ({baseline.correct} of {baseline.n}) is not significantly "
+                       f"above always answering the largest class ({baseline.majority_share:.4f}; one-sided "
+                       f"binomial p = {baseline.p_value:.3g} > export.majority_significance "
                        f"{limits.majority_significance}): the model has not learned the task, or the test split is "
                        "too small to tell")
     if acc < min_test_accuracy:
         reasons.append(f"test accuracy {acc:.4f} is under export.min_test_accuracy {min_test_accuracy}")
     current, compared = published_card(root), None
-    if current is not None and current["classes"] == card["classes"]:
-        current_acc = current["metrics"]["test"]["accuracy"]
-        compared = {"version": current["version"], "test_accuracy": current_acc}
+    if current is not None and current.classes == card.classes and current.test_accuracy is not None:
+        current_acc = current.test_accuracy
+        compared = ComparedWith(version=current.version, test_accuracy=current_acc)
         drop = (current_acc - acc) * 100
         if drop > max_regression:
             reasons.append(f"test accuracy {acc:.4f} is {drop:.2f} points under the published version "
-                           f"{current['version']} ({current_acc:.4f}); export.max_regression allows {max_regression}")
-    return {"passed": not reasons, "reasons": reasons, "min_test_accuracy": min_test_accuracy,
-            "max_regression_points": max_regression, "compared_with": compared, "majority_baseline": baseline}
+                           f"{current.version} ({current_acc:.4f}); export.max_regression allows {max_regression}")
+    return PublishGate(passed=not reasons, reasons=reasons, min_test_accuracy=min_test_accuracy,
+                       max_regression_points=max_regression, compared_with=compared, majority_baseline=baseline)
 
 
 def promote(root: Path, version: str, why: str) -> None:

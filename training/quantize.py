@@ -26,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.canary import CANARY_FILE, MAX_PROB_DELTA, write_canary
-from contract.card import Variant
+from contract.canary import CANARY_FILE, MAX_PROB_DELTA, Canary, write_canary
+from contract.card import Calibration, Variant
 from contract.files import sha256_of
+from contract.preprocess import PreprocessSpec
 from contract.scores import softmax
 
 from .data import ImageSet
+from .seeds import numpy_rng
 from .transforms import eval_transform
 
 INT8_FILE = "model.int8.onnx"
@@ -67,9 +69,9 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, method: str) -> Non
                             extra_options={"CalibTensorRangeSymmetric": False})
 
 
-def model_inputs(images: ImageSet, spec: dict, picks: list[int]) -> np.ndarray:
+def model_inputs(images: ImageSet, spec: PreprocessSpec, picks: list[int]) -> np.ndarray:
     """uint8 NHWC images as the model contract takes them (the evaluation transform)."""
-    tf = eval_transform(**spec)
+    tf = eval_transform(spec)
     return np.stack([tf(images.source(i)).permute(1, 2, 0).numpy() for i in picks])
 
 
@@ -85,7 +87,7 @@ def runner(path: Path) -> Runner:
                                           for i in range(0, len(images), BATCH)])
 
 
-def logits_of(runners: list[Runner], images: ImageSet, spec: dict) -> list[np.ndarray]:
+def logits_of(runners: list[Runner], images: ImageSet, spec: PreprocessSpec) -> list[np.ndarray]:
     """Each runner's logits on every image of a split, each batch decoded once for all of them and BATCH at a time:
     memory stays flat however large the split."""
     out: list[list[np.ndarray]] = [[] for _ in runners]
@@ -98,7 +100,7 @@ def logits_of(runners: list[Runner], images: ImageSet, spec: dict) -> list[np.nd
 
 def spread(images: ImageSet, n: int, seed: int) -> list[int]:
     """n images taken across the classes in turn (seeded order within each class)."""
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed, "int8 images")
     per_class = [rng.permutation([i for i, y in enumerate(images.labels) if y == c]).tolist()
                  for c in range(len(images.classes))]
     order = [i for row in itertools.zip_longest(*per_class) for i in row if i is not None]
@@ -118,7 +120,7 @@ class Int8Plan:
     seed: int = 0
 
 
-def export_int8(staging: Path, temperature: float, spec: dict, test: ImageSet,
+def export_int8(staging: Path, temperature: float, spec: PreprocessSpec, test: ImageSet,
                 plan: Int8Plan) -> tuple[Variant | None, str | None]:
     """(the variant, None) when it passes the gate, else (None, why): the version then ships fp32 only."""
     path = staging / INT8_FILE
@@ -148,19 +150,19 @@ def export_int8(staging: Path, temperature: float, spec: dict, test: ImageSet,
                       f"{plan.min_speedup}): shipped without the int8 variant")
     probs32, probs8 = softmax(run32(canary), temperature), softmax(run8(canary), temperature)
     write_canary(staging / CANARY_FILE, canary, probs32, probs8)
-    canary_facts = {"file": CANARY_FILE, "sha256": sha256_of(staging / CANARY_FILE), "n": len(canary),
-                    "top1_agreement": float((probs32.argmax(1) == probs8.argmax(1)).mean()),
-                    "max_prob_delta": MAX_PROB_DELTA}
+    canary_facts = Canary(file=CANARY_FILE, sha256=sha256_of(staging / CANARY_FILE), n=len(canary),
+                          top1_agreement=float((probs32.argmax(1) == probs8.argmax(1)).mean()),
+                          max_prob_delta=MAX_PROB_DELTA)
     return Variant(file=INT8_FILE, sha256=sha256_of(path), n=len(labels),
                    limits={"max_drop_points": plan.max_drop_points, "top1_agreement": plan.min_agreement},
-                   calibration={"method": method, "images": len(calibration), "format": "QDQ",
-                                "validation_agreement_by_method": on_val,
-                                "activations": "uint8", "weights": "int8 per channel, reduce_range"},
+                   calibration=Calibration(method=method, images=len(calibration), format="QDQ",
+                                           validation_agreement_by_method=on_val, activations="uint8",
+                                           weights="int8 per channel, reduce_range"),
                    canary=canary_facts, **facts), None
 
 
 def _best_calibration(fp32: Path, run32: Runner, out: Path, calibration: np.ndarray, plan: Int8Plan,
-                      spec: dict) -> tuple[str, dict[str, float], Runner]:
+                      spec: PreprocessSpec) -> tuple[str, dict[str, float], Runner]:
     """Quantize with each calibration method; keep at `out` the file whose top-1 agrees most with fp32 on the
     validation split (the first listed wins a tie), scored in one pass over it. Returns the method, every method's
     agreement and the kept file's runner."""

@@ -15,6 +15,7 @@ import numpy as np
 from contract.scores import softmax
 
 from .data import ImageSet
+from .seeds import numpy_rng
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -112,7 +113,7 @@ def write_report(out: Path, test_set: ImageSet, logits: np.ndarray, labels: np.n
     (out / "metrics.json").write_text(json.dumps({"test": metrics_, **(extra or {})}, indent=2, default=str))
     plot_curves(history, out / "curves.png")
     plot_confusion(metrics_["confusion_matrix"], classes, out / "confusion_matrix.png")
-    rng = np.random.default_rng(0)
+    rng = numpy_rng(0, "report sample")
     sample = sorted(rng.choice(len(labels), size=min(18, len(labels)), replace=False).tolist())
     plot_grid(test_set, sample, probs, labels, out / "samples.png", "random test images (mistakes in red)")
     wrong = np.flatnonzero(probs.argmax(1) != labels)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 
-import numpy as np
 import torch
 
 from .config import TrainConfig
+from .seeds import seed_all
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,8 +42,7 @@ def deterministic(cfg: TrainConfig, device: torch.device) -> bool:
 def setup_runtime(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    seed_all(cfg.seed)
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)

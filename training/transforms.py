@@ -35,8 +35,8 @@ class EvalTransform:
         return torch.from_numpy(np.array(array)).permute(2, 0, 1)
 
 
-def eval_transform(resize_size: int, image_size: int, interpolation: str) -> EvalTransform:
-    return EvalTransform(PreprocessSpec(resize_size, image_size, interpolation))
+def eval_transform(spec: PreprocessSpec) -> EvalTransform:
+    return EvalTransform(spec)
 
 
 def train_transform(data: DataConfig, aug: AugmentConfig) -> v2.Compose:

@@ -24,17 +24,17 @@ pytestmark = pytest.mark.slow
 def test_the_artifact_carries_thresholds_a_reference_and_a_self_check(artifact):
     card = load_card(artifact)
     m = card.monitoring
-    assert set(m["thresholds"]) == {"mc", "ne"} and 0 < m["thresholds"]["mc"] <= 1 and m["thresholds"]["ne"] <= 0
-    fitted = m["fitted_on"]
-    assert fitted["split"] == "val" and fitted["n"] > 0
-    acc = fitted["accuracy"]
-    assert fitted["standard_error"] == pytest.approx((acc * (1 - acc) / fitted["n"]) ** 0.5)
-    assert set(m["reference_shares"]) == set(card.classes) and abs(sum(m["reference_shares"].values()) - 1) < 1e-6
-    check = m["self_check"]
-    assert check["accuracy"] == pytest.approx(card.test_accuracy)
-    assert sum(m["confidence_histogram"]["counts"]) == check["n"] == card.metrics["test"]["n"]
+    assert set(m.thresholds) == {"mc", "ne"} and 0 < m.thresholds["mc"] <= 1 and m.thresholds["ne"] <= 0
+    fitted = m.fitted_on
+    assert fitted.split == "val" and fitted.n > 0
+    acc = fitted.accuracy
+    assert fitted.standard_error == pytest.approx((acc * (1 - acc) / fitted.n) ** 0.5)
+    assert set(m.reference_shares) == set(card.classes) and abs(sum(m.reference_shares.values()) - 1) < 1e-6
+    check = m.self_check
+    assert check.accuracy == pytest.approx(card.test_accuracy)
+    assert sum(m.confidence_histogram.counts) == check.n == card.metrics.test.n
     report = json.loads((artifact / "report" / "metrics.json").read_text())
-    assert report["monitoring"]["self_check"] == check  # in the report too
+    assert report["monitoring"]["self_check"] == check.model_dump()  # in the report too
 
 
 def _scrape(url: str) -> str:
@@ -53,7 +53,7 @@ def test_counts_from_metrics_equal_the_offline_estimate(artifact, data_dir, tmp_
     batch = np.stack([preprocess(p.read_bytes(), card.spec, 1 << 40) for p in photos])
     session = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
     probs = softmax(session.run(["logits"], {"images": batch})[0], card.temperature)
-    offline = monitoring.estimates(probs, card.monitoring["thresholds"])
+    offline = monitoring.estimates(probs, card.monitoring.thresholds)
 
     srv = Server({"SERVING_MODEL_DIR": str(artifact)}, tmp_path / "serve.log")
     try:
@@ -71,9 +71,9 @@ def test_counts_from_metrics_equal_the_offline_estimate(artifact, data_dir, tmp_
         served = _value(text, r'imgcls_atc_confident_total\{score="%s"\}' % score) / n
         assert served == pytest.approx(offline[f"atc_{score}"], abs=1e-9)
         assert _value(text, r'imgcls_atc_threshold\{score="%s"\}' % score) == pytest.approx(
-            card.monitoring["thresholds"][score])
+            card.monitoring.thresholds[score])
     assert _value(text, "imgcls_confidence_sum") / n == pytest.approx(offline["ac"], abs=1e-5)
-    for c, share in card.monitoring["reference_shares"].items():
+    for c, share in card.monitoring.reference_shares.items():
         assert _value(text, r'imgcls_reference_class_share\{predicted="%s"\}' % c) == pytest.approx(share)
 
 

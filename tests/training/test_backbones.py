@@ -7,10 +7,12 @@ import torch
 from torchvision import models
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from contract.preprocess import PreprocessSpec
 from training.backbones import WeightsError, build_backbone
-from training.config import BACKBONE_STAGES, WEIGHTS_PREPROCESSING, ModelConfig, load_config
+from training.config import ModelConfig, load_config
 from training.export import check_parity, export_onnx
 from training.model import build_model, set_trainable, train_mode
+from training.registry import BACKBONES
 
 TORCHVISION = {"resnet18": models.ResNet18_Weights.IMAGENET1K_V1, "resnet50": models.ResNet50_Weights.IMAGENET1K_V2,
                "resnet101": models.ResNet101_Weights.IMAGENET1K_V2, "vgg16": models.VGG16_Weights.IMAGENET1K_V1,
@@ -21,9 +23,11 @@ TORCHVISION = {"resnet18": models.ResNet18_Weights.IMAGENET1K_V1, "resnet50": mo
 @pytest.mark.parametrize("name", sorted(TORCHVISION))
 def test_preprocessing_defaults_are_the_weights_own(name):
     t = TORCHVISION[name].transforms()
-    assert WEIGHTS_PREPROCESSING[name] == (t.resize_size[0], t.crop_size[0], t.interpolation.value)
+    published = PreprocessSpec(t.resize_size[0], t.crop_size[0], t.interpolation.value)
+    assert BACKBONES[name].preprocessing == published
+    assert BACKBONES[name].weights == f"{type(TORCHVISION[name]).__name__}.{TORCHVISION[name].name}"
     cfg = load_config(None, [f"model.backbone={name}"], environ={})
-    assert (cfg.data.resize_size, cfg.data.image_size, cfg.data.interpolation) == WEIGHTS_PREPROCESSING[name]
+    assert cfg.data.spec == published
     small = load_config(None, [f"model.backbone={name}", "data.image_size=64"], environ={})
     assert small.data.resize_size == round(64 * t.resize_size[0] / t.crop_size[0])  # the weights' ratio R/S
 
@@ -42,7 +46,7 @@ def test_stages_freeze_train_and_export(name, tmp_path):
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone=name, weights="none", dropout=0.0), 3)
     _zero_init_residual(model)
-    stages = BACKBONE_STAGES[name]
+    stages = list(BACKBONES[name].stages)
     assert list(model.stages) == stages
     assert sum(p.numel() for s in model.stages.values() for p in s.parameters()) == \
         sum(p.numel() for p in model.backbone.parameters()), "the stages must cover the whole backbone"

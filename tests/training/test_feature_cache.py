@@ -22,7 +22,7 @@ def test_cached_features_equal_the_backbone_on_the_same_input(data_dir):
     cache = build(model, splits, cfg, torch.device("cpu"), None)
     assert cache.train.shape[:2] == (2, len(splits.train)) and cache.val.shape[0] == len(splits.val)
     assert not torch.equal(cache.train[0], cache.train[1]), "two views must be two different augmentations"
-    tf = eval_transform(cfg.data.resize_size, cfg.data.image_size, cfg.data.interpolation)
+    tf = eval_transform(cfg.data.spec)
     x = torch.stack([tf(splits.val.source(i)) for i in range(4)]).float() / 255
     with torch.no_grad():
         direct = model.backbone((x.contiguous(memory_format=torch.channels_last) - model.mean) / model.std)

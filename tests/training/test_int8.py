@@ -1,19 +1,17 @@
 """Issue 30: the int8 variant: quantized with onnxruntime, gated on accuracy at export, checked on the node that
 serves it (canary), one `precision` setting for the service, predict and the scorer; a damaged int8 file falls back
 to fp32 with the reason in the log, /metrics and /model_info."""
-import json
 import shutil
 import subprocess
 import sys
 
 import httpx
-import numpy as np
 import onnx
 import pytest
 from helpers import ROOT, running_server
 from onnx import numpy_helper
 
-from contract.card import ArtifactError, ModelCard, load_card
+from contract.card import ArtifactError, load_card
 from contract.files import sha256_of
 from contract.precision import choose
 from training.config import DataConfig
@@ -39,8 +37,7 @@ def _with_int8(artifact, folder, splits, **limits):
     card = load_card(version)
     plan = Int8Plan(splits.train, splits.val, 37, ("minmax", "percentile"), limits.get("max_drop", 100.0),
                     limits.get("min_agreement", 0.0), limits.get("min_speedup", 0.0))
-    spec = {"resize_size": card.resize_size, "image_size": card.image_size, "interpolation": card.interpolation}
-    variant, refused = export_int8(version, card.temperature, spec, splits.test, plan)
+    variant, refused = export_int8(version, card.temperature, card.spec, splits.test, plan)
     if variant is not None:
         card.variants["int8"] = variant
     else:
@@ -64,11 +61,11 @@ def test_int8_variant_is_quantized_recorded_and_canaried(int8_artifact):
     weights = onnx.load(str(path)).graph.initializer
     assert any(t.data_type == onnx.TensorProto.INT8 for t in weights)
     assert any(t.data_type == onnx.TensorProto.UINT8 for t in weights)  # activation zero points: uint8
-    chosen, on_val = v.calibration["method"], v.calibration["validation_agreement_by_method"]
+    chosen, on_val = v.calibration.method, v.calibration.validation_agreement_by_method
     assert set(on_val) == {"minmax", "percentile"} and on_val[chosen] == max(on_val.values())
-    assert v.calibration["images"] == 37 and not list(int8_artifact.glob(".*int8*"))  # the other file removed
+    assert v.calibration.images == 37 and not list(int8_artifact.glob(".*int8*"))  # the other file removed
     assert 0 <= v.test_accuracy <= 1 and v.fp32_test_accuracy == pytest.approx(card.test_accuracy, abs=1e-9)
-    assert (int8_artifact / v.canary["file"]).is_file() and v.canary["n"] == 16
+    assert (int8_artifact / v.canary.file).is_file() and v.canary.n == 16
     assert path.stat().st_size < 0.5 * (int8_artifact / "model.onnx").stat().st_size
 
 
@@ -157,14 +154,3 @@ def test_service_reports_the_precision_it_serves_and_why(int8_artifact, damaged,
         if served == "fp32":
             assert "failed the canary check on this node" in info["served"]["note"]
             assert "failed the canary check on this node" in log.read_text()
-
-
-def test_card_without_int8_fields_still_loads():
-    """Artifacts written before int8 existed keep loading (no variants_refused, no int8 fields in variants)."""
-    old = {"name": "m", "version": "v", "classes": ["a", "b"], "image_size": 64, "resize_size": 73,
-           "interpolation": "bilinear", "sha256": "0" * 64,
-           "variants": {"fp16": {"file": "model.fp16.onnx", "sha256": "1" * 64, "max_abs_diff_vs_fp32": 0.01,
-                                 "top1_agreement": 1.0, "limits": {}, "n": 3}}}
-    card = ModelCard.model_validate_json(json.dumps(old))
-    assert card.variants_refused == {} and card.variants["fp16"].canary is None
-    assert np.isclose(card.variants["fp16"].top1_agreement, 1.0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
+from contract.card import ModelCard
 from training.publish import GateLimits, gate
 
 pytestmark = pytest.mark.slow
@@ -96,25 +97,28 @@ def test_other_data_never_resumes_and_the_gate_guards_latest(tmp_path, data_dir)
     assert json.loads((out / "final" / "metrics.json").read_text())["test"]["n"] == 16
 
 
-def _test_metrics(accuracy: float, supports: dict[str, int]) -> dict:
-    return {"accuracy": accuracy, "n": sum(supports.values()),
-            "per_class": {c: {"support": n} for c, n in supports.items()}}
+def _card(accuracy: float, supports: dict[str, int], version: str = "new") -> ModelCard:
+    """A card as export writes it, with the test metrics the gate reads."""
+    per_class = {c: {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": n} for c, n in supports.items()}
+    return ModelCard(name="m", version=version, classes=sorted(supports), image_size=64, resize_size=73,
+                     interpolation="bilinear", sha256="0" * 64,
+                     metrics={"test": {"accuracy": accuracy, "n": sum(supports.values()), "per_class": per_class}})
 
 
 def test_gate_compares_with_the_published_model_of_the_same_classes(tmp_path):
     root = tmp_path / "m"
     (root / "v1").mkdir(parents=True)
-    published = {"version": "v1", "classes": ["a", "b"], "metrics": {"test": _test_metrics(0.90, {"a": 50, "b": 50})}}
-    (root / "v1" / "model.json").write_text(json.dumps(published))
+    _card(0.90, {"a": 50, "b": 50}, "v1").write(root / "v1")
     (root / "LATEST").write_text("v1\n")
-    card = {"classes": ["a", "b"], "metrics": {"test": _test_metrics(0.87, {"a": 50, "b": 50})}}
+    card = _card(0.87, {"a": 50, "b": 50})
     worse = gate(card, root, GateLimits(min_test_accuracy=0.5, max_regression=2.0))
-    assert not worse["passed"] and "3.00 points under the published version v1" in worse["reasons"][0]
-    assert gate(card, root, GateLimits(0.5, 3.5))["passed"]
-    other_classes = dict(card, classes=["a", "b", "c"])  # another task: no comparison, only the floors
+    assert not worse.passed and "3.00 points under the published version v1" in worse.reasons[0]
+    assert worse.compared_with.version == "v1"
+    assert gate(card, root, GateLimits(0.5, 3.5)).passed
+    other_classes = _card(0.87, {"a": 50, "b": 25, "c": 25})  # another task: no comparison, only the floors
     result = gate(other_classes, root, GateLimits(0.5, 2.0))
-    assert result["passed"] and result["reasons"] == [] and result["compared_with"] is None
-    assert not gate(other_classes, root, GateLimits(0.9, 2.0))["passed"]
+    assert result.passed and result.reasons == [] and result.compared_with is None
+    assert not gate(other_classes, root, GateLimits(0.9, 2.0)).passed
 
 
 @pytest.mark.parametrize("accuracy, supports, passes", [
@@ -128,13 +132,13 @@ def test_gate_compares_with_the_published_model_of_the_same_classes(tmp_path):
 ])
 def test_first_publish_must_beat_the_majority_class_significantly(tmp_path, accuracy, supports, passes):
     """Nothing published and export.min_test_accuracy at its default 0: the majority baseline still stands."""
-    card = {"classes": sorted(supports), "metrics": {"test": _test_metrics(accuracy, supports)}}
+    card = _card(accuracy, supports)
     result = gate(card, tmp_path / "nothing-published", GateLimits())
-    assert result["passed"] is passes, result
-    assert result["majority_baseline"]["majority_share"] == max(supports.values()) / sum(supports.values())
+    assert result.passed is passes, result
+    assert result.majority_baseline.majority_share == max(supports.values()) / sum(supports.values())
     if not passes:
-        assert "not significantly above always answering the largest class" in result["reasons"][0]
-    assert gate(card, tmp_path / "nothing-published", GateLimits(majority_significance=1))["passed"]
+        assert "not significantly above always answering the largest class" in result.reasons[0]
+    assert gate(card, tmp_path / "nothing-published", GateLimits(majority_significance=1)).passed
 
 
 def test_a_setting_added_since_the_run_was_recorded_is_no_difference_at_its_default():

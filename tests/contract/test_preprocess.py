@@ -25,7 +25,7 @@ def test_identical_pixels_on_real_photos(data_dir, resize, size, interp):
     for f in files:
         got = preprocess(f.read_bytes(), spec, max_pixels=10**9)
         assert got.dtype == np.uint8 and got.shape == (size, size, 3)
-        trained_on = training_eval(resize, size, interp)(f.read_bytes()).permute(1, 2, 0).numpy()
+        trained_on = training_eval(spec)(f.read_bytes()).permute(1, 2, 0).numpy()
         assert np.array_equal(trained_on, got), "training's evaluation must see the service's pixels"
         ref = tf(load_rgb(f)).permute(1, 2, 0).numpy().astype(int)  # torchvision on a full decode
         if min(Image.open(f).size) < 2 * draft_side(spec):  # decoded in full: torchvision's pixels exactly
@@ -52,7 +52,7 @@ def test_phone_size_photos_decode_reduced_and_stay_identical_between_training_an
     photo = sorted((data_dir / "val" / "bees").iterdir())[0]
     data = _large(photo)
     got = preprocess(data, spec, max_pixels=10**9)
-    trained_on = training_eval(resize, size, "bilinear")(data).permute(1, 2, 0).numpy()
+    trained_on = training_eval(PreprocessSpec(resize, size, "bilinear"))(data).permute(1, 2, 0).numpy()
     assert np.array_equal(trained_on, got)
     ref = eval_transform(resize, size, "bilinear")(load_rgb(io.BytesIO(data))).permute(1, 2, 0).numpy().astype(int)
     diff = np.abs(ref - got)

@@ -1,0 +1,64 @@
+"""The model a serving process runs: the pinned version's card and the onnxruntime session `precision` picks.
+
+One decision for the whole process, made once at start: which file (contract.precision: int8 on CPU where its canary
+passes on this node, fp16 on CUDA, else fp32) on which execution provider; each session runs a warm-up probe as it
+opens, and a model that does not match its card is refused.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from contract.card import ModelCard, load_card
+from contract.precision import Chosen, choose
+from contract.publish import resolve
+
+from .cpus import cpu_allotment
+from .runtime import OnnxClassifier, cuda_available
+from .settings import Settings
+
+log = logging.getLogger("bentoml.serving")  # the logger bentoml serve shows at INFO
+
+
+@dataclass(frozen=True)
+class Loaded:
+    card: ModelCard
+    chosen: Chosen
+
+    @property
+    def session(self) -> OnnxClassifier:
+        return self.chosen.session
+
+
+def load(s: Settings) -> Loaded:
+    """The card and session of the version `s` names (ArtifactError, OSError or the session's error otherwise)."""
+    version_dir = resolve(s.model_dir, s.artifacts_root, s.model_name)
+    card = load_card(version_dir, verify=s.verify_sha256)
+
+    def open_session(path: Path) -> OnnxClassifier:
+        return OnnxClassifier(path, len(card.classes), card.image_size, s.device, intra_threads(s),
+                              s.inter_op_threads, s.spinning)
+
+    def pick(on_cuda: bool) -> Chosen:
+        return choose(version_dir, card, s.precision, on_cuda, open_session, lambda clf, x: clf.run(x),
+                      s.verify_sha256)
+
+    on_cuda = s.device != "cpu" and cuda_available()
+    chosen = pick(on_cuda)
+    if on_cuda and chosen.session.provider != "CUDAExecutionProvider":
+        chosen = pick(False)  # the build has CUDA but it did not load: choose as on CPU (fp16 there is slow)
+    (log.warning if chosen.canary_passed is False else log.info)(
+        "serving %s on %s: %s", chosen.path.name, chosen.session.provider, chosen.note)
+    if card.monitoring is None:
+        log.warning("model.json has no monitoring block (exported before it existed): no label-free accuracy "
+                    "estimate or drift reference for %s %s", card.name, card.version)
+    return Loaded(card, chosen)
+
+
+def intra_threads(s: Settings) -> int:
+    """onnxruntime's threads per process: the cores shared out between the API workers, each with a session."""
+    if s.intra_op_threads or s.api_workers == 1:
+        return s.intra_op_threads  # 0: the allotment, or onnxruntime's own choice (serving.runtime)
+    return max(1, (cpu_allotment() or os.cpu_count() or 1) // s.api_workers)
