@@ -4,13 +4,14 @@ python -m bench.peers --model artifacts/hymenoptera [--concurrency 1 8 32 64] [-
 
 Each peer runs in a virtual environment of its own that this bench makes (under .cache/peers; never a dependency of
 the product), with the same onnxruntime, Pillow and numpy as this environment and the same preprocessing
-(contract.preprocess, imported from this checkout): bench/peers/*_app.py. Each batches the way its documentation
+(contract.preprocess, imported from this checkout): bench/peer_apps/*_app.py. Each batches the way its documentation
 sets it up (LitServe's and Ray Serve's batch settings, MLServer's adaptive batching; KServe's Python ModelServer has
 none of its own, its batcher is a cluster sidecar), with the same batch limit (32) and wait (10 ms) as far as it has
 them. The same photos (the test split as shot), the same load generator (bench/serve.py: one connection per client,
 the same machine's cores), each server started once per round and the servers alternating over rounds. A request is
-what the server's documentation sends: a multipart upload (this service, LitServe, Ray Serve), base64 in V1 JSON
-(KServe) or in Open Inference Protocol JSON (MLServer, and this service's /v2 route for the same bytes). CPU per
+what the server's documentation sends: a multipart upload (this service, Ray Serve), base64 in a JSON body
+(LitServe, and this service's /predict_base64), base64 in V1 JSON (KServe) or in Open Inference Protocol JSON
+(MLServer, and this service's /v2 route). CPU per
 image counts every process of the server (user + system); every answer's label is checked against this service's.
 """
 from __future__ import annotations
@@ -48,6 +49,13 @@ def v2_json(model: str) -> Send:
     return send
 
 
+def base64_json(path: str) -> Send:
+    """{"image": base64} in a JSON body: this service's /predict_base64, LitServe's /predict."""
+    def send(client: httpx.Client, url: str, blob: bytes) -> httpx.Response:
+        return client.post(url + path, json={"image": base64.b64encode(blob).decode()})
+    return send
+
+
 def kserve_v1(client: httpx.Client, url: str, blob: bytes) -> httpx.Response:
     return client.post(url + "/v1/models/imgcls:predict",
                        json={"instances": [{"image": {"b64": base64.b64encode(blob).decode()}}]})
@@ -66,16 +74,17 @@ def label_of(response: httpx.Response) -> str:
 class Peer:
     venv: str
     packages: list[str]
-    app: str  # bench/peers/<app>.py
+    app: str  # bench/peer_apps/<app>.py
     send: Send
     args: list[str] = field(default_factory=lambda: [str(BATCH), str(WAIT_S)])
     setup: str = ""  # how its batching is set up, for the table
 
 
 PEERS = {
-    "LitServe 0.2.19": Peer("litserve", ["litserve==0.2.19"], "litserve_app", multipart,
+    "LitServe 0.2.19": Peer("litserve", ["litserve==0.2.19"], "litserve_app", base64_json("/predict"),
                             setup=f"LitAPI(max_batch_size={BATCH}, batch_timeout={WAIT_S})"),
-    "Ray Serve 2.60.0": Peer("ray", ["ray[serve]==2.60.0"], "ray_app", multipart,
+    # starlette parses forms with python-multipart, which ray[serve] does not install (a user adds it for uploads)
+    "Ray Serve 2.60.0": Peer("ray", ["ray[serve]==2.60.0", "python-multipart"], "ray_app", multipart,
                              setup=f"@serve.batch(max_batch_size={BATCH}, batch_wait_timeout_s={WAIT_S}), "
                                    f"max_ongoing_requests={4 * BATCH}"),
     "KServe ModelServer 0.21.0": Peer("kserve", ["kserve==0.21.0"], "kserve_app", kserve_v1, args=[],
@@ -119,7 +128,7 @@ class PeerServer:
         env = dict(os.environ, PYTHONPATH=str(ROOT), IMGCLS_MODEL_DIR=str(version), RAY_USAGE_STATS_ENABLED="0",
                    ORT_DISABLE_TELEMETRY="1")
         self.log = open(log, "w")
-        self.proc = subprocess.Popen([str(python), str(ROOT / "bench" / "peers" / f"{peer.app}.py"), str(self.port),
+        self.proc = subprocess.Popen([str(python), str(ROOT / "bench" / "peer_apps" / f"{peer.app}.py"), str(self.port),
                                       *peer.args], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
@@ -145,18 +154,20 @@ class PeerServer:
 
 
 def wait_answering(url: str, send: Send, blob: bytes, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
+    deadline, last = time.time() + timeout, "no answer"
     with httpx.Client(timeout=30) as client:
         while time.time() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"the server exited with {proc.returncode}")
             try:
-                if send(client, url, blob).status_code == 200:
+                r = send(client, url, blob)
+                if r.status_code == 200:
                     return
-            except httpx.HTTPError:
-                pass
+                last = f"{r.status_code}: {r.text[:300]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
             time.sleep(1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+    raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s; last: {last}")
 
 
 def cpu_ms(procs: list[psutil.Process]) -> float:
@@ -199,8 +210,9 @@ def main() -> None:
     version = version.resolve()
     blobs = [p.read_bytes() for p in sorted(args.data.rglob("*.jpg"))[:64]]
     pythons = {name: ensure_venv(args.venvs, PEERS[name]) for name in args.peers}
-    ours = {f"this service, /predict (multipart), max_batch_size {BATCH}": multipart,
-            f"this service, /v2 (OIP JSON, base64), max_batch_size {BATCH}": v2_json(card.name)}
+    ours = {"this service, /predict (multipart)": multipart,
+            "this service, /predict_base64 (JSON)": base64_json("/predict_base64"),
+            "this service, /v2 (OIP JSON, base64)": v2_json(card.name)}
     runs: dict[str, list[dict]] = {name: [] for name in [*ours, *args.peers]}
     expected = None
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
@@ -234,8 +246,8 @@ def main() -> None:
 
 
 def table(args, card, runs: dict[str, list[dict]]) -> str:
-    head = ("| server | batching | c | img/s (median) | ours (multipart) / it | p50 ms | p99 ms | "
-            "CPU core-ms per image |\n|---|---|---|---|---|---|---|---|")
+    head = ("| server | batching | c | img/s (median) | this service's /predict / it | p50 ms | p99 ms | "
+            "CPU core-ms per image (server) |\n|---|---|---|---|---|---|---|---|")
     setups = {name: PEERS[name].setup for name in PEERS} | {n: "adaptive (serving.coalesce)" for n in runs
                                                              if n.startswith("this service")}
     first = next(iter(runs))

@@ -3,14 +3,14 @@
 KServe batches in its InferenceService's batcher, a sidecar of the cluster's agent, not in the Python server: here
 every request runs alone, as a ModelServer without that sidecar does.
 
-python bench/peers/kserve_app.py PORT
+python bench/peer_apps/kserve_app.py PORT
 """
 from __future__ import annotations
 
 import base64
 import sys
 
-from bench.peers.common import Classifier
+from bench.peer_apps.common import Classifier
 
 PORT = sys.argv[1]
 sys.argv = [sys.argv[0], "--http_port", PORT, "--workers", "1"]  # kserve reads its options from the command line

@@ -2,7 +2,7 @@
 (max_batch_size, max_batch_time in model-settings.json, as its documentation sets it up) and its default one
 parallel inference worker; images as base64 BYTES in the Open Inference Protocol's JSON.
 
-python bench/peers/mlserver_app.py PORT MAX_BATCH BATCH_TIMEOUT_S   (writes the settings, runs `mlserver start`)
+python bench/peer_apps/mlserver_app.py PORT MAX_BATCH BATCH_TIMEOUT_S   (writes the settings, runs `mlserver start`)
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from mlserver import MLModel
 from mlserver.codecs import Base64Codec, NumpyCodec, StringCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 
-from bench.peers.common import Classifier
+from bench.peer_apps.common import Classifier
 
 
 class ImageModel(MLModel):
@@ -39,6 +39,6 @@ if __name__ == "__main__":
     (folder / "settings.json").write_text(json.dumps({"http_port": int(port), "host": "127.0.0.1",
                                                       "grpc_port": 0, "metrics_port": 0, "debug": False}))
     (folder / "model-settings.json").write_text(json.dumps({
-        "name": "imgcls", "implementation": "bench.peers.mlserver_app.ImageModel",
+        "name": "imgcls", "implementation": "bench.peer_apps.mlserver_app.ImageModel",
         "max_batch_size": batch, "max_batch_time": timeout}))
     os.execvp(sys.executable, [sys.executable, "-m", "mlserver.cli.main", "start", str(folder)])

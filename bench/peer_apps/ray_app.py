@@ -2,7 +2,7 @@
 max_ongoing_requests raised above the batch size (its default of 5 would cap every batch at 5); images arrive as
 multipart uploads on /predict and are decoded in the replica, which then awaits its batch.
 
-python bench/peers/ray_app.py PORT MAX_BATCH BATCH_TIMEOUT_S
+python bench/peer_apps/ray_app.py PORT MAX_BATCH BATCH_TIMEOUT_S
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import ray
 from ray import serve
 from starlette.requests import Request
 
-from bench.peers.common import Classifier
+from bench.peer_apps.common import Classifier
 
 PORT, BATCH, TIMEOUT = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 

@@ -1,24 +1,26 @@
 """LitServe: the model as a LitAPI with LitServe's own batching (LitAPI(max_batch_size, batch_timeout), as its
-documentation sets it up); images arrive as multipart uploads on /predict, decoded in the batch's worker.
+documentation sets it up); images arrive as base64 in a JSON body on /predict ({"image": ...}), decoded in the
+batch's worker. (A multipart upload cannot reach the worker: LitServe 0.2.19 puts the parsed form, starlette's
+UploadFile included, on a multiprocessing queue, and pickling it fails.)
 
-python bench/peers/litserve_app.py PORT MAX_BATCH BATCH_TIMEOUT_S
+python bench/peer_apps/litserve_app.py PORT MAX_BATCH BATCH_TIMEOUT_S
 """
 from __future__ import annotations
 
+import base64
 import sys
 
 import litserve as ls
-from fastapi import Request
 
-from bench.peers.common import Classifier
+from bench.peer_apps.common import Classifier
 
 
 class ImageAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         self.clf = Classifier()
 
-    def decode_request(self, request: Request) -> bytes:
-        return request["image"].file.read()
+    def decode_request(self, request: dict) -> bytes:
+        return base64.b64decode(request["image"])
 
     def predict(self, blobs: list[bytes]) -> list[dict]:
         return self.clf.classify(blobs)
