@@ -38,6 +38,7 @@ from serving.launch import Server, free_port
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, WAIT_S = 32, 0.01
 SAME_AS_HERE = ["onnxruntime", "pillow", "numpy", "pydantic"]  # pinned to this environment's versions
+TWO_WORKERS = {"SERVING_API_WORKERS": "2"}  # one per core here, onnxruntime on one thread each (the CPU Deployment's)
 
 
 def v2_json(model: str) -> Send:
@@ -59,6 +60,14 @@ def base64_json(path: str) -> Send:
 def kserve_v1(client: httpx.Client, url: str, blob: bytes) -> httpx.Response:
     return client.post(url + "/v1/models/imgcls:predict",
                        json={"instances": [{"image": {"b64": base64.b64encode(blob).decode()}}]})
+
+
+def unique(items) -> list:
+    out = []
+    for item in items:
+        if item not in out:
+            out.append(item)
+    return out
 
 
 def label_of(response: httpx.Response) -> str:
@@ -210,26 +219,36 @@ def main() -> None:
     version = version.resolve()
     blobs = [p.read_bytes() for p in sorted(args.data.rglob("*.jpg"))[:64]]
     pythons = {name: ensure_venv(args.venvs, PEERS[name]) for name in args.peers}
-    ours = {"this service, /predict (multipart)": multipart,
-            "this service, /predict_base64 (JSON)": base64_json("/predict_base64"),
-            "this service, /v2 (OIP JSON, base64)": v2_json(card.name)}
+    fp32 = {"SERVING_PRECISION": "fp32"}  # model.onnx, as every peer runs it
+    ours = {  # name -> (settings, request); one server start per distinct settings
+        "this service, /predict (multipart), 1 API worker": (fp32, multipart),
+        "this service, /predict_base64 (JSON), 1 API worker": (fp32, base64_json("/predict_base64")),
+        "this service, /v2 (OIP JSON, base64), 1 API worker": (fp32, v2_json(card.name)),
+        "this service, /predict, 2 API workers (k8s/serving/config.yaml)": (fp32 | TWO_WORKERS, multipart),
+        "this service, /predict, 2 API workers, precision auto: int8 (not the same model file)":
+            ({"SERVING_PRECISION": "auto"} | TWO_WORKERS, multipart),
+    }
     runs: dict[str, list[dict]] = {name: [] for name in [*ours, *args.peers]}
     expected = None
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     for _ in range(args.rounds):
-        srv = Server({"SERVING_MODEL_DIR": str(version), "SERVING_MAX_BATCH_SIZE": str(BATCH),
-                      "SERVING_PRECISION": "fp32"},  # model.onnx, as every peer runs it
-                     logs / "bench-peers-ours.log")
-        try:
-            assert srv.wait_ready(), "the service did not become ready"
-            expected = expected or labels(srv.url, multipart, blobs)
-            tree = lambda: [psutil.Process(srv.proc.pid), *psutil.Process(srv.proc.pid).children(recursive=True)]  # noqa: E731
-            for name, send in ours.items():
-                assert labels(srv.url, send, blobs) == expected
-                runs[name].append(measure(srv.url, tree, send, blobs, args.concurrency, args.requests, True))
-                print(name, {c: round(r["img_s"], 1) for c, r in runs[name][-1].items()}, flush=True)
-        finally:
-            srv.stop()
+        for env in unique(settings for settings, _ in ours.values()):
+            srv = Server({"SERVING_MODEL_DIR": str(version), "SERVING_MAX_BATCH_SIZE": str(BATCH), **env},
+                         logs / "bench-peers-ours.log")
+            try:
+                assert srv.wait_ready(), "the service did not become ready"
+                tree = lambda: [psutil.Process(srv.proc.pid), *psutil.Process(srv.proc.pid).children(recursive=True)]  # noqa: E731
+                for name, (settings, send) in ours.items():
+                    if settings != env:
+                        continue
+                    got = labels(srv.url, send, blobs)
+                    expected = expected or got
+                    if settings.get("SERVING_PRECISION") == "fp32":
+                        assert got == expected, f"{name} answers differently"
+                    runs[name].append(measure(srv.url, tree, send, blobs, args.concurrency, args.requests, True))
+                    print(name, {c: round(r["img_s"], 1) for c, r in runs[name][-1].items()}, flush=True)
+            finally:
+                srv.stop()
         for name in args.peers:
             peer = PEERS[name]
             ps = PeerServer(pythons[name], peer, version, logs / f"bench-peers-{peer.venv}.log")

@@ -50,6 +50,7 @@ VARIANTS = {
     "access log off": {"SERVING_ACCESS_LOG": "false"},
     "2 API workers": {"SERVING_API_WORKERS": "2"},
     "1 onnxruntime thread": {"SERVING_INTRA_OP_THREADS": "1"},
+    "onnxruntime threads spin between runs": {"SERVING_SPINNING": "true"},
     "1 decode thread": {"SERVING_DECODE_THREADS": "1"},
     "precision=fp32 (model.onnx)": {"SERVING_PRECISION": "fp32"},
     "precision=int8 (model.int8.onnx)": {"SERVING_PRECISION": "int8"},

@@ -58,7 +58,8 @@ def load(s: Settings) -> Loaded:
 
 
 def intra_threads(s: Settings) -> int:
-    """onnxruntime's threads per process: the cores shared out between the API workers, each with a session."""
-    if s.intra_op_threads or s.api_workers == 1:
+    """onnxruntime's threads in this process: intra_op_threads (0: the CPU allotment) shared out between the API
+    workers, each of which runs a session of its own."""
+    if s.api_workers == 1:
         return s.intra_op_threads  # 0: the allotment, or onnxruntime's own choice (serving.runtime)
-    return max(1, (cpu_allotment() or os.cpu_count() or 1) // s.api_workers)
+    return max(1, (s.intra_op_threads or cpu_allotment() or os.cpu_count() or 1) // s.api_workers)

@@ -26,8 +26,9 @@ class Settings(BaseSettings):
     max_latency_ms: int = Field(2000, ge=1, description="latency budget: a request whose images still wait for "
                                 "their onnxruntime run this long after decoding is answered 503 (load shedding)")
     batching: bool = Field(True, description="false: every request runs alone (for comparison)")
-    intra_op_threads: int = Field(0, ge=0, description="per API worker; 0: the container's CPU allotment (affinity, "
-                                  "cgroup quota) shared out between the API workers, else onnxruntime's default")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads of the whole server, shared out between "
+                                  "the API workers (at least 1 each); 0: the container's CPU allotment (affinity, "
+                                  "cgroup quota), else onnxruntime's default")
     inter_op_threads: int = Field(1, ge=1)
     spinning: bool = Field(False, description="onnxruntime's threads busy-wait between runs: lower latency on idle "
                                               "cores, CPU taken from decoding on busy ones (bench/serve.py)")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from serving.cpus import cgroup_cpu_quota
+from serving.cpus import cgroup_cpu_quota, cpu_allotment
 
 
 @pytest.mark.parametrize("files, cpus", [
@@ -49,3 +49,15 @@ def test_a_session_pinned_to_one_cpu_runs_one_thread(artifact):
             "c = OnnxClassifier(sys.argv[1] + '/model.onnx', 2, 64, 'cpu'); print(c.intra_threads)")
     out = subprocess.run([sys.executable, "-c", code, str(artifact)], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "1", out.stderr[-2000:]
+
+
+def test_onnxruntime_threads_are_shared_out_between_api_workers():
+    """intra_op_threads is the server's total: each API worker runs a session of its own on its share (at least 1),
+    so two workers on two CPUs run one thread each instead of two each on the same cores."""
+    from serving.loading import intra_threads
+    from serving.settings import Settings
+    assert intra_threads(Settings(api_workers=2, intra_op_threads=4)) == 2
+    assert intra_threads(Settings(api_workers=3, intra_op_threads=2)) == 1
+    assert intra_threads(Settings(api_workers=1, intra_op_threads=3)) == 3
+    assert intra_threads(Settings(api_workers=1)) == 0  # serving.runtime then takes the allotment
+    assert intra_threads(Settings(api_workers=2)) == max(1, (cpu_allotment() or os.cpu_count()) // 2)
