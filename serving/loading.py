@@ -16,7 +16,7 @@ from contract.precision import Chosen, choose
 from contract.publish import resolve
 
 from .cpus import cpu_allotment
-from .runtime import OnnxClassifier, cuda_available
+from .runtime import OnnxClassifier, prepare_cuda
 from .settings import Settings
 
 log = logging.getLogger("bentoml.serving")  # the logger bentoml serve shows at INFO
@@ -45,10 +45,12 @@ def load(s: Settings) -> Loaded:
         return choose(version_dir, card, s.precision, on_cuda, open_session, lambda clf, x: clf.run(x),
                       s.verify_sha256)
 
-    on_cuda = s.device != "cpu" and cuda_available()
+    # where CUDA's provider library cannot load (no driver: onnxruntime-gpu on a CPU node) choose as on CPU at once,
+    # rather than open a CUDA-minded choice first and open again
+    on_cuda = s.device != "cpu" and prepare_cuda() is None
     chosen = pick(on_cuda)
     if on_cuda and chosen.session.provider != "CUDAExecutionProvider":
-        chosen = pick(False)  # the build has CUDA but it did not load: choose as on CPU (fp16 there is slow)
+        chosen = pick(False)  # the library loaded but found no usable GPU: choose as on CPU (fp16 there is slow)
     (log.warning if chosen.canary_passed is False else log.info)(
         "serving %s on %s: %s", chosen.path.name, chosen.session.provider, chosen.note)
     if card.monitoring is None:
