@@ -5,6 +5,10 @@ max_batch_size images: under load the batch grows with the queue, at low load a 
 waits on a timer for a fuller batch, so there is no latency model to get wrong: the run itself is the wait. A part
 still waiting `max_wait` seconds after it was queued is answered 503 at that moment (the service is over its latency
 budget, max_latency_ms), so an overloaded node sheds load instead of queueing without bound.
+
+A part may ask for heatmaps (`maps`: per image, the classes to map, training.cam's encoding); parts asking for
+different numbers share a run all the same: the narrower are padded with -1 (the top class, a few hundred
+multiply-adds an image) and each request reads only the columns it asked for.
 """
 from __future__ import annotations
 
@@ -17,12 +21,14 @@ import numpy as np
 
 from contract.errors import RequestError
 
-Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+Outputs = tuple[np.ndarray, ...]  # row i of each belongs to image i
+Infer = Callable[[np.ndarray, np.ndarray], Awaitable[Outputs]]
 
 
 @dataclass
 class Part:
     pixels: np.ndarray
+    maps: np.ndarray  # int64 [n, M]: the classes to map per image; M = 0 asks for none
     future: asyncio.Future
     expiry: asyncio.TimerHandle | None
 
@@ -33,7 +39,8 @@ def overloaded(max_wait: float) -> RequestError:
 
 
 class Coalescer:
-    """`await run(pixels)` returns `infer(pixels)`, computed in a call shared with other waiting requests.
+    """`await run(pixels, maps)` returns `infer(pixels, maps)`, computed in a call shared with other waiting
+    requests.
 
     combine=False: every request is a call of its own (split at max_batch_size), for comparison."""
 
@@ -47,19 +54,24 @@ class Coalescer:
         self.waiting: deque[Part] = deque()
         self.in_flight: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
 
-    async def run(self, pixels: np.ndarray) -> np.ndarray:
-        """Outputs for uint8 [N,S,S,3]; a request larger than max_batch_size goes as several parts."""
+    async def run(self, pixels: np.ndarray, maps: np.ndarray | None = None) -> Outputs:
+        """Outputs for uint8 [N,S,S,3]; a request larger than max_batch_size goes as several parts. Outputs with
+        map columns may have more columns than `maps` asked for (padding): read the first M."""
         loop = asyncio.get_running_loop()
+        if maps is None:
+            maps = np.zeros((len(pixels), 0), np.int64)
         parts = []
         for start in range(0, len(pixels), self.max_batch_size):
             future = loop.create_future()
             expiry = None if self.max_wait is None else loop.call_later(self.max_wait, self._expire, future)
-            parts.append(Part(pixels[start:start + self.max_batch_size], future, expiry))
+            end = start + self.max_batch_size
+            parts.append(Part(pixels[start:end], maps[start:end], future, expiry))
         self.waiting.extend(parts)
         self._send()
         # gather: a part's error (503, a failed run) reaches its request; a cancelled request (client gone) leaves its
         # parts in their calls, whose other requests are unaffected
-        return np.concatenate(await asyncio.gather(*(p.future for p in parts)))
+        answers = await asyncio.gather(*(p.future for p in parts))
+        return answers[0] if len(answers) == 1 else tuple(np.concatenate(o) for o in zip(*answers))
 
     def _expire(self, future: asyncio.Future) -> None:
         if not future.done():  # still queued: a part that left has its timer cancelled
@@ -90,8 +102,11 @@ class Coalescer:
         return batch
 
     async def _call(self, batch: list[Part]) -> None:
+        width = max(p.maps.shape[1] for p in batch)
+        maps = np.concatenate([np.pad(p.maps, ((0, 0), (0, width - p.maps.shape[1])), constant_values=-1)
+                               for p in batch])
         try:
-            outputs = await self.infer(np.concatenate([p.pixels for p in batch]))
+            outputs = await self.infer(np.concatenate([p.pixels for p in batch]), maps)
         except Exception as exc:  # every request of the call gets the error, as it would have alone
             for p in batch:
                 if not p.future.done():
@@ -100,7 +115,7 @@ class Coalescer:
         start = 0
         for p in batch:
             if not p.future.done():
-                p.future.set_result(outputs[start:start + len(p.pixels)])
+                p.future.set_result(tuple(o[start:start + len(p.pixels)] for o in outputs))
             start += len(p.pixels)
 
     def _done(self, task: asyncio.Task) -> None:

@@ -27,6 +27,9 @@ predictions = bentoml.metrics.Counter(
 confidence = bentoml.metrics.Histogram(
     name=P + "confidence", documentation="top-1 probability of each prediction",
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
+heatmaps = bentoml.metrics.Counter(
+    name=P + "heatmaps_total", documentation="heatmaps answered by /explain, by format (grid | png)",
+    labelnames=["format"])
 invalid_requests = bentoml.metrics.Counter(
     name=P + "invalid_requests_total", documentation="rejected inputs by reason", labelnames=["reason"])
 feedback = bentoml.metrics.Counter(

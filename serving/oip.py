@@ -23,6 +23,9 @@ from contract.errors import RequestError
 HEADER_LENGTH = "inference-header-content-length"
 IMAGE_FILES, PIXELS = "image", "images"  # encoded files (BYTES) | preprocessed uint8 pixels (UINT8 [N,S,S,3])
 PROBABILITIES, LABELS = "probabilities", "labels"
+# optional: Grad-CAM maps of the top classes (FP32 [N, k, h, w], training.cam) and the classes they map (BYTES [N, k])
+HEATMAPS, HEATMAP_LABELS = "heatmaps", "heatmap_labels"
+OUTPUTS = (PROBABILITIES, LABELS, HEATMAPS, HEATMAP_LABELS)
 
 
 class _Loose(BaseModel):
@@ -218,10 +221,9 @@ def parse_infer(body: bytes, header_length: str | None, *, max_images: int, imag
                             f"encoded files) and '{PIXELS}' (UINT8 [N,{image_size},{image_size},3])")
     outputs = req.outputs if req.outputs is not None else [RequestOutput(name=PROBABILITIES),
                                                            RequestOutput(name=LABELS)]
-    unknown = [o.name for o in outputs if o.name not in (PROBABILITIES, LABELS)]
+    unknown = [o.name for o in outputs if o.name not in OUTPUTS]
     if unknown or not outputs:
-        raise RequestError("unknown_output", f"unknown outputs {unknown}; outputs are '{PROBABILITIES}' and "
-                            f"'{LABELS}'")
+        raise RequestError("unknown_output", f"unknown outputs {unknown}; outputs are {', '.join(OUTPUTS)}")
     return Request(req.id, files, pixels, outputs, req.parameters or {})
 
 
@@ -248,8 +250,22 @@ class Tensor:
         return pack_bytes(self.values) if self.datatype == "BYTES" else self.values.astype("<f4").tobytes()
 
 
-def build_outputs(req: Request, probs: np.ndarray, classes: list[str], max_top_k: int) -> list[Tensor]:
-    """The requested outputs from temperature-scaled probabilities [N,C]."""
+def _top_k(req: Request, o: RequestOutput, max_top_k: int) -> int:
+    """An output's `top_k` parameter, else the request's, else 1."""
+    top_k = (o.parameters or {}).get("top_k", req.parameters.get("top_k", 1))
+    return _positive_int(top_k, "parameters.top_k", max_top_k)
+
+
+def heatmap_count(req: Request, max_top_k: int) -> int:
+    """How many top classes to map: 0 where neither heatmap output is asked for."""
+    asked = [o for o in req.outputs if o.name in (HEATMAPS, HEATMAP_LABELS)]
+    return max((_top_k(req, o, max_top_k) for o in asked), default=0)
+
+
+def build_outputs(req: Request, probs: np.ndarray, classes: list[str], max_top_k: int,
+                  heatmaps: np.ndarray | None = None, mapped: np.ndarray | None = None) -> list[Tensor]:
+    """The requested outputs from temperature-scaled probabilities [N,C] (and the heatmaps [N,k,h,w] of the
+    classes mapped [N,k], where asked)."""
     request_binary = req.parameters.get("binary_data_output") is True
     order = np.argsort(-probs, axis=1, kind="stable")
     out = []
@@ -262,9 +278,16 @@ def build_outputs(req: Request, probs: np.ndarray, classes: list[str], max_top_k
             out.append(Tensor(o.name, "BYTES", [len(probs), k], values, binary))
         elif o.name == PROBABILITIES:
             out.append(Tensor(o.name, "FP32", list(probs.shape), probs.astype(np.float32), binary))
+        elif o.name == HEATMAPS:
+            k = min(_top_k(req, o, max_top_k), len(classes))
+            out.append(Tensor(o.name, "FP32", [len(probs), k, *heatmaps.shape[2:]],
+                              np.ascontiguousarray(heatmaps[:, :k], np.float32), binary))
+        elif o.name == HEATMAP_LABELS:
+            k = min(_top_k(req, o, max_top_k), len(classes))
+            values = [classes[c].encode() for row in mapped[:, :k] for c in row]
+            out.append(Tensor(o.name, "BYTES", [len(probs), k], values, binary))
         else:
-            top_k = params.get("top_k", req.parameters.get("top_k", 1))
-            k = min(_positive_int(top_k, "parameters.top_k", max_top_k), len(classes))
+            k = min(_top_k(req, o, max_top_k), len(classes))
             values = [classes[i].encode() for r in range(len(probs)) for i in order[r, :k]]
             out.append(Tensor(o.name, "BYTES", [len(probs), k], values, binary))
     return out

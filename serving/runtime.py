@@ -75,6 +75,8 @@ class OnnxClassifier:
         inp = self.session.get_inputs()[0]
         if inp.name != "images" or inp.type != "tensor(uint8)":
             raise ValueError(f"model input is {inp.name} {inp.type}; the contract is 'images' tensor(uint8)")
+        # artifacts exported since heatmaps existed take `heatmap_classes` (optional: a default in the graph)
+        self.heatmaps = {o.name for o in self.session.get_outputs()} >= {"heatmaps", "heatmap_labels"}
         probe = self.run(np.zeros((1, image_size, image_size, 3), np.uint8))
         if probe.shape[1] != num_classes:
             raise ValueError(f"model outputs {probe.shape[1]} logits but model.json lists {num_classes} classes")
@@ -84,3 +86,9 @@ class OnnxClassifier:
     def run(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] -> logits float32 [N, C]."""
         return self.session.run(["logits"], {"images": images})[0]
+
+    def explain(self, images: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """uint8 [N, S, S, 3], the classes to map int64 [N, M] (an index, or -r: the r-th most likely) -> logits
+        [N, C], heatmaps float32 [N, M, h, w], the classes mapped int64 [N, M]. Only where self.heatmaps."""
+        return tuple(self.session.run(["logits", "heatmaps", "heatmap_labels"],
+                                      {"images": images, "heatmap_classes": maps}))

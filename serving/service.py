@@ -16,10 +16,10 @@ from pydantic import ConfigDict, Field
 
 from contract.errors import RequestError
 
-from . import bentoml_adapter, v2
+from . import bentoml_adapter, page, v2
 from .artifact import pin_version
 from .bentoml_adapter import Upload
-from .core import Core, ImageFile, Prediction
+from .core import Core, Explanation, HeatmapFormat, ImageFile, Prediction
 from .errors import error_response
 from .limits import RequestGuard
 from .settings import load_settings
@@ -38,6 +38,16 @@ class Base64BatchRequest(bentoml.IODescriptor):
     model_config = ConfigDict(extra="forbid")
     images: list[str] = Field(min_length=1, max_length=S.max_images_per_request)
     top_k: int = Field(3, ge=1, le=S.max_top_k)
+
+
+class Base64ExplainRequest(Base64Request):
+    label: str | None = Field(None, description="a class to explain besides the top_k")
+    format: HeatmapFormat = "grid"
+
+
+class Base64BatchExplainRequest(Base64BatchRequest):
+    label: str | None = Field(None, description="a class to explain besides the top_k")
+    format: HeatmapFormat = "grid"
 
 
 class FeedbackRequest(bentoml.IODescriptor):
@@ -94,6 +104,47 @@ class ImageClassifier:
             return error_response(exc)
         return await self._predict(files, top_k)
 
+    async def _explain(self, files: list[ImageFile], top_k: int, label: str | None, fmt: HeatmapFormat):
+        try:
+            return await CORE.explain(files, top_k, label, fmt)
+        except RequestError as exc:
+            return error_response(exc)
+
+    @bentoml.api(route="/explain")
+    async def explain(self, image: Upload, top_k: TopK = 3, label: str | None = None,
+                      format: HeatmapFormat = "grid") -> Explanation:
+        """/predict's answer with a heatmap per returned class (and for `label`, when given): where in the picture
+        the evidence for that class lies (Grad-CAM of the served graph), as a grid of numbers or a PNG over the
+        cropped input."""
+        result = await self._explain([image], top_k, label, format)
+        return result[0] if isinstance(result, list) else result
+
+    @bentoml.api(route="/explain_batch")
+    async def explain_batch(self,
+                            images: Annotated[list[Upload], Field(min_length=1, max_length=S.max_images_per_request)],
+                            top_k: TopK = 3, label: str | None = None,
+                            format: HeatmapFormat = "grid") -> list[Explanation]:
+        return await self._explain(images, top_k, label, format)
+
+    @bentoml.api(route="/explain_base64", input_spec=Base64ExplainRequest)
+    async def explain_base64(self, image: str, top_k: int = 3, label: str | None = None,
+                             format: HeatmapFormat = "grid") -> Explanation:
+        try:
+            files = [_b64(image, "image")]
+        except RequestError as exc:
+            return error_response(exc)
+        result = await self._explain(files, top_k, label, format)
+        return result[0] if isinstance(result, list) else result
+
+    @bentoml.api(route="/explain_base64_batch", input_spec=Base64BatchExplainRequest)
+    async def explain_base64_batch(self, images: list[str], top_k: int = 3, label: str | None = None,
+                                   format: HeatmapFormat = "grid") -> list[Explanation]:
+        try:
+            files = [_b64(b, f"images[{i}]") for i, b in enumerate(images)]
+        except RequestError as exc:
+            return error_response(exc)
+        return await self._explain(files, top_k, label, format)
+
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
     def feedback(self, predicted: str, actual: str) -> dict:
         """Ground truth for an earlier prediction; stateless, so any replica can take it."""
@@ -121,4 +172,5 @@ def _b64(text: str, field: str) -> bytes:
 
 ImageClassifier.add_asgi_middleware(RequestGuard, max_bytes=S.max_request_bytes, body_timeout=S.body_timeout_seconds)
 ImageClassifier.mount_asgi_app(v2.routes(CORE), path="/")  # routes /v2/...; only paths it knows reach it
+ImageClassifier.mount_asgi_app(page.routes(), path="/")  # the page at /, before BentoML's index
 bentoml_adapter.install(S.upload_memory_bytes)

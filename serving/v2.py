@@ -7,6 +7,7 @@ serving.oip; error bodies are serving.errors' (protocol "v2").
 """
 from __future__ import annotations
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -71,16 +72,28 @@ class V2Routes:
             "inputs": [{"name": oip.IMAGE_FILES, "datatype": "BYTES", "shape": [-1]},
                        {"name": oip.PIXELS, "datatype": "UINT8", "shape": [-1, s, s, 3]}],
             "outputs": [{"name": oip.PROBABILITIES, "datatype": "FP32", "shape": [-1, c]},
-                        {"name": oip.LABELS, "datatype": "BYTES", "shape": [-1, -1]}],
+                        {"name": oip.LABELS, "datatype": "BYTES", "shape": [-1, -1]},
+                        *self.heatmap_outputs()],
             "parameters": {"classes": ",".join(card.classes)}})
+
+    def heatmap_outputs(self) -> list[dict]:
+        """The optional outputs, where the served graph has heatmaps: the maps of the top `top_k` classes (a
+        parameter of the output or the request; 1 by default) and the classes they map."""
+        if not self.core.model.session.heatmaps:
+            return []
+        return [{"name": oip.HEATMAPS, "datatype": "FP32", "shape": [-1, -1, -1, -1]},
+                {"name": oip.HEATMAP_LABELS, "datatype": "BYTES", "shape": [-1, -1]}]
 
     async def infer(self, request: Request) -> Response:
         self.check_model(request)
         s, card = self.core.settings, self.core.card
         req = oip.parse_infer(await request.body(), request.headers.get(oip.HEADER_LENGTH),
                               max_images=s.max_images_per_request, image_size=card.image_size)
-        probs = await self.core.probabilities(req.files, req.pixels)
-        outputs = oip.build_outputs(req, probs, card.classes, s.max_top_k)
+        k = oip.heatmap_count(req, s.max_top_k)
+        n = len(req.files) if req.files is not None else len(req.pixels)
+        maps = np.tile(-np.arange(1, min(k, len(card.classes)) + 1), (n, 1)) if k else None
+        probs, heatmaps, mapped = await self.core.outputs(req.files, req.pixels, maps)
+        outputs = oip.build_outputs(req, probs, card.classes, s.max_top_k, heatmaps, mapped)
         body, headers = oip.encode_response(self.model_name, card.version, req.id, outputs)
         return Response(body, headers=headers)
 

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+import httpx
 
 from serving.launch import Server
 
@@ -32,3 +35,20 @@ def running_server(env: dict, log: Path) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
+
+
+def scrape(url) -> dict[str, float]:
+    """The service's own series (imgcls_*) from its real /metrics, and BentoML's request series."""
+    out = {}
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(("imgcls_", "bentoml_service_request")):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def total(metrics: dict, metric: str, **labels) -> float:
+    """The sum of a metric's series that carry these labels."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(v for k, v in metrics.items()
+               if re.match(metric + r"(\{|$)", k) and all(w in k for w in want))

@@ -37,7 +37,12 @@ class Pooled(nn.Module):
         self.body = body
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.body(x), 1), 1)
+        return self.pool(self.body(x))
+
+    @staticmethod
+    def pool(feature_map: torch.Tensor) -> torch.Tensor:
+        """[N, K, h, w] -> [N, K]: what the head sees (and what training.cam differentiates through)."""
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(feature_map, 1), 1)
 
 
 def cached_weights_file(enum_member) -> Path:

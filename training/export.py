@@ -25,6 +25,8 @@ from contract.card import ModelCard, SkewCheck, SkewGate, Variant
 from contract.files import sha256_of
 from contract.publish import install
 
+from .backbones import Pooled
+from .cam import grad_cam, resolve_classes, score_gradients
 from .data import ImageSet
 from .final_model import FinalModel
 from .log import event
@@ -41,35 +43,73 @@ class ExportError(RuntimeError):
 
 
 class ContractWrapper(torch.nn.Module):
-    """uint8 [N,S,S,3] RGB -> (logits, probabilities). /255 and the NHWC->NCHW change live in the graph."""
+    """uint8 [N,S,S,3] RGB (+ heatmap_classes [N,M]) -> (logits, probabilities, heatmaps, heatmap_labels).
+    /255 and the NHWC->NCHW change live in the graph; the heatmaps are training.cam's Grad-CAM of the requested
+    classes (an index, or -r for the r-th most likely), float32 [N, M, h, w] at the last feature map's resolution."""
 
     def __init__(self, model: torch.nn.Module, temperature: float = 1.0, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.model, self.temperature, self.dtype = model, temperature, dtype
 
-    def forward(self, images: torch.Tensor):
+    def forward(self, images: torch.Tensor, heatmap_classes: torch.Tensor | None = None):
         x = images.permute(0, 3, 1, 2).to(self.dtype) / 255.0
-        logits = self.model(x).float()  # the contract's outputs stay float32 whatever the compute precision
-        return logits, torch.softmax(logits / self.temperature, dim=1)
+        feature_map = self.model.feature_map(x)
+        pooled = Pooled.pool(feature_map)
+        logits = self.model.head(pooled).float()  # the contract's outputs stay float32 whatever the compute precision
+        probabilities = torch.softmax(logits / self.temperature, dim=1)
+        if heatmap_classes is None:
+            return logits, probabilities
+        labels = resolve_classes(heatmap_classes, logits)
+        # float32 whatever the compute precision: onnxruntime's CPU Einsum has no float16 kernel
+        gradients = score_gradients(self.model.head, pooled, labels).float()
+        return logits, probabilities, grad_cam(feature_map.float(), gradients), labels
 
 
 def export_onnx(model: torch.nn.Module, path: Path, image_size: int, opset: int, temperature: float = 1.0,
                 dtype: torch.dtype = torch.float32) -> None:
     wrapper = ContractWrapper(model.eval(), temperature, dtype).eval()
     example = torch.zeros(2, image_size, image_size, 3, dtype=torch.uint8)
+    classes = torch.tensor([[-1, 0], [-1, 0]])
+    batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (example,), str(path), input_names=["images"],
-                          output_names=["logits", "probabilities"], opset_version=opset, dynamo=True,
-                          external_data=False, verbose=False,
-                          dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}})
+        torch.onnx.export(wrapper, (example, classes), str(path), input_names=["images", "heatmap_classes"],
+                          output_names=["logits", "probabilities", "heatmaps", "heatmap_labels"],
+                          opset_version=opset, dynamo=True, external_data=False, verbose=False,
+                          dynamic_shapes={"images": {0: batch},
+                                          "heatmap_classes": {0: batch, 1: torch.export.Dim("maps", max=4096)}})
+    heatmap_classes_optional(path)
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def heatmap_classes_optional(path: Path) -> None:
+    """Make `heatmap_classes` an input one may leave out: it gets a default ([1, 0]: no heatmaps, nothing computed
+    for them) and is broadcast to the batch, so a caller that sends only `images` (every reader of the contract
+    before heatmaps) runs the model as before, and [1, M] asks the same classes of every image.
+    onnxruntime runs every node whatever outputs are fetched; with M = 0 the heatmap branch is empty tensors."""
+    model = onnx.load(str(path))
+    graph, name, inside = model.graph, "heatmap_classes", "heatmap_classes_per_image"
+    for node in graph.node:
+        node.input[:] = [inside if i == name else i for i in node.input]
+    h = onnx.helper
+    graph.node.insert(0, h.make_node("Shape", ["images"], ["heatmap_batch"], start=0, end=1))
+    graph.node.insert(1, h.make_node("Concat", ["heatmap_batch", "heatmap_one"], ["heatmap_target"], axis=0))
+    graph.node.insert(2, h.make_node("Expand", [name, "heatmap_target"], [inside]))
+    graph.initializer.extend([onnx.numpy_helper.from_array(np.zeros((1, 0), np.int64), name),
+                              onnx.numpy_helper.from_array(np.ones(1, np.int64), "heatmap_one")])
+    dims = next(i for i in graph.input if i.name == name).type.tensor_type.shape.dim
+    dims[0].dim_param = "heatmap_batch"  # 1 or the images' batch
+    onnx.save(model, str(path))
 
 
 def ort_session(path: Path):
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime as ort
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    # errors only: onnxruntime warns at every load that `heatmap_classes` (an input with a default, on purpose:
+    # heatmap_classes_optional) "will not be treated as constant"
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def check_parity(model: torch.nn.Module, path: Path, images: np.ndarray, batch_sizes=(1, 8, 5)) -> dict:

@@ -20,14 +20,14 @@ from . import checkpoint, data_report, distributed, metrics, run_identity
 from .calibrate import fit_temperature
 from .config import TrainConfig
 from .data import ImageSet, Splits, load_splits
-from .export import build_artifact
+from .export import ContractWrapper, build_artifact
 from .final_model import FinalModel
 from .loader import eval_loader
 from .log import event
 from .model import Classifier, build_model
 from .publish import GateLimits, PublishRefused
-from .quantize import Int8Plan
-from .report import summary_table, write_report
+from .quantize import Int8Plan, model_inputs
+from .report import Explain, summary_table, write_report
 from .runtime import resolve_device, setup_runtime
 from .train import Trainer
 from .transforms import eval_transform
@@ -72,8 +72,22 @@ def evaluate_model(model: Classifier, splits: Splits, cfg: TrainConfig, device: 
     write_report(Path(cfg.output_dir) / "report", scored, logits, labels, test, history,
                  cfg.model_dump(mode="json") | {"name": cfg.name},
                  (extra or {}) | {"monitoring": watch.model_dump(mode="json")},
-                 temperature)
+                 temperature, heatmaps_of(model, scored, cfg.data.spec, device))
     return test, temperature, watch
+
+
+def heatmaps_of(model: Classifier, images: ImageSet, spec: PreprocessSpec, device: torch.device) -> Explain:
+    """The report's heatmaps: the crops as the artifact takes them and the top class's map, computed by the
+    exported graph's own module (ContractWrapper; tests/training/test_heatmaps.py holds the ONNX graph equal)."""
+    wrapper = ContractWrapper(model.eval()).eval()
+
+    def explain(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        crops = model_inputs(images, spec, idx)
+        with torch.no_grad():
+            _, _, maps, _ = wrapper(torch.from_numpy(crops).to(device),
+                                    torch.full((len(idx), 1), -1, dtype=torch.long, device=device))
+        return crops, maps[:, 0].cpu().numpy()
+    return explain
 
 
 def prepared_splits(cfg: TrainConfig) -> tuple[Splits, dict]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -95,6 +96,40 @@ def plot_grid(images: ImageSet, idx: list[int], probs: np.ndarray, labels: np.nd
     plt.close(fig)
 
 
+# indices into the test set -> (the crops the model saw, uint8 [n,S,S,3]; the heatmaps of its top class, [n,h,w])
+Explain = Callable[[list[int]], tuple[np.ndarray, np.ndarray]]
+
+
+def plot_heatmaps(images: ImageSet, idx: list[int], probs: np.ndarray, labels: np.ndarray, explain: Explain,
+                  path: Path, title: str) -> None:
+    """Each photo as the model saw it (the crop) beside it with the heatmap of the class it answered over it: where
+    the evidence lies, so that a shortcut (a watermark, a background, a ruler) shows before the model ships."""
+    if not idx:
+        return
+    crops, maps = explain(idx)
+    cols = min(3, len(idx))
+    rows = (len(idx) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.2 * 2 * cols, 2.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    classes = images.classes
+    for k, (i, crop, heat) in enumerate(zip(idx, crops, maps)):
+        photo, overlay = axes.flat[2 * k], axes.flat[2 * k + 1]
+        pred = int(probs[i].argmax())
+        wrong = pred != labels[i]
+        photo.imshow(crop)
+        photo.set_title(f"true {classes[labels[i]]}", fontsize=8)
+        overlay.imshow(crop)
+        size = crop.shape[0]
+        overlay.imshow(heat / heat.max() if heat.max() > 0 else heat, cmap="jet", alpha=0.5, vmin=0, vmax=1,
+                       interpolation="bilinear", extent=(-0.5, size - 0.5, size - 0.5, -0.5))
+        overlay.set_title(f"why {classes[pred]} {probs[i, pred]:.2f}", fontsize=8, color="red" if wrong else "black")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _table(rows: list[list], head: list[str]) -> str:
     th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -106,7 +141,8 @@ def _fmt(v) -> str:
 
 
 def write_report(out: Path, test_set: ImageSet, logits: np.ndarray, labels: np.ndarray, metrics_: dict,
-                 history: list[dict], config: dict, extra: dict | None = None, temperature: float = 1.0) -> Path:
+                 history: list[dict], config: dict, extra: dict | None = None, temperature: float = 1.0,
+                 explain: Explain | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     classes = test_set.classes
     probs = softmax(logits, temperature)
@@ -119,6 +155,12 @@ def write_report(out: Path, test_set: ImageSet, logits: np.ndarray, labels: np.n
     wrong = np.flatnonzero(probs.argmax(1) != labels)
     worst = wrong[np.argsort(-probs[wrong].max(1))][:12].tolist()
     plot_grid(test_set, worst, probs, labels, out / "confident_mistakes.png", "most confident mistakes")
+    if explain is not None:
+        right = [i for i in sample if probs[i].argmax() == labels[i]][:6]
+        plot_heatmaps(test_set, worst[:9], probs, labels, explain, out / "mistakes_heatmaps.png",
+                      "why it said so: the most confident mistakes")
+        plot_heatmaps(test_set, right, probs, labels, explain, out / "right_heatmaps.png",
+                      "why it said so: right answers (a sample)")
     per_class = [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in metrics_["per_class"].items()]
     summary = [[k, metrics_[k]] for k in ("accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1",
                                           "roc_auc", "ece", "log_loss", "n") if k in metrics_]
@@ -131,7 +173,9 @@ def write_report(out: Path, test_set: ImageSet, logits: np.ndarray, labels: np.n
             for r in history]
     imgs = "".join(f'<h2>{t}</h2><img src="{f}" alt="{t}">' for f, t in (
         ("curves.png", "Training curves"), ("confusion_matrix.png", "Confusion matrix"),
-        ("samples.png", "Sample predictions"), ("confident_mistakes.png", "Most confident mistakes"))
+        ("samples.png", "Sample predictions"), ("confident_mistakes.png", "Most confident mistakes"),
+        ("mistakes_heatmaps.png", "Why it said so: mistakes (heatmap of the class it answered)"),
+        ("right_heatmaps.png", "Why it said so: right answers"))
         if (out / f).exists())
     extra_html = "".join(f"<h2>{html.escape(k)}</h2><pre>{html.escape(json.dumps(v, indent=2, default=str))}</pre>"
                          for k, v in (extra or {}).items())

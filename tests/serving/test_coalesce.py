@@ -12,14 +12,15 @@ from serving.coalesce import Coalescer
 
 
 class SlowModel:
-    """Answers row i of its input with the input's own pixel value, after `seconds`; records every call."""
+    """Answers row i of its input with the input's own pixel value (and the classes it was asked to map), after
+    `seconds`; records every call."""
 
     def __init__(self, seconds: float = 0.05, fail_on: int | None = None) -> None:
         self.seconds, self.fail_on = seconds, fail_on
         self.calls: list[int] = []
         self.running = self.most_running = 0
 
-    async def __call__(self, pixels: np.ndarray) -> np.ndarray:
+    async def __call__(self, pixels: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.calls.append(len(pixels))
         self.running += 1
         self.most_running = max(self.most_running, self.running)
@@ -27,7 +28,7 @@ class SlowModel:
             await asyncio.sleep(self.seconds)
             if self.fail_on is not None and self.fail_on in pixels[:, 0, 0, 0]:
                 raise RuntimeError("model refused")
-            return pixels[:, 0, 0, :1].astype(np.float32)
+            return pixels[:, 0, 0, :1].astype(np.float32), maps
         finally:
             self.running -= 1
 
@@ -44,7 +45,7 @@ def test_concurrent_requests_share_calls_and_get_their_own_rows():
         return await asyncio.gather(*(c.run(images(i, i + 100)) for i in range(20)))
 
     answers = asyncio.run(main())
-    for i, logits in enumerate(answers):
+    for i, (logits, _) in enumerate(answers):
         assert logits[:, 0].tolist() == [i, i + 100]
     assert sum(model.calls) == 40
     assert len(model.calls) < 20 and max(model.calls) <= 8, model.calls
@@ -71,7 +72,7 @@ def test_a_request_larger_than_a_batch_goes_in_parts_and_comes_back_in_order():
     async def main():
         return await Coalescer(model, max_batch_size=4, max_in_flight=1).run(images(*range(10)))
 
-    assert asyncio.run(main())[:, 0].tolist() == list(range(10))
+    assert asyncio.run(main())[0][:, 0].tolist() == list(range(10))
     assert model.calls == [4, 4, 2]
 
 
@@ -85,7 +86,7 @@ def test_an_error_reaches_the_requests_of_its_call_only():
 
     results, after = asyncio.run(main())
     assert [isinstance(r, RuntimeError) for r in results] == [False, False, False, True, False, False]
-    assert after[0, 0] == 7  # the coalescer keeps serving after a failed call
+    assert after[0][0, 0] == 7  # the coalescer keeps serving after a failed call
 
 
 def test_a_cancelled_request_leaves_the_others_unharmed():
@@ -102,7 +103,7 @@ def test_a_cancelled_request_leaves_the_others_unharmed():
         return await first, await kept, gone.cancelled()
 
     first, kept, cancelled = asyncio.run(main())
-    assert first[0, 0] == 1 and kept[0, 0] == 3 and cancelled
+    assert first[0][0, 0] == 1 and kept[0][0, 0] == 3 and cancelled
     assert model.calls == [1, 1]  # the cancelled request's image was never sent
 
 
@@ -133,7 +134,7 @@ def test_a_request_waiting_past_the_budget_is_answered_503_then():
         waited = time.perf_counter() - start
         return await first, refused.value, waited
 
-    logits, refused, waited = asyncio.run(main())
+    (logits, _), refused, waited = asyncio.run(main())
     assert logits[:, 0].tolist() == [1]
     assert refused.status == 503 and refused.reason == "overloaded"
     assert 0.09 < waited < 0.3, waited
@@ -148,5 +149,26 @@ def test_without_combining_every_request_runs_alone():
         return await asyncio.gather(*(c.run(images(i, i, i)) for i in range(6)))
 
     answers = asyncio.run(main())
-    assert [a[:, 0].tolist() for a in answers] == [[i, i, i] for i in range(6)]
+    assert [a[0][:, 0].tolist() for a in answers] == [[i, i, i] for i in range(6)]
     assert model.calls == [3] * 6
+
+
+def test_requests_asking_for_different_heatmaps_share_a_run():
+    """/predict (no maps), /explain of the top two, and of a named class: one call, each request its own columns
+    first, the narrower padded with -1 (the top class)."""
+    model = SlowModel()
+
+    async def main():
+        c = Coalescer(model, max_batch_size=8, max_in_flight=1)
+        busy = asyncio.ensure_future(c.run(images(0)))
+        await asyncio.sleep(0)
+        answers = await asyncio.gather(c.run(images(1)), c.run(images(2, 3), np.array([[-1, -2], [-1, -2]])),
+                                       c.run(images(4), np.array([[5]])))
+        return [await busy, *answers]
+
+    answers = asyncio.run(main())
+    assert model.calls == [1, 4]
+    assert [a[0][:, 0].tolist() for a in answers] == [[0], [1], [2, 3], [4]]
+    assert answers[1][1].tolist() == [[-1, -1]]
+    assert answers[2][1].tolist() == [[-1, -2], [-1, -2]]
+    assert answers[3][1].tolist() == [[5, -1]]

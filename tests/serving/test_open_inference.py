@@ -88,7 +88,8 @@ def test_tritonclient_health_and_metadata(client, card):
     assert {(t["name"], t["datatype"], tuple(t["shape"])) for t in meta["inputs"]} == {
         ("image", "BYTES", (-1,)), ("images", "UINT8", (-1, s, s, 3))}
     assert {(t["name"], t["datatype"], tuple(t["shape"])) for t in meta["outputs"]} == {
-        ("probabilities", "FP32", (-1, c)), ("labels", "BYTES", (-1, -1))}
+        ("probabilities", "FP32", (-1, c)), ("labels", "BYTES", (-1, -1)),
+        ("heatmaps", "FP32", (-1, -1, -1, -1)), ("heatmap_labels", "BYTES", (-1, -1))}
     server_meta = client.get_server_metadata()
     assert {"binary_tensor_data", "classification"} <= set(server_meta["extensions"])
 
@@ -127,6 +128,23 @@ def test_tritonclient_preprocessed_uint8_batch(client, card, photos, expected):
     images.set_data_from_numpy(pixels, binary_data=True)
     result = client.infer(NAME, [images], outputs=[triton.InferRequestedOutput("probabilities", binary_data=True)])
     np.testing.assert_allclose(result.as_numpy("probabilities"), as_matrix(expected[1], card.classes), atol=1e-6)
+
+
+def test_tritonclient_heatmaps_are_explains(server, client, card, photos):
+    """The optional heatmap outputs: the maps of the top two classes, binary, equal to /explain's grids."""
+    image = triton.InferInput("image", [2], "BYTES")
+    image.set_data_from_numpy(np.array(photos[:2], dtype=np.object_), binary_data=True)
+    result = client.infer(NAME, [image], outputs=[
+        triton.InferRequestedOutput("heatmaps", binary_data=True), triton.InferRequestedOutput("heatmap_labels")],
+        parameters={"top_k": 2})
+    maps, labels = result.as_numpy("heatmaps"), result.as_numpy("heatmap_labels")
+    assert maps.dtype == np.float32 and maps.shape[:2] == (2, 2) and labels.shape == (2, 2)
+    for blob, row, names in zip(photos[:2], maps, labels):
+        explained = httpx.post(server.url + "/explain", files={"image": ("x.jpg", blob, "image/jpeg")},
+                               data={"top_k": "2"}, timeout=60).json()
+        assert [n.decode() for n in names] == [h["label"] for h in explained["heatmaps"]]
+        for heatmap, m in zip(explained["heatmaps"], row):
+            np.testing.assert_allclose(heatmap["grid"], m / m.max() if m.max() > 0 else m, atol=1e-3)
 
 
 def test_tritonclient_sees_the_protocol_errors(client, photos):

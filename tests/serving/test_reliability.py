@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 from helpers import SHARED, running_server
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bench import soak
@@ -101,10 +101,12 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_
 
 
 @FUZZ
-@given(endpoint=st.sampled_from(["/predict_base64", "/predict_base64_batch", "/feedback", "/model_info"]),
-       body=st.one_of(JSON, st.fixed_dictionaries({"image": JSON}, optional={"top_k": JSON}),
+@given(endpoint=st.sampled_from(["/predict_base64", "/predict_base64_batch", "/explain_base64",
+                                  "/explain_base64_batch", "/feedback", "/model_info"]),
+       body=st.one_of(JSON, st.fixed_dictionaries({"image": JSON},
+                                                  optional={"top_k": JSON, "label": JSON, "format": JSON}),
                       st.fixed_dictionaries({"images": st.lists(st.text(max_size=40), max_size=3)},
-                                            optional={"top_k": JSON}),
+                                            optional={"top_k": JSON, "label": JSON, "format": JSON}),
                       st.fixed_dictionaries({"predicted": JSON, "actual": JSON})))
 def test_fuzz_json_bodies(client, endpoint, body):
     r = answered(client.post(endpoint, json=body))
@@ -112,7 +114,8 @@ def test_fuzz_json_bodies(client, endpoint, body):
 
 
 @FUZZ
-@given(endpoint=st.sampled_from(["/predict", "/predict_batch", "/predict_base64", "/feedback"]),
+@given(endpoint=st.sampled_from(["/predict", "/predict_batch", "/predict_base64", "/explain", "/explain_batch",
+                                  "/feedback"]),
        ctype=st.sampled_from(["application/json", "multipart/form-data", "multipart/form-data; boundary=xyz",
                               "application/x-www-form-urlencoded", "text/plain", "image/jpeg"]),
        body=st.binary(max_size=512))
@@ -122,13 +125,17 @@ def test_fuzz_raw_bodies_and_content_types(client, endpoint, ctype, body):
 
 
 @FUZZ
-@given(top_k=st.text(max_size=12), extra=st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=20),
-                                                         max_size=2))
-def test_fuzz_form_fields(client, photo, top_k, extra):
-    r = answered(client.post("/predict", files={"image": ("x.jpg", photo, "image/jpeg")},
+@given(route=st.sampled_from(["/predict", "/explain"]), top_k=st.text(max_size=12),
+       extra=st.dictionaries(st.sampled_from(["label", "format"]) | st.text(min_size=1, max_size=10),
+                             st.sampled_from(["ants", "png", "grid"]) | st.text(max_size=20), max_size=2))
+@example(route="/explain", top_k="1", extra={"label": "ants", "format": "png"})
+def test_fuzz_form_fields(client, photo, route, top_k, extra):
+    """/predict's form fields, and /explain's (`label`, `format` besides)."""
+    r = answered(client.post(route, files={"image": ("x.jpg", photo, "image/jpeg")},
                              data={"top_k": top_k, **extra}))
     if r.status_code == 200:
         assert 1 <= len(r.json()["top_k"]) <= 2
+        assert route == "/predict" or r.json()["heatmaps"]
     else:
         assert r.status_code in (400, 422) and is_error_with_message(r)
 

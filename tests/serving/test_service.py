@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from helpers import running_server
+from helpers import running_server, scrape, total
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -28,21 +28,6 @@ def server(artifact, tmp_path_factory):
 @pytest.fixture(scope="module")
 def photos(data_dir):
     return {c: sorted((data_dir / "val" / c).iterdir())[:4] for c in ("ants", "bees")}
-
-
-def scrape(url) -> dict[str, float]:
-    out = {}
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith("imgcls_"):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
-
-
-def total(metrics: dict, metric: str, **labels) -> float:
-    want = [f'{k}="{v}"' for k, v in labels.items()]
-    return sum(v for k, v in metrics.items()
-               if re.match(metric + r"(\{|$)", k) and all(w in k for w in want))
 
 
 def _jpeg_bytes(size=(80, 60), mode="RGB") -> bytes:

@@ -18,11 +18,15 @@ pytestmark = pytest.mark.slow
 def test_contract(artifact):
     card = json.loads((artifact / "model.json").read_text())
     m = onnx.load(str(artifact / "model.onnx"))
-    (inp,) = m.graph.input
+    inp, classes = m.graph.input
     assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [64, 64, 3]
-    assert [o.name for o in m.graph.output][:1] == ["logits"]
+    # heatmap_classes: optional (its default, [1, 0], is an initializer: no heatmaps unless asked)
+    assert classes.name == "heatmap_classes" and classes.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    default = next(i for i in m.graph.initializer if i.name == "heatmap_classes")
+    assert list(default.dims) == [1, 0]
+    assert [o.name for o in m.graph.output] == ["logits", "probabilities", "heatmaps", "heatmap_labels"]
     assert not list((artifact).glob("*.data")), "no external data for a small model"
     session = ort_session(artifact / "model.onnx")
     for n in (1, 3, 8):

@@ -86,7 +86,12 @@ def test_report_files(trained):
             assert im.format == "PNG"
     page = (report / "report.html").read_text()
     assert page.startswith("<!doctype html>") and "ants" in page and "bees" in page and "curves.png" in page
-    assert set(json.loads((report / "metrics.json").read_text())["test"]["per_class"]) == {"ants", "bees"}
+    test = json.loads((report / "metrics.json").read_text())["test"]
+    assert set(test["per_class"]) == {"ants", "bees"}
+    # heatmaps of right answers, and of the mistakes where there are any
+    assert (report / "right_heatmaps.png").is_file() and "right_heatmaps.png" in page
+    mistakes = round(test["n"] * (1 - test["accuracy"]))
+    assert (report / "mistakes_heatmaps.png").is_file() == (mistakes > 0)
     assert (cfg.artifacts_dir / cfg.name / (cfg.artifacts_dir / cfg.name / "LATEST").read_text().strip()
             / "report" / "report.html").is_file()
 
