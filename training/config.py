@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from contract.preprocess import PreprocessSpec
 
@@ -149,7 +149,9 @@ class ExportConfig(Strict):
     int8_min_speedup: float = Field(1.0, ge=0, description="int8 gate: int8 must run at least this many times fp32's "
                                                            "images per second where it is exported (MobileNetV3 runs "
                                                            "slower in int8 on CPUs)")
-    int8_calibration: list[Literal["minmax", "entropy", "percentile"]] = Field(
+    # one name is a list of one: `int8_calibration: minmax` in YAML, and the runs saved when it was one method
+    int8_calibration: Annotated[list[Literal["minmax", "entropy", "percentile"]],
+                                BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = Field(
         ["minmax", "percentile"], min_length=1, description="onnxruntime's calibration methods to try; the one "
         "agreeing most with fp32 on the validation split is kept (bench/quantize.py compares them)")
     int8_calibration_images: int = Field(64, ge=1, description="training images the activation ranges are "

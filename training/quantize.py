@@ -54,9 +54,13 @@ class CalibrationReader:
 
 
 def quantize(fp32: Path, out: Path, calibration: np.ndarray, method: str) -> None:
+    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    # the calibration's own sessions: errors only (each would warn that the heatmap_classes default "will not be
+    # treated as constant", which is its purpose: training.export.heatmap_classes_optional)
+    ort.set_default_logger_severity(3)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,6 +25,15 @@ def test_bad_values_name_field_and_allowed(override, words):
         assert w in str(err.value)
 
 
+def test_one_calibration_method_is_a_list_of_one(tmp_path):
+    """`int8_calibration: minmax` (and a run saved when the field took one method) reads as ["minmax"]."""
+    f = tmp_path / "job.yaml"
+    f.write_text("export:\n  int8_calibration: minmax\n")
+    assert load_config(f, [], environ={}).export.int8_calibration == ["minmax"]
+    with pytest.raises(ConfigError, match="int8_calibration"):
+        load_config(None, ["export.int8_calibration=magic"], environ={})
+
+
 def test_unfreeze_spellings():
     cfg = load_config(None, ["phase2.unfreeze=layer3+layer4"], environ={})
     assert cfg.stages_to_unfreeze() == ["layer4", "layer3"]

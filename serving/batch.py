@@ -1,0 +1,256 @@
+"""Score a whole archive: `python -m serving.batch --model DIR --input FOLDER|CSV --output FOLDER [--shard i/n]`.
+
+The archive (serving.archive: a folder, every level below it, or a CSV manifest) is sorted and cut into parts of
+`--part-size` images; part k belongs to shard k mod n, so n pods of a Kubernetes Indexed Job share it without talking
+to each other (the completion index picks the shard where --shard is not given: --shards n). Each part is decoded
+in parallel over the cores with the contract's preprocessing (the service's, pixel for pixel), run through
+onnxruntime at full batch (CPU or CUDA; the service's precision setting picks the file) and written as one Parquet
+file, whole or not at all (serving.parts); a restarted job skips the parts it finished. An unreadable file is a row
+with its reason, never the job's end. The last shard to finish writes summary.json: counts, unreadable files by
+reason, class shares and the label-free accuracy estimate (the model's ATC thresholds) for the whole archive.
+
+Progress: a bar on a terminal, a JSON line per part in a pod.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from contract import monitoring
+from contract.card import ArtifactError, ModelCard
+from contract.errors import RequestError
+from contract.files import write_atomic
+from contract.preprocess import preprocess
+from contract.publish import resolve_path
+from contract.scores import softmax
+
+from . import loading, parts
+from .archive import ArchiveError, Item, Listing, list_input
+from .cpus import cpu_allotment
+from .settings import Settings
+
+EXIT_ERROR, EXIT_USAGE = 1, 2
+
+
+class BatchError(ValueError):
+    """A job that cannot run as asked; the message says what to do."""
+
+
+Decoded = tuple[np.ndarray | None, str | None, str | None, str | None]  # pixels, sha256, error reason, message
+
+
+def decode(item: Item, card: ModelCard, max_pixels: int) -> Decoded:
+    """One file's pixels as the model takes them, or why not (never raises for a bad file)."""
+    try:
+        data = item.location.read_bytes()
+    except OSError as exc:
+        return None, None, "unreadable_file", f"{type(exc).__name__}: {exc.strerror or exc}"
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return preprocess(data, card.spec, max_pixels), digest, None, None
+    except RequestError as exc:
+        return None, digest, exc.reason, str(exc)
+
+
+def bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator:
+    """pool.map in order, but at most `window` results pending: memory stays flat whatever the archive's size."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def answer_row(item: Item, digest: str | None, probs: np.ndarray | None, classes: list[str], top_k: int,
+               card: ModelCard, error: str | None = None, message: str | None = None) -> dict:
+    row = {"path": item.name, "sha256": digest, "model": card.name, "version": card.version, "error": error,
+           "error_message": message, "label": None, "confidence": None, "top_k_labels": None,
+           "top_k_probabilities": None}
+    if probs is not None:
+        order = np.argsort(-probs, kind="stable")[:top_k]  # as the service ranks (serving.core.Core.answer)
+        row |= {"label": classes[order[0]], "confidence": float(probs[order[0]]),
+                "top_k_labels": [classes[i] for i in order], "top_k_probabilities": [float(probs[i]) for i in order]}
+    return row
+
+
+class Job:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        try:
+            settings = Settings(model_dir=resolve_path(args.model), precision=args.precision, device=args.device,
+                                intra_op_threads=args.threads)
+            self.model = loading.load(settings)
+        except (ArtifactError, OSError) as exc:
+            raise BatchError(f"--model {args.model}: {exc}") from None
+        self.card = self.model.card
+        self.top_k = min(args.top_k, len(self.card.classes))
+        self.thresholds = self.card.monitoring.thresholds if self.card.monitoring is not None else {}
+        self.decoders = args.decode_threads or cpu_allotment() or os.cpu_count() or 1
+
+    def identity(self, listing: Listing, parts_total: int) -> dict:
+        """What every shard, and a restart, must agree on to write into the same folder."""
+        return {"model": self.card.name, "version": self.card.version,
+                "precision": self.model.chosen.precision, "input": listing.source, "listing_sha256": listing.digest,
+                "images": len(listing.items), "not_images": len(listing.not_images), "part_size": self.args.part_size,
+                "parts": parts_total, "top_k": self.top_k, "thresholds": self.thresholds}
+
+    def claim(self, output: Path, job: dict) -> None:
+        output.mkdir(parents=True, exist_ok=True)
+        known = output / "job.json"
+        if known.exists():
+            before = json.loads(known.read_text())
+            if before != job:
+                changed = sorted(k for k in job if before.get(k) != job[k])
+                raise BatchError(f"--output {output} holds parts of another job (it differs in {changed}): give "
+                                 "another --output, or delete that folder to start over")
+        else:
+            write_atomic(known, json.dumps(job, indent=2) + "\n")
+
+    def score_part(self, items: list[Item], pool: ThreadPoolExecutor) -> tuple[list[dict], dict]:
+        rows: list[dict | None] = [None] * len(items)
+        batch: list[tuple[int, np.ndarray, str]] = []
+        scored = []
+
+        def run() -> None:
+            logits = self.model.session.run(np.stack([pixels for _, pixels, _ in batch]))
+            probs = softmax(logits, self.card.temperature)
+            for (i, _, digest), p in zip(batch, probs):
+                rows[i] = answer_row(items[i], digest, p, self.card.classes, self.top_k, self.card)
+            scored.append(probs)
+            batch.clear()
+
+        decoded = bounded_map(pool, lambda it: decode(it, self.card, self.args.max_image_pixels), items,
+                              2 * self.args.batch_size)
+        for i, (pixels, digest, error, message) in enumerate(decoded):
+            if pixels is None:
+                rows[i] = answer_row(items[i], digest, None, self.card.classes, self.top_k, self.card, error, message)
+                continue
+            batch.append((i, pixels, digest))
+            if len(batch) == self.args.batch_size:
+                run()
+        if batch:
+            run()
+        probs = np.concatenate(scored) if scored else np.zeros((0, len(self.card.classes)), np.float32)
+        return rows, parts.part_stats(rows, probs, self.thresholds, monitoring.scores(probs))
+
+    def run(self, listing: Listing, shard: int, shards: int, progress: Progress) -> dict | None:
+        size = self.args.part_size
+        chunks = [listing.items[k:k + size] for k in range(0, len(listing.items), size)]
+        job = self.identity(listing, len(chunks))
+        output = self.args.output
+        self.claim(output, job)
+        mine = [k for k in range(len(chunks)) if k % shards == shard]
+        todo = [k for k in mine if not parts.part_path(output, k).exists()]
+        progress.start(sum(len(chunks[k]) for k in mine), sum(len(chunks[k]) for k in mine if k not in todo))
+        with ThreadPoolExecutor(self.decoders, thread_name_prefix="decode") as pool:
+            for k in todo:
+                start = time.perf_counter()
+                rows, stats = self.score_part(chunks[k], pool)
+                parts.write_part(parts.part_path(output, k), rows, stats)
+                progress.part(k, stats, time.perf_counter() - start)
+        progress.close()
+        return parts.summarize(output, len(chunks), job)
+
+
+class Progress:
+    """A bar on a terminal; a JSON line per part where stderr is not one (a pod's log)."""
+
+    def __init__(self, shard: int, shards: int, interactive: bool) -> None:
+        self.shard, self.shards, self.interactive, self.bar = shard, shards, interactive, None
+
+    def start(self, total: int, done: int) -> None:
+        if self.interactive:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=done, unit="img", desc=f"shard {self.shard}/{self.shards}")
+        else:
+            self.emit({"event": "start", "images": total, "already_done": done})
+
+    def part(self, index: int, stats: dict, seconds: float) -> None:
+        if self.bar is not None:
+            self.bar.update(stats["images"])
+        else:
+            self.emit({"event": "part", "part": index, "images": stats["images"],
+                       "unreadable": sum(stats["unreadable"].values()), "img_s": round(stats["images"] / seconds, 1)})
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def emit(self, fields: dict) -> None:
+        print(json.dumps({"ts": round(time.time(), 3), "shard": self.shard, "shards": self.shards, **fields}),
+              file=sys.stderr, flush=True)
+
+
+def parse_shard(shard: str | None, shards: int | None, environ: dict) -> tuple[int, int]:
+    """--shard i/n, else --shards n with the Indexed Job's completion index, else the whole archive."""
+    if shard is not None:
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+        except ValueError:
+            raise BatchError(f"--shard {shard!r}: write it as i/n, e.g. 0/4") from None
+    elif shards is not None:
+        index = environ.get("JOB_COMPLETION_INDEX")
+        if index is None:
+            raise BatchError("--shards needs JOB_COMPLETION_INDEX (set by an Indexed Job); elsewhere give --shard i/n")
+        i, n = int(index), shards
+    else:
+        return 0, 1
+    if not (n >= 1 and 0 <= i < n):
+        raise BatchError(f"shard {i} of {n}: the index must be 0 to {n - 1}")
+    return i, n
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m serving.batch", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True, help="a version directory, or artifacts/<name> (LATEST)")
+    ap.add_argument("--input", type=Path, required=True, help="a folder of images, or a CSV manifest")
+    ap.add_argument("--output", type=Path, required=True, help="the folder for the parts and summary.json")
+    ap.add_argument("--path-column", default="path", help="a CSV manifest's column of file paths")
+    ap.add_argument("--shard", help="i/n: this job scores parts i, i+n, i+2n, ...")
+    ap.add_argument("--shards", type=int, help="n, the shard from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job)")
+    ap.add_argument("--top-k", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime run")
+    ap.add_argument("--part-size", type=int, default=1000, help="images per Parquet part (the unit of restart)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"],
+                    default=os.environ.get("SERVING_PRECISION", "auto"))
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default=os.environ.get("SERVING_DEVICE", "auto"))
+    ap.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: the CPU allotment)")
+    ap.add_argument("--decode-threads", type=int, default=0, help="decoding threads (0: the CPU allotment)")
+    ap.add_argument("--max-image-pixels", type=int, default=100_000_000, help="pixels one image may decode to")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
+    for name in ("top_k", "batch_size", "part_size"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        shard, shards = parse_shard(args.shard, args.shards, dict(os.environ))
+        listing = list_input(args.input, args.path_column)
+        job = Job(args)
+        summary = job.run(listing, shard, shards, Progress(shard, shards, sys.stderr.isatty()))
+    except (BatchError, ArchiveError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if summary is not None:
+        print(json.dumps({k: summary[k] for k in ("images", "scored", "unreadable", "class_shares",
+                                                  "estimated_accuracy")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
