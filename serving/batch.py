@@ -246,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BatchError, ArchiveError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as exc:  # device=cuda where the GPU cannot be used: another node may do (a retry)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if summary is not None:
         print(json.dumps({k: summary[k] for k in ("images", "scored", "unreadable", "class_shares",
                                                   "estimated_accuracy")}))

@@ -111,6 +111,31 @@ def test_train_job_validates_and_carries_a_valid_config(tmp_path):
     assert any("emptyDir" in v and v["name"] == "scratch" for v in pod["volumes"])
 
 
+@pytest.mark.parametrize("path", ["batch-job.yaml", "gpu/batch-job.yaml"])
+def test_batch_job_validates_and_its_shards_are_its_indexes(path, tmp_path):
+    from serving.batch import EXIT_USAGE, parser
+    (job,) = [d for d in yaml.safe_load_all((K8S / path).read_text()) if d]
+    validate_builtin([job], tmp_path)
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    assert spec["backoffLimitPerIndex"] >= 1 and "backoffLimit" not in spec
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["command"][-2:] == ["-m", "serving.batch"] and "imgcls-serve" in container["image"]
+    args = parser().parse_args(container["args"])  # the arguments the CLI takes, as written
+    assert args.shards == spec["completions"] and args.shard is None  # the completion index picks the shard
+    rules = spec["podFailurePolicy"]["rules"]
+    assert any(r["action"] == "FailIndex" and r["onExitCodes"]["values"] == [EXIT_USAGE] for r in rules), \
+        "a job that cannot run as asked must not be retried"
+    assert any(r["action"] == "Ignore" and r.get("onPodConditions") for r in rules)
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/data"]["readOnly"] and str(args.input).startswith("/data")
+    assert str(args.output).startswith("/artifacts") and not mounts["/artifacts"].get("readOnly")
+    gpu = "nvidia.com/gpu" in container["resources"]["limits"]
+    assert gpu == path.startswith("gpu/") and container["image"].endswith("-gpu" if gpu else "-cpu")
+
+
 def test_serving_config_is_valid_settings():
     from serving.settings import Settings
     Settings(**yaml.safe_load((K8S / "serving" / "config.yaml").read_text()))
