@@ -1,4 +1,5 @@
-"""What a batch job scores: the image files of a folder (every level below it), or the files a CSV manifest names.
+"""What a batch job scores: the image files of a folder or an object-store prefix (every level below it), or the
+files a CSV manifest names.
 
 The listing is sorted and fingerprinted (sha256 of the names in order), so that every shard of a job, and a job
 restarted after a crash, cut the same archive into the same parts, and a job whose archive changed under it is told
@@ -8,8 +9,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import posixpath
 from dataclasses import dataclass
-from pathlib import Path
+
+import fsspec
+
+from .storage import Place, StorageError, place, translated
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -21,12 +27,13 @@ class ArchiveError(ValueError):
 @dataclass(frozen=True)
 class Item:
     name: str       # as the output names it: the path under the input folder, or as the CSV wrote it
-    location: Path  # where to read it
+    location: str   # where to read it, inside the listing's file system
 
 
 @dataclass(frozen=True)
 class Listing:
     source: str
+    fs: fsspec.AbstractFileSystem
     items: list[Item]
     not_images: list[str]  # files in the folder whose names are not image names: counted, not scored
 
@@ -37,36 +44,53 @@ class Listing:
             h.update(item.name.encode("utf-8", "surrogateescape") + b"\0")
         return h.hexdigest()
 
-
-def list_folder(root: Path) -> Listing:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
-                                                                        p.relative_to(root).parts))
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    return Listing(str(root), [Item(p.relative_to(root).as_posix(), p) for p in images],
-                   [p.relative_to(root).as_posix() for p in files if p.suffix.lower() not in IMAGE_SUFFIXES])
+    def read(self, item: Item) -> bytes:
+        return self.fs.cat_file(item.location)
 
 
-def list_csv(path: Path, column: str) -> Listing:
+def _is_image(name: str) -> bool:
+    return posixpath.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def list_folder(where: Place) -> Listing:
+    """Every file below the folder or prefix, hidden ones (a dot in any part of the name) left out."""
+    root = where.root.rstrip("/")
+    with translated(where.url):
+        found = where.fs.find(root)  # an object store's listing, page after page
+    names = sorted(posixpath.relpath(p, root) for p in found)
+    names = [n for n in names if not any(part.startswith(".") for part in n.split("/"))]
+    return Listing(where.url, where.fs, [Item(n, f"{root}/{n}") for n in names if _is_image(n)],
+                   [n for n in names if not _is_image(n)])
+
+
+def list_csv(where: Place, column: str) -> Listing:
     """A CSV with a header: `column` names each file, relative to the CSV's folder (or absolute)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or column not in reader.fieldnames:
-            raise ArchiveError(f"{path}: no column '{column}' (columns: {reader.fieldnames}); name the column of "
-                               "file paths with --path-column")
-        names = [row[column] for row in reader if row[column]]
-    base = path.parent
-    return Listing(str(path), [Item(n, base / n) for n in sorted(set(names))], [])
+    with translated(where.url):
+        text = where.fs.cat_file(where.root).decode("utf-8-sig")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or column not in reader.fieldnames:
+        raise ArchiveError(f"{where.url}: no column '{column}' (columns: {reader.fieldnames}); name the column of "
+                           "file paths with --path-column")
+    names = sorted({row[column] for row in reader if row[column]})
+    base = posixpath.dirname(where.root)
+    return Listing(where.url, where.fs, [Item(n, posixpath.join(base, n)) for n in names], [])
 
 
-def list_input(source: Path, path_column: str = "path") -> Listing:
-    if source.is_dir():
-        listing = list_folder(source)
-    elif source.is_file() and source.suffix.lower() == ".csv":
-        listing = list_csv(source, path_column)
-    elif source.exists():
+def list_input(source: str, path_column: str = "path") -> Listing:
+    where = place(source)
+    with translated(source):
+        is_dir, is_file = where.fs.isdir(where.root), where.fs.isfile(where.root)
+    if is_dir:
+        listing = list_folder(where)
+    elif is_file and where.root.lower().endswith(".csv"):
+        listing = list_csv(where, path_column)
+    elif is_file:
         raise ArchiveError(f"--input {source}: give a folder of images or a CSV manifest (.csv)")
     else:
         raise ArchiveError(f"--input {source} does not exist")
     if not listing.items:
         raise ArchiveError(f"--input {source}: no image files there ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return listing
+
+
+__all__ = ["ArchiveError", "Item", "Listing", "StorageError", "list_input"]

@@ -1,6 +1,7 @@
 """Score a whole archive: `python -m serving.batch --model DIR --input FOLDER|CSV --output FOLDER [--shard i/n]`.
 
-The archive (serving.archive: a folder, every level below it, or a CSV manifest) is sorted and cut into parts of
+The archive (serving.archive: a folder or an object-store prefix such as s3://bucket/photos, every level below it,
+or a CSV manifest; serving.storage reads and writes both) is sorted and cut into parts of
 `--part-size` images; part k belongs to shard k mod n, so n pods of a Kubernetes Indexed Job share it without talking
 to each other (the completion index picks the shard where --shard is not given: --shards n). Each part is decoded
 in parallel over the cores with the contract's preprocessing (the service's, pixel for pixel), run through
@@ -29,7 +30,6 @@ import numpy as np
 from contract import monitoring
 from contract.card import ArtifactError, ModelCard
 from contract.errors import RequestError
-from contract.files import write_atomic
 from contract.preprocess import preprocess
 from contract.publish import resolve_path
 from contract.scores import softmax
@@ -38,6 +38,7 @@ from . import loading, parts
 from .archive import ArchiveError, Item, Listing, list_input
 from .cpus import cpu_allotment
 from .settings import Settings
+from .storage import Place, StorageError, place
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 
@@ -49,10 +50,10 @@ class BatchError(ValueError):
 Decoded = tuple[np.ndarray | None, str | None, str | None, str | None]  # pixels, sha256, error reason, message
 
 
-def decode(item: Item, card: ModelCard, max_pixels: int) -> Decoded:
+def decode(listing: Listing, item: Item, card: ModelCard, max_pixels: int) -> Decoded:
     """One file's pixels as the model takes them, or why not (never raises for a bad file)."""
     try:
-        data = item.location.read_bytes()
+        data = listing.read(item)
     except OSError as exc:
         return None, None, "unreadable_file", f"{type(exc).__name__}: {exc.strerror or exc}"
     digest = hashlib.sha256(data).hexdigest()
@@ -106,19 +107,18 @@ class Job:
                 "images": len(listing.items), "not_images": len(listing.not_images), "part_size": self.args.part_size,
                 "parts": parts_total, "top_k": self.top_k, "thresholds": self.thresholds}
 
-    def claim(self, output: Path, job: dict) -> None:
-        output.mkdir(parents=True, exist_ok=True)
-        known = output / "job.json"
-        if known.exists():
-            before = json.loads(known.read_text())
+    def claim(self, output: Place, job: dict) -> None:
+        if output.exists("job.json"):
+            before = json.loads(output.read_text("job.json"))
             if before != job:
                 changed = sorted(k for k in job if before.get(k) != job[k])
-                raise BatchError(f"--output {output} holds parts of another job (it differs in {changed}): give "
+                raise BatchError(f"--output {output.url} holds parts of another job (it differs in {changed}): give "
                                  "another --output, or delete that folder to start over")
         else:
-            write_atomic(known, json.dumps(job, indent=2) + "\n")
+            output.write_text("job.json", json.dumps(job, indent=2) + "\n")
 
-    def score_part(self, items: list[Item], pool: ThreadPoolExecutor) -> tuple[list[dict], dict]:
+    def score_part(self, listing: Listing, items: list[Item],
+                   pool: ThreadPoolExecutor) -> tuple[list[dict], dict]:
         rows: list[dict | None] = [None] * len(items)
         batch: list[tuple[int, np.ndarray, str]] = []
         scored = []
@@ -131,7 +131,7 @@ class Job:
             scored.append(probs)
             batch.clear()
 
-        decoded = bounded_map(pool, lambda it: decode(it, self.card, self.args.max_image_pixels), items,
+        decoded = bounded_map(pool, lambda it: decode(listing, it, self.card, self.args.max_image_pixels), items,
                               2 * self.args.batch_size)
         for i, (pixels, digest, error, message) in enumerate(decoded):
             if pixels is None:
@@ -149,16 +149,16 @@ class Job:
         size = self.args.part_size
         chunks = [listing.items[k:k + size] for k in range(0, len(listing.items), size)]
         job = self.identity(listing, len(chunks))
-        output = self.args.output
+        output = place(self.args.output, create=True)
         self.claim(output, job)
         mine = [k for k in range(len(chunks)) if k % shards == shard]
-        todo = [k for k in mine if not parts.part_path(output, k).exists()]
+        todo = [k for k in mine if not output.exists(parts.part_name(k))]
         progress.start(sum(len(chunks[k]) for k in mine), sum(len(chunks[k]) for k in mine if k not in todo))
         with ThreadPoolExecutor(self.decoders, thread_name_prefix="decode") as pool:
             for k in todo:
                 start = time.perf_counter()
-                rows, stats = self.score_part(chunks[k], pool)
-                parts.write_part(parts.part_path(output, k), rows, stats)
+                rows, stats = self.score_part(listing, chunks[k], pool)
+                parts.write_part(output, parts.part_name(k), rows, stats)
                 progress.part(k, stats, time.perf_counter() - start)
         progress.close()
         return parts.summarize(output, len(chunks), job)
@@ -215,8 +215,9 @@ def parse_shard(shard: str | None, shards: int | None, environ: dict) -> tuple[i
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m serving.batch", description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True, help="a version directory, or artifacts/<name> (LATEST)")
-    ap.add_argument("--input", type=Path, required=True, help="a folder of images, or a CSV manifest")
-    ap.add_argument("--output", type=Path, required=True, help="the folder for the parts and summary.json")
+    ap.add_argument("--input", required=True,
+                    help="a folder of images or a CSV manifest: a path, or an fsspec URL (s3://bucket/prefix)")
+    ap.add_argument("--output", required=True, help="the folder or prefix (s3://...) for the parts and summary.json")
     ap.add_argument("--path-column", default="path", help="a CSV manifest's column of file paths")
     ap.add_argument("--shard", help="i/n: this job scores parts i, i+n, i+2n, ...")
     ap.add_argument("--shards", type=int, help="n, the shard from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job)")
@@ -243,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         listing = list_input(args.input, args.path_column)
         job = Job(args)
         summary = job.run(listing, shard, shards, Progress(shard, shards, sys.stderr.isatty()))
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if exc.permanent else EXIT_ERROR
     except (BatchError, ArchiveError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

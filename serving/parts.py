@@ -1,22 +1,20 @@
 """A batch job's output: Parquet parts written whole or not at all, and the summary of the archive they add up to.
 
-Each part is written to a temporary name beside it and renamed into place (readers and a restarted job see a part
-whole or not at all). Its counts (images, unreadable files by reason, predicted classes, predictions over the
-model's ATC thresholds) ride in the file's key-value metadata, so the summary of the whole archive reads a few bytes
-per part, not the rows.
+Each part is written whole or not at all (serving.storage: a rename in a folder, one PUT to an object store), so
+readers and a restarted job never see half of one. Its counts (images, unreadable files by reason, predicted
+classes, predictions over the model's ATC thresholds) ride in the file's key-value metadata, so the summary of the
+whole archive reads a few bytes per part, not the rows.
 """
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from contract.files import write_atomic
+from .storage import Place, translated
 
 STATS_KEY = b"imgcls.part"
 SCHEMA = pa.schema([
@@ -26,18 +24,15 @@ SCHEMA = pa.schema([
 ])
 
 
-def part_path(output: Path, index: int) -> Path:
-    return output / f"part-{index:06d}.parquet"
+def part_name(index: int) -> str:
+    return f"part-{index:06d}.parquet"
 
 
-def write_part(path: Path, rows: list[dict], stats: dict) -> None:
+def write_part(output: Place, name: str, rows: list[dict], stats: dict) -> None:
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     table = table.replace_schema_metadata({STATS_KEY: json.dumps(stats).encode()})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with output.writer(name) as local:
+        pq.write_table(table, local, compression="zstd")
 
 
 def part_stats(rows: list[dict], probs: np.ndarray, thresholds: dict[str, float], scores: dict) -> dict:
@@ -49,20 +44,21 @@ def part_stats(rows: list[dict], probs: np.ndarray, thresholds: dict[str, float]
             {k: 0 for k in thresholds}}
 
 
-def read_stats(path: Path) -> dict:
-    return json.loads(pq.read_schema(path).metadata[STATS_KEY])
+def read_stats(output: Place, name: str) -> dict:
+    with output.open(name) as f, translated(output.url):
+        return json.loads(pq.read_schema(f).metadata[STATS_KEY])
 
 
-def summarize(output: Path, parts: int, job: dict) -> dict | None:
+def summarize(output: Place, parts: int, job: dict) -> dict | None:
     """summary.json of the whole archive once every part exists (None before): whichever shard finishes last
     writes it, from the parts' metadata."""
-    paths = [part_path(output, k) for k in range(parts)]
-    if not all(p.exists() for p in paths):
+    names = [part_name(k) for k in range(parts)]
+    if not all(output.exists(n) for n in names):
         return None
     images = scored = 0
     unreadable, predicted, confident = Counter(), Counter(), Counter()
-    for p in paths:
-        s = read_stats(p)
+    for name in names:
+        s = read_stats(output, name)
         images += s["images"]
         scored += s["scored"]
         unreadable.update(s["unreadable"])
@@ -77,5 +73,5 @@ def summarize(output: Path, parts: int, job: dict) -> dict | None:
         "estimated_accuracy": {f"atc_{k}": confident[k] / scored for k in job.get("thresholds", {})} if scored
         else {},
     }
-    write_atomic(output / "summary.json", json.dumps(summary, indent=2) + "\n")
+    output.write_text("summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
