@@ -229,7 +229,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default=os.environ.get("SERVING_DEVICE", "auto"))
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: the CPU allotment)")
     ap.add_argument("--decode-threads", type=int, default=0, help="decoding threads (0: the CPU allotment)")
-    ap.add_argument("--max-image-pixels", type=int, default=100_000_000, help="pixels one image may decode to")
+    ap.add_argument("--max-image-pixels", type=int, default=Settings.model_fields["max_image_pixels"].default,
+                    help="pixels one image may decode to (the service's default; a larger file is a row with its "
+                    "reason): each decoding thread may hold one image of this size")
     return ap
 
 
