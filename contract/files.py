@@ -1,8 +1,10 @@
 """File identity and atomic replacement: what makes a published artifact trustworthy and never half-written."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -18,11 +20,20 @@ def fsync_tree(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Temporary file beside the target, fsynced, then os.replace(): readers see the old or the new file, whole."""
+@contextlib.contextmanager
+def replaced(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path` to write; on leaving, fsynced and os.replace()d onto it: readers see the old
+    or the new file, whole (and a failed write leaves no temporary file)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    with replaced(path) as tmp:
+        tmp.write_text(text)

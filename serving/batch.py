@@ -32,7 +32,7 @@ from contract.card import ArtifactError, ModelCard
 from contract.errors import RequestError
 from contract.preprocess import preprocess
 from contract.publish import resolve_path
-from contract.scores import softmax
+from contract.scores import ranked, softmax
 
 from . import loading, parts
 from .archive import ArchiveError, Item, Listing, list_input
@@ -80,7 +80,7 @@ def answer_row(item: Item, digest: str | None, probs: np.ndarray | None, classes
            "error_message": message, "label": None, "confidence": None, "top_k_labels": None,
            "top_k_probabilities": None}
     if probs is not None:
-        order = np.argsort(-probs, kind="stable")[:top_k]  # as the service ranks (serving.core.Core.answer)
+        order = ranked(probs, top_k)
         row |= {"label": classes[order[0]], "confidence": float(probs[order[0]]),
                 "top_k_labels": [classes[i] for i in order], "top_k_probabilities": [float(probs[i]) for i in order]}
     return row

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from contract.card import ArtifactError, ModelCard
 from contract.errors import RequestError
 from contract.preprocess import PixelBudget, preprocess
-from contract.scores import softmax
+from contract.scores import ranked, softmax
 
 from . import heatmaps as render
 from . import loading, metrics
@@ -167,7 +167,7 @@ class Core:
         self.check_heatmaps()
         asked = self.heatmap_classes(top_k, label)
         pixels = await self._decode_all(files)
-        probs, maps, mapped = await self.outputs(None, pixels, np.tile(asked, (len(pixels), 1)))
+        probs, maps, mapped = await self.coalescer.run(pixels, np.tile(asked, (len(pixels), 1)))
         if fmt == "png":  # rendering is CPU work: in a decoding thread, off the event loop
             return await anyio.to_thread.run_sync(self._explanations, probs, maps, mapped, len(asked), top_k, pixels,
                                                   limiter=self.decoders)
@@ -193,7 +193,7 @@ class Core:
 
     def answer(self, probs: np.ndarray, top_k: int) -> Prediction:
         classes = self.card.classes
-        order = np.argsort(-probs, kind="stable")[:min(top_k, len(classes))]
+        order = ranked(probs, min(top_k, len(classes)))
         return Prediction(label=classes[order[0]], confidence=float(probs[order[0]]), model=self.card.name,
                           version=self.card.version,
                           top_k=[Label(label=classes[i], probability=float(probs[i])) for i in order])

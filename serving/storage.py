@@ -18,7 +18,7 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from contract.files import write_atomic
+from contract.files import replaced, write_atomic
 
 EXTRAS = {"s3": "s3fs (pip install imgcls[s3])", "gs": "gcsfs (pip install imgcls[gcs])",
           "gcs": "gcsfs (pip install imgcls[gcs])"}
@@ -89,15 +89,8 @@ class Place:
     def writer(self, name: str) -> Iterator[str]:
         """A local file name to write `name` into; on leaving, it becomes `name` whole (rename, or one PUT)."""
         if self.local:
-            target = Path(self.path(name))
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            try:
+            with replaced(Path(self.path(name))) as tmp:
                 yield str(tmp)
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
             return
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, name)

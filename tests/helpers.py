@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,3 +55,9 @@ def total(metrics: dict, metric: str, **labels) -> float:
     want = [f'{k}="{v}"' for k, v in labels.items()]
     return sum(v for k, v in metrics.items()
                if re.match(metric + r"(\{|$)", k) and all(w in k for w in want))
+
+
+def run_batch(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m serving.batch ARGS` as a user runs it, with these environment variables added."""
+    return subprocess.run([sys.executable, "-m", "serving.batch", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **(env or {})})

@@ -4,16 +4,15 @@ whole, a restart that redoes only what is missing, and the clear errors."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT, running_server
+from helpers import run_batch as batch
+from helpers import running_server
 
 from contract.files import sha256_of
 
@@ -33,11 +32,6 @@ def archive(data_dir, tmp_path_factory) -> Path:
     (root / "notes.txt").write_text("not an image")
     (root / ".DS_Store").write_bytes(b"\0")
     return root
-
-
-def batch(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serving.batch", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, **(env or {})})
 
 
 def events(done: subprocess.CompletedProcess) -> list[dict]:

@@ -17,7 +17,7 @@ import boto3
 import httpx
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT
+from helpers import ROOT, run_batch
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -66,8 +66,7 @@ def client(env: dict):
 
 
 def batch(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serving.batch", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, **env})
+    return run_batch(*args, env=env)
 
 
 def s3_rows(env: dict, bucket: str, prefix: str) -> list[dict]:
