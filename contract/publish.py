@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-from .card import ArtifactError
+from .card import ArtifactError, load_card
 from .files import fsync_tree, write_atomic
 
 
@@ -49,3 +51,30 @@ def resolve_path(path: Path) -> Path:
     """A version directory (holds model.onnx) as is, or a model directory (artifacts/<name>) through its LATEST."""
     path = Path(path)
     return path if (path / "model.onnx").is_file() else resolve(None, path.parent, path.name)
+
+
+def fetch(url: str, cache_dir: Path) -> Path:
+    """A version in an object store (s3://bucket/artifacts/<name>, through its LATEST, or .../<name>/<version>)
+    as a local version directory under cache_dir/<name>/<version>: downloaded once (a version never changes once
+    written), whole (into a staging directory, checked against model.json's sha256, then renamed into place)."""
+    from .storage import place, translated
+
+    store = place(url)
+    if not store.exists("model.json"):  # a model folder: its LATEST names the version
+        if not store.exists("LATEST"):
+            raise ArtifactError(f"{url}: neither a version (no model.json) nor a model folder (no LATEST)")
+        store = place(f"{url.rstrip('/')}/{store.read_text('LATEST').strip()}")
+    name, version = store.root.rstrip("/").split("/")[-2:]
+    target = Path(cache_dir) / name / version
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        with translated(url):
+            store.fs.get(store.root.rstrip("/") + "/", str(staging) + "/", recursive=True)
+        load_card(staging)  # every file there and as model.json's sha256 says, or ArtifactError
+        install(staging, target.parent, version)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

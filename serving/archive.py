@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import fsspec
 
-from .storage import Place, StorageError, place, translated
+from contract.storage import Place, StorageError, place, translated
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 

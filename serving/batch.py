@@ -1,7 +1,7 @@
 """Score a whole archive: `python -m serving.batch --model DIR --input FOLDER|CSV --output FOLDER [--shard i/n]`.
 
 The archive (serving.archive: a folder or an object-store prefix such as s3://bucket/photos, every level below it,
-or a CSV manifest; serving.storage reads and writes both) is sorted and cut into parts of
+or a CSV manifest; contract.storage reads and writes both) is sorted and cut into parts of
 `--part-size` images; part k belongs to shard k mod n, so n pods of a Kubernetes Indexed Job share it without talking
 to each other (the completion index picks the shard where --shard is not given: --shards n). Each part is decoded
 in parallel over the cores with the contract's preprocessing (the service's, pixel for pixel), run through
@@ -31,14 +31,14 @@ from contract import monitoring
 from contract.card import ArtifactError, ModelCard
 from contract.errors import RequestError
 from contract.preprocess import preprocess
-from contract.publish import resolve_path
+from contract.publish import fetch, resolve_path
 from contract.scores import ranked, softmax
+from contract.storage import Place, StorageError, place
 
 from . import loading, parts
 from .archive import ArchiveError, Item, Listing, list_input
 from .cpus import cpu_allotment
 from .settings import Settings
-from .storage import Place, StorageError, place
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 
@@ -90,7 +90,8 @@ class Job:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         try:
-            settings = Settings(model_dir=resolve_path(args.model), precision=args.precision, device=args.device,
+            model_dir = fetch(args.model, args.model_cache) if "://" in args.model else resolve_path(Path(args.model))
+            settings = Settings(model_dir=model_dir, precision=args.precision, device=args.device,
                                 intra_op_threads=args.threads)
             self.model = loading.load(settings)
         except (ArtifactError, OSError) as exc:
@@ -214,7 +215,10 @@ def parse_shard(shard: str | None, shards: int | None, environ: dict) -> tuple[i
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m serving.batch", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, required=True, help="a version directory, or artifacts/<name> (LATEST)")
+    ap.add_argument("--model", required=True, help="a version directory, or artifacts/<name> (LATEST); or either "
+                                                  "in an object store (s3://bucket/artifacts/<name>)")
+    ap.add_argument("--model-cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                    / "imgcls" / "models", help="where a model from an object store is kept (downloaded once)")
     ap.add_argument("--input", required=True,
                     help="a folder of images or a CSV manifest: a path, or an fsspec URL (s3://bucket/prefix)")
     ap.add_argument("--output", required=True, help="the folder or prefix (s3://...) for the parts and summary.json")

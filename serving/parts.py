@@ -1,6 +1,6 @@
 """A batch job's output: Parquet parts written whole or not at all, and the summary of the archive they add up to.
 
-Each part is written whole or not at all (serving.storage: a rename in a folder, one PUT to an object store), so
+Each part is written whole or not at all (contract.storage: a rename in a folder, one PUT to an object store), so
 readers and a restarted job never see half of one. Its counts (images, unreadable files by reason, predicted
 classes, predictions over the model's ATC thresholds) ride in the file's key-value metadata, so the summary of the
 whole archive reads a few bytes per part, not the rows.
@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .storage import Place, translated
+from contract.storage import Place, translated
 
 STATS_KEY = b"imgcls.part"
 SCHEMA = pa.schema([

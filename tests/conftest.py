@@ -49,6 +49,14 @@ def trained(tmp_path_factory, data_dir):
 
 
 @pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3-protocol server on 127.0.0.1 (tests/s3server.py) and the environment that reaches it."""
+    from s3server import s3_server
+    with s3_server(tmp_path_factory.mktemp("moto") / "moto.log") as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
 def artifact(trained) -> Path:
     return Path(trained[1]["artifact"])
 

@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m training", description="ImageNet transfer learning, two phases.")
     sub = ap.add_subparsers(dest="command", required=True)
     i = sub.add_parser("inspect", help="how a dataset would be read: layout, classes, counts, what is left out")
-    i.add_argument("data", type=Path, help="dataset folder or CSV")
+    i.add_argument("data", help="dataset folder or CSV, or an object-store URL of one")
     i.add_argument("--config", type=Path)
     i.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     t = sub.add_parser("train", help="fine-tune, evaluate, export")
@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="start over in output_dir: delete the run there (checkpoints, final/, report/) first")
     e = sub.add_parser("export", help="checkpoint -> published ONNX artifact")
     e.add_argument("--checkpoint", type=Path, required=True, help="runs/<name>/final/model.pt")
-    e.add_argument("--out", type=Path, help="artifacts root (default: the run's artifacts_dir)")
+    e.add_argument("--out", help="artifacts root, a folder or an object-store URL (default: the run's "
+                                 "artifacts_dir)")
     p = sub.add_parser("predict", help="top-k for image files with a published artifact (onnxruntime)")
     p.add_argument("--model", type=Path, required=True, help="artifacts/<name> or a version directory")
     p.add_argument("--top-k", type=int, default=3)
@@ -66,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect":
             from .inspect_data import describe
             cfg = load_config(args.config, args.overrides)
+            from .object_store import local_data
             cfg.data.path = args.data
-            print(describe(cfg.data), end="")
+            print(describe(local_data(cfg.data, cfg.output_dir)), end="")
         elif args.command == "train":
             cfg = load_config(args.config, args.overrides)
             if args.print_config:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from contract.preprocess import PreprocessSpec
 
@@ -23,8 +23,13 @@ class ConfigError(ValueError):
     """A user mistake in the configuration; the message says which field and what is allowed."""
 
 
+# An object-store URL (s3://bucket/prefix, gs://...) kept as text: Path() would fold its '//'. Tried before Path
+# (union_mode left_to_right), so a plain path stays a Path. training.object_store mirrors or publishes it.
+StoreURL = Annotated[str, StringConstraints(pattern=r"^(?!file://)[a-z][a-z0-9+.-]*://")]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, regex_engine="python-re")  # StoreURL's (?!
 
 
 class ManifestConfig(Strict):
@@ -38,7 +43,11 @@ class ManifestConfig(Strict):
 
 
 class DataConfig(Strict):
-    path: Path = Path("../shared/data/hymenoptera_data")
+    path: StoreURL | Path = Field(Path("../shared/data/hymenoptera_data"), union_mode="left_to_right",
+                                  description="a folder, a CSV manifest, cifar10/100's folder, or an object-store "
+                                              "URL of one (s3://bucket/prefix, gs://...; mirrored into cache_dir)")
+    cache_dir: Path | None = Field(None, description="where an object-store data.path is mirrored, keyed by each "
+                                                     "object's ETag; default <output_dir>/data_mirror")
     source: Literal["auto", "folder", "csv", "cifar10", "cifar100"] = "auto"
     manifest: ManifestConfig = ManifestConfig()
     exclude: list[str] = Field([], description="globs relative to data.path left out of the dataset, e.g. "
@@ -173,7 +182,9 @@ class EvalConfig(Strict):
 class TrainConfig(Strict):
     name: str = Field("model", pattern=r"^[a-z0-9][a-z0-9._-]*$")
     output_dir: Path = Path("runs/model")
-    artifacts_dir: Path = Path("artifacts")
+    artifacts_dir: StoreURL | Path = Field(Path("artifacts"), union_mode="left_to_right",
+                                           description="a folder, or an object-store URL the versions are uploaded "
+                                                       "to (LATEST last)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True

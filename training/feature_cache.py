@@ -52,10 +52,17 @@ def unusable_because(cfg: TrainConfig, world: int) -> str | None:
     return None
 
 
+# What the cached features depend on: the pixels (preprocessing, the augmentations' settings), the backbone and
+# its weights. Not the head (hidden_dim, dropout) nor the loss (label_smoothing, balance): a tuning search varies
+# those over one cache (training.tune).
+FEATURE_AUGMENTS = ("crop_scale", "hflip", "rotation", "color_jitter", "trivial_augment")
+
+
 def cache_key(cfg: TrainConfig, splits: Splits) -> str:
-    what = {"data": cfg.data.model_dump(mode="json"), "augment": cfg.augment.model_dump(mode="json"),
-            "model": cfg.model.model_dump(mode="json"), "seed": cfg.seed, "views": cfg.phase1.cache_views,
-            "train": splits.train.files_digest(), "val": splits.val.files_digest()}
+    what = {"data": cfg.data.model_dump(mode="json", include={"image_size", "resize_size", "interpolation"}),
+            "augment": cfg.augment.model_dump(mode="json", include=set(FEATURE_AUGMENTS)),
+            "model": cfg.model.model_dump(mode="json", include={"backbone", "weights"}), "seed": cfg.seed,
+            "views": cfg.phase1.cache_views, "train": splits.train.files_digest(), "val": splits.val.files_digest()}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 

@@ -16,7 +16,7 @@ from contract.monitoring import Monitoring
 from contract.preprocess import PreprocessSpec
 from contract.scores import softmax
 
-from . import checkpoint, data_report, distributed, metrics, run_identity
+from . import checkpoint, data_report, diagnostics, distributed, metrics, run_identity
 from .calibrate import fit_temperature
 from .config import TrainConfig
 from .data import ImageSet, Splits, load_splits
@@ -25,6 +25,7 @@ from .final_model import FinalModel
 from .loader import eval_loader
 from .log import event
 from .model import Classifier, build_model
+from .object_store import is_url, local_data, publish_to_store
 from .publish import GateLimits, PublishRefused
 from .quantize import Int8Plan, model_inputs
 from .report import Explain, summary_table, write_report
@@ -69,11 +70,19 @@ def evaluate_model(model: Classifier, splits: Splits, cfg: TrainConfig, device: 
                                "copies_in_train": len(splits.test_copies)}
     watch = monitoring.fit(softmax(val_logits, temperature), val_labels, softmax(logits, temperature), labels,
                            splits.classes)
+    findings = diagnostics.review(history, train_counts(splits), cfg)
+    for finding in findings:
+        event(f"warning: {finding.message}", diagnostic=finding.kind)
     write_report(Path(cfg.output_dir) / "report", scored, logits, labels, test, history,
                  cfg.model_dump(mode="json") | {"name": cfg.name},
                  (extra or {}) | {"monitoring": watch.model_dump(mode="json")},
-                 temperature, heatmaps_of(model, scored, cfg.data.spec, device))
+                 temperature, heatmaps_of(model, scored, cfg.data.spec, device), [f.as_dict() for f in findings])
     return test, temperature, watch
+
+
+def train_counts(splits: Splits) -> dict[str, int]:
+    counts = np.bincount(np.asarray(splits.train.labels, dtype=np.int64), minlength=len(splits.classes))
+    return {name: int(n) for name, n in zip(splits.classes, counts)}
 
 
 def heatmaps_of(model: Classifier, images: ImageSet, spec: PreprocessSpec, device: torch.device) -> Explain:
@@ -93,8 +102,8 @@ def heatmaps_of(model: Classifier, images: ImageSet, spec: PreprocessSpec, devic
 def prepared_splits(cfg: TrainConfig) -> tuple[Splits, dict]:
     """The splits as training sees them: copies across splits found, data.duplicates applied, the test images with
     a copy in train marked (export and evaluate score the same test images the run reported)."""
-    return data_report.prepare(load_splits(cfg.data, cfg.seed), cfg.data.duplicates, cfg.data.near_duplicate_bits,
-                               cfg.data.image_size)
+    return data_report.prepare(load_splits(local_data(cfg.data, cfg.output_dir), cfg.seed), cfg.data.duplicates,
+                               cfg.data.near_duplicate_bits, cfg.data.image_size)
 
 
 def intake(cfg: TrainConfig, d: distributed.Dist, out: Path, restart: bool) -> tuple[Splits, dict]:
@@ -215,9 +224,18 @@ def export_and_publish(model: Classifier, final: FinalModel, splits: Splits, cfg
         raise
 
 
-def export_final(model: Classifier, final: FinalModel, splits: Splits, cfg: TrainConfig) -> Path:
+def export_final(model: Classifier, final: FinalModel, splits: Splits, cfg: TrainConfig) -> Path | str:
+    """The published version: its directory, or its URL where artifacts_dir is an object store."""
     scored = splits.scored_test()  # the test images the metrics in final/model.pt were measured on
-    published = build_artifact(model, final, scored, cfg.artifacts_dir,
+    if is_url(cfg.artifacts_dir):  # built here beside the store's published card, then uploaded
+        return publish_to_store(cfg.artifacts_dir, final.name, Path(cfg.output_dir) / "artifacts_upload",
+                                lambda root: build_version(model, final, scored, splits, cfg, root))
+    return build_version(model, final, scored, splits, cfg, cfg.artifacts_dir)
+
+
+def build_version(model: Classifier, final: FinalModel, scored: ImageSet, splits: Splits, cfg: TrainConfig,
+                  root: Path) -> Path:
+    published = build_artifact(model, final, scored, root,
                                eval_images(scored, final.preprocess, 8), cfg.export.opset,
                                cfg.export.skew_tolerance,
                                report_dir=Path(cfg.output_dir) / "report",
@@ -246,7 +264,7 @@ def load_final(path: Path) -> tuple[Classifier, FinalModel, TrainConfig]:
     return model.eval(), final, cfg
 
 
-def export_job(checkpoint_path: Path, artifacts_dir: Path | None) -> Path:
+def export_job(checkpoint_path: Path, artifacts_dir: str | None) -> Path | str:
     model, final, cfg = load_final(checkpoint_path)
     if artifacts_dir is not None:
         cfg.artifacts_dir = artifacts_dir

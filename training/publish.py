@@ -26,11 +26,13 @@ EXIT_NOT_PUBLISHED = 3  # trained and exported, but LATEST kept: the Job fails w
 
 
 class PublishRefused(RuntimeError):
-    def __init__(self, version_dir: Path, reasons: list[str]):
-        self.version_dir = version_dir
-        super().__init__(f"{version_dir.name} was exported to {version_dir} but not published (LATEST unchanged): "
-                         + "; ".join(reasons) + f". To serve it anyway: python -m training publish --model "
-                         f"{version_dir.parent} {version_dir.name}")
+    def __init__(self, version_dir: Path, reasons: list[str], store_url: str | None = None):
+        self.version_dir, self.reasons = version_dir, reasons
+        where, how = (version_dir, f"python -m training publish --model {version_dir.parent} {version_dir.name}") \
+            if store_url is None else (f"{store_url}/{version_dir.name}", f"write its name into {store_url}/LATEST, "
+                                       f"e.g. echo {version_dir.name} | aws s3 cp - {store_url}/LATEST")
+        super().__init__(f"{version_dir.name} was exported to {where} but not published (LATEST unchanged): "
+                         + "; ".join(reasons) + f". To serve it anyway: {how}")
 
 
 def published_card(root: Path) -> ModelCard | None:

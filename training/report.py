@@ -142,8 +142,11 @@ def _fmt(v) -> str:
 
 def write_report(out: Path, test_set: ImageSet, logits: np.ndarray, labels: np.ndarray, metrics_: dict,
                  history: list[dict], config: dict, extra: dict | None = None, temperature: float = 1.0,
-                 explain: Explain | None = None) -> Path:
+                 explain: Explain | None = None, findings: list[dict] = ()) -> Path:
+    """findings: training.diagnostics' (still improving, overfitting, imbalanced), first on the page; with
+    imbalanced classes the per-class table comes before the summary, the rarest recall first."""
     out.mkdir(parents=True, exist_ok=True)
+    (out / "diagnostics.json").write_text(json.dumps(list(findings), indent=2))
     classes = test_set.classes
     probs = softmax(logits, temperature)
     (out / "metrics.json").write_text(json.dumps({"test": metrics_, **(extra or {})}, indent=2, default=str))
@@ -162,6 +165,9 @@ def write_report(out: Path, test_set: ImageSet, logits: np.ndarray, labels: np.n
         plot_heatmaps(test_set, right, probs, labels, explain, out / "right_heatmaps.png",
                       "why it said so: right answers (a sample)")
     per_class = [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in metrics_["per_class"].items()]
+    imbalanced = any(f["kind"] == "imbalanced" for f in findings)
+    if imbalanced:
+        per_class.sort(key=lambda row: row[2])
     summary = [[k, metrics_[k]] for k in ("accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1",
                                           "roc_auc", "ece", "log_loss", "n") if k in metrics_]
     if "with_copies" in metrics_:  # the raw figure beside the honest one (issue 29)
@@ -179,18 +185,30 @@ def write_report(out: Path, test_set: ImageSet, logits: np.ndarray, labels: np.n
         if (out / f).exists())
     extra_html = "".join(f"<h2>{html.escape(k)}</h2><pre>{html.escape(json.dumps(v, indent=2, default=str))}</pre>"
                          for k, v in (extra or {}).items())
+    per_class_html = ("<h2>Per class" + (" (imbalanced classes: lowest recall first)" if imbalanced else "")
+                      + f"</h2>{_table(per_class, ['class', 'precision', 'recall', 'F1', 'support'])}")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Evaluation report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:100%}}</style></head><body>
 <h1>Evaluation report: {html.escape(config.get('name', ''))}</h1>
 <p>classes: {html.escape(', '.join(classes))}; test images: {metrics_['n']}; temperature: {temperature:.3f}</p>
+{_findings_html(findings)}{per_class_html if imbalanced else ""}
 <h2>Test metrics</h2>{_table(summary, ['metric', 'value'])}
-<h2>Per class</h2>{_table(per_class, ['class', 'precision', 'recall', 'F1', 'support'])}
+{"" if imbalanced else per_class_html}
 <h2>Epochs</h2>{_table(hist, ['phase', 'epoch', 'train loss', 'train acc', 'val loss', 'val acc', 'seconds'])}
 {imgs}{extra_html}
 <h2>Config</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre></body></html>"""
     (out / "report.html").write_text(page)
     return out / "report.html"
+
+
+def _findings_html(findings: list[dict]) -> str:
+    if not findings:
+        return "<h2>Diagnostics</h2><p>none: validation had stopped improving, train and validation agree, " \
+               "classes are balanced.</p>"
+    items = "".join(f"<li><b>{html.escape(f['kind'].replace('_', ' '))}</b>: {html.escape(f['message'])}</li>"
+                    for f in findings)
+    return f"<h2>Diagnostics</h2><ul>{items}</ul>"
 
 
 def summary_table(history: list[dict]) -> str:

@@ -20,7 +20,7 @@ IDENTITY_FILE = "run.json"
 # Settings that change where outputs go or how fast a run goes, not what it learns; a resume may change them.
 # data.path is here because the data is identified by its content (the digest), wherever it is mounted; so are the
 # intake's limits: which files they let in, the digest already says.
-OPERATIONAL = ("name", "output_dir", "artifacts_dir", "threads", "data.path", "data.num_workers",
+OPERATIONAL = ("name", "output_dir", "artifacts_dir", "threads", "data.path", "data.cache_dir", "data.num_workers",
                "data.eval_batch_size", "data.max_file_bytes", "data.max_image_pixels", "data.allow_outside_paths",
                "export", "evaluate")
 RUN_OUTPUTS = ("checkpoints", "final", "report", "samples", "skipped_images.json", IDENTITY_FILE)

@@ -43,3 +43,8 @@ def test_used_only_where_valid_and_keyed_by_what_changes_features(data_dir):
     assert cache_key(_cfg(data_dir, "augment.hflip=false"), splits) != key
     assert cache_key(_cfg(data_dir, "seed=1"), load_splits(cfg.data, 1)) != key
     assert cache_key(_cfg(data_dir, "phase1.lr=0.5"), splits) == key, "head settings do not change features"
+    for head_or_loss in ("model.dropout=0.5", "model.hidden_dim=64", "augment.label_smoothing=0.0",
+                         "data.balance=loss_weights", "data.batch_size=7"):
+        assert cache_key(_cfg(data_dir, head_or_loss), splits) == key, head_or_loss
+    for pixels in ("data.image_size=40", "augment.color_jitter=0.4", "model.backbone=resnet50"):
+        assert cache_key(_cfg(data_dir, pixels), splits) != key, pixels

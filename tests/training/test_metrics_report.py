@@ -86,6 +86,7 @@ def test_report_files(trained):
             assert im.format == "PNG"
     page = (report / "report.html").read_text()
     assert page.startswith("<!doctype html>") and "ants" in page and "bees" in page and "curves.png" in page
+    assert "<h2>Diagnostics</h2>" in page and isinstance(json.loads((report / "diagnostics.json").read_text()), list)
     test = json.loads((report / "metrics.json").read_text())["test"]
     assert set(test["per_class"]) == {"ants", "bees"}
     # heatmaps of right answers, and of the mistakes where there are any
