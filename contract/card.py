@@ -116,6 +116,20 @@ class Calibration(Block):
     weights: str = ""
 
 
+class Tuning(Block):
+    """How the recipe was chosen (training.tune): on the validation split only, the test split unseen."""
+    objective: str  # val_acc or val_macro_f1
+    why: str  # why that objective (imbalance ratio)
+    best_value: float  # the chosen recipe's validation objective in the search
+    default_value: float | None  # the configured recipe's (both phases as configured)
+    params: dict[str, Any]  # the chosen settings, as dotted config keys
+    kept_configured: bool = False  # nothing the search found beat the configured recipe on validation
+    head_trials: int
+    finetune_trials: int
+    pruned: int
+    search_seconds: float
+
+
 class Variant(BaseModel):
     """Another precision of the same model (fp16, int8), checked against the fp32 one at export."""
     model_config = ConfigDict(extra="allow")
@@ -158,6 +172,7 @@ class ModelCard(BaseModel):
     publish_gate: PublishGate | None = None
     monitoring: Monitoring | None = Field(None, description="ATC thresholds and drift reference (contract.monitoring)")
     export_seconds: float | None = None
+    tuning: Tuning | None = Field(None, description="how the recipe was chosen, where it was searched (training.tune)")
 
     @model_validator(mode="after")
     def _crop_fits(self) -> "ModelCard":

@@ -1,4 +1,4 @@
-"""python -m training {inspect,train,export,predict,evaluate,publish,compare,baseline,demo} ...
+"""python -m training {inspect,train,tune,trial,export,predict,evaluate,publish,compare,baseline,demo} ...
 
 Console script: imgcls-train.
 
@@ -31,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.add_argument("--restart", action="store_true",
                    help="start over in output_dir: delete the run there (checkpoints, final/, report/) first")
+    tu = sub.add_parser("tune", help="choose the recipe on validation (Optuna), then train it in full")
+    tu.add_argument("--config", type=Path)
+    tu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tu.add_argument("--restart", action="store_true", help="start the search and the run over in output_dir")
+    tr = sub.add_parser("trial", help="one trial of a search run by Katib: train (resumable), print the validation "
+                                      "metrics as name=value lines; no test split, no export")
+    tr.add_argument("--config", type=Path)
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     e = sub.add_parser("export", help="checkpoint -> published ONNX artifact")
     e.add_argument("--checkpoint", type=Path, required=True, help="runs/<name>/final/model.pt")
     e.add_argument("--out", help="artifacts root, a folder or an object-store URL (default: the run's "
@@ -77,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             from .job import train_job
             train_job(cfg, args.restart)
+        elif args.command == "tune":
+            from .tune import tune_job
+            tune_job(load_config(args.config, args.overrides), args.restart)
+        elif args.command == "trial":
+            from .tune import trial_job
+            trial_job(load_config(args.config, args.overrides))
         elif args.command in ("compare", "baseline"):
             from . import compare
             getattr(compare, args.command)(load_config(args.config, args.overrides), args.results)

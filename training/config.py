@@ -179,6 +179,22 @@ class EvalConfig(Strict):
     temperature_scaling: bool = Field(True, description="fit a softmax temperature on the validation split")
 
 
+class TuneConfig(Strict):
+    """`python -m training tune` (training.tune): the recipe chosen on validation, then trained in full."""
+    head_trials: int = Field(24, ge=1, description="phase-1 trials on the cached backbone features (seconds each): "
+                                                   "head and backbone-free settings")
+    trials: int = Field(8, ge=1, description="phase-2 trials from the best head, each pruned on validation")
+    max_epochs: int = Field(8, ge=1, description="the most epochs a phase-2 trial may choose")
+    max_unfreeze: int = Field(3, ge=1, description="how many stages from the top phase 2 may unfreeze")
+    objective: Literal["auto", "val_acc", "val_macro_f1"] = Field(
+        "auto", description="auto: validation macro-F1 where the training classes are imbalanced (largest / "
+                            "smallest >= 1.5), accuracy otherwise")
+    budget_minutes: float | None = Field(None, gt=0, description="start no trial after this much search time; the "
+                                                                 "final training comes on top")
+    prune: bool = Field(True, description="stop a trial early when its validation is below the median of earlier "
+                                          "trials at the same epoch (Optuna's MedianPruner)")
+
+
 class TrainConfig(Strict):
     name: str = Field("model", pattern=r"^[a-z0-9][a-z0-9._-]*$")
     output_dir: Path = Path("runs/model")
@@ -206,6 +222,7 @@ class TrainConfig(Strict):
     early_stop: EarlyStopConfig = EarlyStopConfig()
     export: ExportConfig = ExportConfig()
     evaluate: EvalConfig = EvalConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _preprocessing_from_the_weights(self) -> "TrainConfig":

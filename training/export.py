@@ -214,7 +214,7 @@ def build_artifact(model: torch.nn.Module, final: FinalModel, test: ImageSet, ar
                          interpolation=pre.interpolation, temperature=final.temperature,
                          backbone=final.config["model"]["backbone"], metrics=final.metrics,
                          config=final.config, libraries=library_versions(), sha256=digest, parity=parity,
-                         monitoring=final.monitoring)
+                         monitoring=final.monitoring, tuning=final.tuning)
         if fp16_images is not None:
             card.variants["fp16"] = export_fp16(model, staging, pre.image_size, opset, card.temperature,
                                                 fp16_images)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contract.card import Metrics
+from contract.card import Metrics, Tuning
 from contract.monitoring import Monitoring
 from contract.preprocess import PreprocessSpec
 
@@ -30,13 +30,15 @@ class FinalModel:
     monitoring: Monitoring | None = None
     history: list[dict] = field(default_factory=list)  # one row per epoch (training.train.TrainState.history)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of the images left out
+    tuning: Tuning | None = None  # how the recipe was chosen (training.tune)
 
     def save(self, path: Path) -> None:
         checkpoint.atomic_save({
             "name": self.name, "classes": self.classes, "config": self.config, "preprocess": asdict(self.preprocess),
             "metrics": self.metrics.model_dump(mode="json"), "temperature": self.temperature,
             "monitoring": None if self.monitoring is None else self.monitoring.model_dump(mode="json"),
-            "history": self.history, "skipped": self.skipped, "state_dict": self.state_dict}, path)
+            "history": self.history, "skipped": self.skipped, "state_dict": self.state_dict,
+            "tuning": None if self.tuning is None else self.tuning.model_dump(mode="json")}, path)
 
     @classmethod
     def load(cls, path: Path) -> FinalModel:
@@ -45,4 +47,5 @@ class FinalModel:
                    preprocess=PreprocessSpec(**raw["preprocess"]), metrics=Metrics.model_validate(raw["metrics"]),
                    temperature=raw.get("temperature", 1.0), state_dict=raw["state_dict"],
                    monitoring=None if raw.get("monitoring") is None else Monitoring.model_validate(raw["monitoring"]),
-                   history=raw.get("history", []), skipped=raw.get("skipped", []))
+                   history=raw.get("history", []), skipped=raw.get("skipped", []),
+                   tuning=None if raw.get("tuning") is None else Tuning.model_validate(raw["tuning"]))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from contract import monitoring
-from contract.card import Metrics, load_card
+from contract.card import Metrics, Tuning, load_card
 from contract.files import write_atomic
 from contract.monitoring import Monitoring
 from contract.preprocess import PreprocessSpec
@@ -30,6 +30,7 @@ from .publish import GateLimits, PublishRefused
 from .quantize import Int8Plan, model_inputs
 from .report import Explain, summary_table, write_report
 from .runtime import resolve_device, setup_runtime
+from .seeds import derive, seed_all
 from .train import Trainer
 from .transforms import eval_transform
 
@@ -136,15 +137,16 @@ def sample_test_images(test: ImageSet, per_class: int, folder: Path) -> list[dic
     return picks
 
 
-def train_job(cfg: TrainConfig, restart: bool = False) -> dict:
+def train_job(cfg: TrainConfig, restart: bool = False, tuning: Tuning | None = None) -> dict:
+    """tuning: how training.tune chose this config's recipe, for the report and model.json."""
     d = distributed.init("cuda" if resolve_device(cfg.device).type == "cuda" else "cpu")
     try:
-        return _train(cfg, d, restart)
+        return _train(cfg, d, restart, tuning)
     finally:
         distributed.finish(d)
 
 
-def _train(cfg: TrainConfig, d: distributed.Dist, restart: bool) -> dict:
+def _train(cfg: TrainConfig, d: distributed.Dist, restart: bool, tuning: Tuning | None) -> dict:
     device = setup_runtime(cfg, d.local_rank)
     out = Path(cfg.output_dir)
     if d.main:
@@ -158,10 +160,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist, restart: bool) -> dict:
         return {"rank": d.rank}  # rank 0 alone evaluates, reports and exports
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks ended with different weights: {digests}")
-    test, temperature, watch = evaluate_model(model, splits, cfg, device, trainer.state.history,
-                                              {"data": data_summary})
+    extra = {"data": data_summary} | ({"tuning": tuning.model_dump(mode="json")} if tuning else {})
+    test, temperature, watch = evaluate_model(model, splits, cfg, device, trainer.state.history, extra)
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
-    final = save_final(model, trainer, splits, cfg, test, temperature, watch)
+    final = save_final(model, trainer, splits, cfg, test, temperature, watch, tuning)
     print_summary(trainer, test, out, watch)
     result = {"test_accuracy": test["accuracy"], "final": str(out / "final" / "model.pt"),
               "history": trainer.state.history, "world_size": d.world, "weights_sha256_per_rank": digests,
@@ -172,23 +174,29 @@ def _train(cfg: TrainConfig, d: distributed.Dist, restart: bool) -> dict:
     return result
 
 
+def new_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> Classifier:
+    """The model before training; the head's initial weights a function of the seed alone, so a search's trial
+    (training.tune) and the full run of the recipe it chose start from the same weights."""
+    seed_all(derive(cfg.seed, "model init"))
+    model = build_model(cfg.model, num_classes).to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
 def fit(cfg: TrainConfig, splits: Splits, device: torch.device, d: distributed.Dist) -> tuple[Classifier, Trainer]:
-    model = build_model(cfg.model, len(splits.classes)).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = new_model(cfg, len(splits.classes), device)
     trainer = Trainer(cfg, splits, model, device, d)
     trainer.fit()
     return model, trainer
 
 
 def save_final(model: Classifier, trainer: Trainer, splits: Splits, cfg: TrainConfig, test: dict,
-               temperature: float, watch: Monitoring) -> FinalModel:
+               temperature: float, watch: Monitoring, tuning: Tuning | None = None) -> FinalModel:
     """final/model.pt: weights with everything export and evaluate need (classes, config, preprocessing, metrics)."""
     st = trainer.state
     final = FinalModel(name=cfg.name, classes=splits.classes, config=cfg.model_dump(mode="json"),
                        preprocess=cfg.data.spec, history=st.history, skipped=splits.skipped,
                        metrics=Metrics(test=test, best_val={cfg.early_stop.metric: st.best, "at": st.best_where}),
-                       temperature=temperature, monitoring=watch, state_dict=model.state_dict())
+                       temperature=temperature, monitoring=watch, state_dict=model.state_dict(), tuning=tuning)
     out = Path(cfg.output_dir) / "final"
     final.save(out / "model.pt")
     write_json(out / "metrics.json", final.metrics.model_dump(mode="json"))

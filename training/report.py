@@ -181,7 +181,9 @@ def write_report(out: Path, test_set: ImageSet, logits: np.ndarray, labels: np.n
         ("curves.png", "Training curves"), ("confusion_matrix.png", "Confusion matrix"),
         ("samples.png", "Sample predictions"), ("confident_mistakes.png", "Most confident mistakes"),
         ("mistakes_heatmaps.png", "Why it said so: mistakes (heatmap of the class it answered)"),
-        ("right_heatmaps.png", "Why it said so: right answers"))
+        ("right_heatmaps.png", "Why it said so: right answers"),
+        ("tune_history.png", "Recipe search (training.tune): validation objective per trial"),
+        ("tune_importance.png", "Recipe search: which settings mattered"))
         if (out / f).exists())
     extra_html = "".join(f"<h2>{html.escape(k)}</h2><pre>{html.escape(json.dumps(v, indent=2, default=str))}</pre>"
                          for k, v in (extra or {}).items())

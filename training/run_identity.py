@@ -22,8 +22,8 @@ IDENTITY_FILE = "run.json"
 # intake's limits: which files they let in, the digest already says.
 OPERATIONAL = ("name", "output_dir", "artifacts_dir", "threads", "data.path", "data.cache_dir", "data.num_workers",
                "data.eval_batch_size", "data.max_file_bytes", "data.max_image_pixels", "data.allow_outside_paths",
-               "export", "evaluate")
-RUN_OUTPUTS = ("checkpoints", "final", "report", "samples", "skipped_images.json", IDENTITY_FILE)
+               "export", "evaluate", "tune")
+RUN_OUTPUTS = ("checkpoints", "final", "report", "samples", "skipped_images.json", "tune", IDENTITY_FILE)
 
 
 class RunMismatch(ValueError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,7 +38,11 @@ class Preempted(SystemExit):
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, splits: Splits, model: Classifier, device: torch.device,
-                 d: distributed.Dist = distributed.Dist()):
+                 d: distributed.Dist = distributed.Dist(), checkpoints: bool = True,
+                 features_path: Path | None = None, on_epoch: Callable[[dict], None] | None = None):
+        """checkpoints=False, features_path and on_epoch are for a search's trials (training.tune): a trial that
+        writes no checkpoint (it is rerun whole if killed), a feature cache shared by every trial, and a callback
+        after each epoch's validation (Optuna's report and pruning: it may raise to end the trial)."""
         self.cfg, self.splits, self.model, self.device, self.d = cfg, splits, model, device, d
         self.net, self.net_stages = model, None  # the DDP (and compile) wrapper, rebuilt as stages unfreeze
         self.out = Path(cfg.output_dir)
@@ -47,7 +52,9 @@ class Trainer:
         self.data = TrainBatches(cfg, splits, device, d)
         weights = self.data.class_weights.to(device) if cfg.data.balance == "loss_weights" else None
         self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.augment.label_smoothing)
-        self.checkpoints = TrainCheckpoints(self.out, cfg, model, self.scaler, d.main)
+        self.checkpoints = TrainCheckpoints(self.out, cfg, model, self.scaler, d.main and checkpoints)
+        self.features_path = features_path or self.out / "checkpoints" / "phase1_features.pt"
+        self.on_epoch = on_epoch
         self.stop_requested = False
         self.cache: feature_cache.FeatureCache | None = None
         self.cache_seconds: float | None = None  # what building the phase-1 cache cost (it is freed after phase 1)
@@ -106,6 +113,8 @@ class Trainer:
         st.epoch = epoch + 1
         event("epoch", **{k: v for k, v in row.items() if k != "trainable"})
         self.checkpoints.save(st, optimizer, schedule)
+        if self.on_epoch is not None:
+            self.on_epoch(row)
         if distributed.any_rank(self.stop_requested, self.d, self.device):
             raise Preempted()  # the epoch's checkpoint is already written
         if self.stopper.should_stop(st):
@@ -152,7 +161,9 @@ class Trainer:
         totals = distributed.sum_all([running["loss"], running["correct"], running["seen"]], self.d, self.device)
         self.state.running = dict(zip(("loss", "correct", "seen"), totals))
         self.checkpoints.save(self.state, optimizer, schedule)
-        event("SIGTERM: checkpoint written, exiting", phase=phase, epoch=epoch, batch=self.state.batch)
+        event("SIGTERM: " + ("checkpoint written, exiting" if self.checkpoints.main else
+                             "exiting without a checkpoint (a search's trial: it runs again when the search resumes)"),
+              phase=phase, epoch=epoch, batch=self.state.batch)
         raise Preempted()
 
     def validate(self, phase: int) -> dict:
@@ -182,5 +193,5 @@ class Trainer:
         if reason is not None or self.state.epoch >= self.cfg.phase1.epochs:
             event("phase 1 runs the backbone every epoch (no feature cache)", reason=reason or "phase 1 done")
             return None
-        return feature_cache.load_or_build(self.out / "checkpoints" / "phase1_features.pt", self.model, self.splits,
-                                           self.cfg, self.device, self.amp, save=self.d.main)
+        return feature_cache.load_or_build(self.features_path, self.model, self.splits, self.cfg, self.device,
+                                           self.amp, save=self.d.main)

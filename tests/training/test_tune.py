@@ -1,0 +1,120 @@
+"""`python -m training tune` (training.tune) on real photos at a small size: the search reads no test image, the
+chosen recipe's full run reproduces the search's validation value, the configured recipe is never beaten by a worse
+one, the search's record reaches model.json, trials.csv and the report; a search stopped by SIGTERM resumes,
+rerunning the interrupted trial only; `python -m training trial` (Katib's) prints what Katib's collector reads."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import ROOT
+
+from training import tune
+from training.config import load_config
+from training.data import ImageSet
+
+pytestmark = pytest.mark.slow
+SMALL = ["data.image_size=64", "data.resize_size=73", "data.num_workers=0", "model.backbone=efficientnet_lite0",
+         "data.limit_per_class=40", "threads=2", "export.int8=false", "export.fp16=false", "phase1.epochs=3",
+         "phase2.epochs=3", "tune.max_epochs=3"]
+# Katib's StdOut metrics collector's default format (pkg/metricscollector/v1beta1/common/const.go)
+KATIB_METRIC = re.compile(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)")
+
+
+def small(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return SMALL + [f"data.path={data_dir}", f"output_dir={out / 'run'}", f"artifacts_dir={out / 'art'}", "name=t",
+                    *extra]
+
+
+def test_search_then_one_full_run_of_the_chosen_recipe(data_dir, tmp_path, monkeypatch):
+    read_splits = tune.prepared_splits
+
+    def test_split_out_of_reach(cfg):  # the search gets a test split that cannot be read
+        splits, report = read_splits(cfg)
+        splits.test = ImageSet(splits.test.classes, splits.test.labels,
+                               paths=[Path("/nonexistent/the-search-read-the-test-split")] * len(splits.test))
+        return splits, report
+
+    monkeypatch.setattr(tune, "prepared_splits", test_split_out_of_reach)
+    cfg = load_config(None, small(data_dir, tmp_path, "tune.head_trials=5", "tune.trials=3"), environ={})
+    result = tune.tune_job(cfg)
+    assert result["published"] and 0.5 < result["test_accuracy"] <= 1
+
+    version = Path(result["artifact"])
+    card = json.loads((version / "model.json").read_text())
+    tuning = card["tuning"]
+    assert tuning["objective"] == "val_acc" and "balanced" in tuning["why"]
+    assert tuning["head_trials"] == 5 and tuning["finetune_trials"] == 3
+    assert tuning["best_value"] >= tuning["default_value"], "the configured recipe is never replaced by a worse one"
+    # the full run of the chosen recipe lands where the search said it would (same seeds, same head start)
+    best_val = card["metrics"]["best_val"]
+    assert best_val["val_acc"] == pytest.approx(tuning["best_value"], abs=1e-9)
+    for key, value in tuning["params"].items():
+        node = card["config"]
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
+    rows = list(csv.DictReader(open(tmp_path / "run" / "tune" / "trials.csv")))
+    assert [r["search"] for r in rows].count("head") == 5 and [r["search"] for r in rows].count("finetune") == 3
+    assert rows[0]["configured"] == "True"
+    page = (version / "report" / "report.html").read_text()
+    assert "tune_history.png" in page and (version / "report" / "tune_history.png").is_file()
+    assert '"tuning"' in (version / "report" / "metrics.json").read_text()
+
+
+def test_a_search_stopped_by_sigterm_resumes_with_the_interrupted_trial(data_dir, tmp_path):
+    args = [sys.executable, "-m", "training", "tune"] + [a for s in small(
+        data_dir, tmp_path, "tune.head_trials=3", "tune.trials=2", "tune.prune=false") for a in ("--set", s)]
+    log = tmp_path / "first.log"
+    with open(log, "w") as err:
+        first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 600
+        while '"phase": 2' not in log.read_text() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)  # the first fine-tuning trial is in its first of three phase-2 epochs
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=120) == 75, log.read_text()[-2000:]
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "search finetune: trial 0 was interrupted; it runs again with the same settings" in again.stderr
+    storage = f"sqlite:///{tmp_path / 'run' / 'tune' / 'study.db'}"
+    heads = optuna.load_study(study_name="head", storage=storage)
+    assert [t.state.name for t in heads.trials] == ["COMPLETE"] * 3, "finished trials are not run again"
+    finetunes = optuna.load_study(study_name="finetune", storage=storage)
+    states = [t.state.name for t in finetunes.trials]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"] and finetunes.trials[1].params == finetunes.trials[0].params
+
+
+def test_katib_trial_prints_what_katibs_collector_reads_and_resumes(data_dir, tmp_path):
+    args = [sys.executable, "-m", "training", "trial"] + [a for s in small(data_dir, tmp_path, "phase2.epochs=1")
+                                                           for a in ("--set", s)]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    epochs = [dict((m[0], float(m[1])) for m in KATIB_METRIC.findall(line)) for line in lines
+              if line.startswith("phase=")]
+    assert len(epochs) == 4 and all({"val_acc", "val_macro_f1", "val_loss"} <= set(e) for e in epochs)
+    best = dict((m[0], float(m[1])) for m in KATIB_METRIC.findall(lines[-1]))
+    assert lines[-1].startswith("best ") and best["val_acc"] == max(e["val_acc"] for e in epochs)
+    assert not (tmp_path / "run" / "report" / "report.html").exists() and not (tmp_path / "art").exists(), \
+        "a trial neither evaluates on test nor exports"
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.splitlines()[-1] == lines[-1], "a retried pod resumes, not retrains"
+    assert '"msg": "resumed"' in again.stderr and '"msg": "epoch"' not in again.stderr
+
+
+def test_the_objective_follows_the_class_balance():
+    cfg = load_config(None, [], environ={})
+    assert tune.objective_of(cfg, {"a": 100, "b": 90})[0] == "val_acc"
+    metric, why = tune.objective_of(cfg, {"ok": 280, "crack": 10})
+    assert metric == "val_macro_f1" and "28.0:1" in why
+    forced = load_config(None, ["tune.objective=val_acc"], environ={})
+    assert tune.objective_of(forced, {"ok": 280, "crack": 10})[0] == "val_acc"
+    assert tune.unfreeze_choices(cfg) == ["top", "layer3", "layer2"]

@@ -1,0 +1,317 @@
+"""`python -m training tune`: the recipe chosen on validation, then trained once in full (issue 34).
+
+Two Optuna searches (TPE sampler, seeded; median pruning), cheapest first. Each starts with the configured recipe as
+its first trial, so the search keeps it unless something beats it on validation:
+1. head: phase 1 alone on the feature cache (the backbone runs once for every trial; a trial costs seconds):
+   phase1.lr, phase1.weight_decay, phase1.epochs, model.hidden_dim, model.dropout, augment.label_smoothing,
+   data.balance.
+2. fine-tuning: phase 2 from the best head (its phase 1 run once and kept in memory): phase2.unfreeze (up to
+   tune.max_unfreeze stages from the top), phase2.gradual_every, phase2.head_lr, phase2.backbone_lr, phase2.epochs.
+   Each epoch's validation is reported; a trial under the median of the earlier ones at that epoch stops there.
+The objective, named in the log: validation macro-F1 where the training classes are imbalanced, accuracy
+otherwise; early stopping and the best-epoch restore use it too. The search never reads the test split: the chosen
+recipe is then trained in full by the normal job (training.job.train_job: evaluated once on test, reported,
+exported, published), and model.json's `tuning`, the report and <output_dir>/tune/ (trials.csv, tune.json) say
+how it was chosen.
+
+A killed search resumes: both studies live in <output_dir>/tune/study.db (Optuna's RDB storage on SQLite); a trial
+that was running is marked failed and queued again with its settings; the final training resumes from its
+checkpoints like any run. Image size is not searched: it changes every cached feature (set data.image_size).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from contract.card import Tuning
+
+from . import run_identity
+from .config import TrainConfig
+from .data import Splits
+from .job import new_model, prepared_splits, train_counts, train_job
+from .log import event
+from .registry import BACKBONES
+from .runtime import setup_runtime
+from .state import TrainState
+from .train import Trainer
+from .tune_report import plot_search, write_trials
+
+IMBALANCED = 1.5  # largest / smallest class in train from which accuracy stops being the objective
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def objective_of(cfg: TrainConfig, counts: dict[str, int]) -> tuple[str, str]:
+    ratio = max(counts.values()) / max(min(counts.values()), 1)
+    if cfg.tune.objective != "auto":
+        return cfg.tune.objective, f"tune.objective={cfg.tune.objective}"
+    if ratio >= IMBALANCED:
+        return "val_macro_f1", f"the training classes are imbalanced ({ratio:.1f}:1): accuracy would favour the " \
+                               "large ones"
+    return "val_acc", f"the training classes are balanced ({ratio:.1f}:1)"
+
+
+def with_params(cfg: TrainConfig, params: dict) -> TrainConfig:
+    """cfg with dotted settings replaced, validated as a whole (a search never builds an invalid config)."""
+    tree = cfg.model_dump(mode="json")
+    for dotted, value in params.items():
+        node = tree
+        *path, last = dotted.split(".")
+        for key in path:
+            node = node[key]
+        node[last] = value
+    return TrainConfig.model_validate(tree)
+
+
+def dotted(cfg: TrainConfig, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def span(low: float, high: float, configured: float) -> tuple[float, float]:
+    """A search range that holds the configured value (its first trial)."""
+    return min(low, configured), max(high, configured)
+
+
+def head_space(trial: optuna.Trial, cfg: TrainConfig) -> dict:
+    p1 = cfg.phase1
+    hidden = trial.suggest_categorical("model.hidden_dim", sorted({0, 256, 512, cfg.model.hidden_dim or 0}))
+    return {"phase1.lr": trial.suggest_float("phase1.lr", *span(1e-4, 1e-2, p1.lr), log=True),
+            "phase1.weight_decay": trial.suggest_float("phase1.weight_decay", *span(1e-6, 1e-2, max(p1.weight_decay,
+                                                                                                   1e-6)), log=True),
+            "phase1.epochs": trial.suggest_int("phase1.epochs", *span(3, 20, p1.epochs)),
+            "model.hidden_dim": hidden or None,
+            "model.dropout": trial.suggest_float("model.dropout", *span(0.0, 0.5, cfg.model.dropout)),
+            "augment.label_smoothing": trial.suggest_float("augment.label_smoothing",
+                                                           *span(0.0, 0.2, cfg.augment.label_smoothing)),
+            "data.balance": trial.suggest_categorical("data.balance", ["none", "loss_weights", "sampler"])}
+
+
+def head_defaults(cfg: TrainConfig) -> dict:
+    return {"phase1.lr": cfg.phase1.lr, "phase1.weight_decay": max(cfg.phase1.weight_decay, 1e-6),
+            "phase1.epochs": cfg.phase1.epochs, "model.hidden_dim": cfg.model.hidden_dim or 0,
+            "model.dropout": cfg.model.dropout, "augment.label_smoothing": cfg.augment.label_smoothing,
+            "data.balance": cfg.data.balance}
+
+
+def unfreeze_choices(cfg: TrainConfig) -> list[str]:
+    """'top', then each deeper stage down to tune.max_unfreeze stages from the top (and the configured one)."""
+    stages = BACKBONES[cfg.model.backbone].stages[1:]
+    deeper = list(stages[::-1][1:cfg.tune.max_unfreeze])
+    return ["top", *deeper] + ([cfg.phase2.unfreeze] if cfg.phase2.unfreeze not in ["top", *deeper] else [])
+
+
+def finetune_space(trial: optuna.Trial, cfg: TrainConfig) -> dict:
+    p2 = cfg.phase2
+    return {"phase2.unfreeze": trial.suggest_categorical("phase2.unfreeze", unfreeze_choices(cfg)),
+            "phase2.gradual_every": trial.suggest_int("phase2.gradual_every", 0, max(2, p2.gradual_every)),
+            "phase2.head_lr": trial.suggest_float("phase2.head_lr", *span(3e-5, 3e-3, p2.head_lr), log=True),
+            "phase2.backbone_lr": trial.suggest_float("phase2.backbone_lr", *span(3e-6, 1e-3, p2.backbone_lr),
+                                                      log=True),
+            "phase2.epochs": trial.suggest_int("phase2.epochs", 1, max(cfg.tune.max_epochs, p2.epochs))}
+
+
+def finetune_defaults(cfg: TrainConfig) -> dict:
+    p2 = cfg.phase2
+    return {"phase2.unfreeze": p2.unfreeze, "phase2.gradual_every": p2.gradual_every,
+            "phase2.head_lr": p2.head_lr, "phase2.backbone_lr": p2.backbone_lr, "phase2.epochs": p2.epochs}
+
+
+def study(storage: optuna.storages.RDBStorage, name: str, cfg: TrainConfig, seed_offset: int,
+          defaults: dict) -> optuna.Study:
+    """The stage's study, created with the configured recipe queued first, or reopened: a trial left running by a
+    killed search is marked failed and queued again with the same settings."""
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1) if cfg.tune.prune \
+        else optuna.pruners.NopPruner()
+    found = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=cfg.seed + seed_offset), pruner=pruner)
+    if not found.trials:
+        found.enqueue_trial(defaults, user_attrs={"configured": True})
+    for t in found.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        found.tell(t.number, state=TrialState.FAIL)
+        found.enqueue_trial(t.params, user_attrs={"rerun_of": t.number, **t.user_attrs})
+        event(f"search {name}: trial {t.number} was interrupted; it runs again with the same settings")
+    return found
+
+
+class Search:
+    """Runs trials on one set of splits: the data read once, the feature cache built once."""
+
+    def __init__(self, cfg: TrainConfig, splits: Splits, device: torch.device, objective: str, folder: Path):
+        self.cfg, self.splits, self.device, self.objective, self.folder = cfg, splits, device, objective, folder
+        self.features = folder / "phase1_features.pt"
+
+    def trainer(self, cfg: TrainConfig, on_epoch=None) -> Trainer:
+        cfg = with_params(cfg, {"output_dir": str(self.folder / "trial")})  # a trial writes nothing of the run's
+        model = new_model(cfg, len(self.splits.classes), self.device)
+        return Trainer(cfg, self.splits, model, self.device, checkpoints=False, features_path=self.features,
+                       on_epoch=on_epoch)
+
+    def reporter(self, trial: optuna.Trial, phase: int):
+        def report(row: dict) -> None:
+            if row["phase"] == phase:
+                trial.report(row[self.objective], row["epoch"])
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"epoch {row['epoch']}: {row[self.objective]:.4f} under the median")
+        return report
+
+    def head_trial(self, trial: optuna.Trial) -> float:
+        cfg = with_params(self.cfg, head_space(trial, self.cfg) | {"phase2.epochs": 0})
+        trainer = self.trainer(cfg, self.reporter(trial, 1))
+        trainer.fit()
+        return trainer.state.best
+
+    def head(self, params: dict) -> tuple[TrainConfig, dict, TrainState]:
+        """Phase 1 with the chosen head settings, run once: the weights and state every phase-2 trial starts from."""
+        cfg = with_params(self.cfg, params | {"phase2.epochs": 0})
+        trainer = self.trainer(cfg)
+        trainer.fit()
+        weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        return cfg, weights, dataclasses.replace(trainer.state, phase=2, epoch=0)
+
+    def finetune_trial(self, trial: optuna.Trial, head: tuple[TrainConfig, dict, TrainState]) -> float:
+        return self.finetune(head, finetune_space(trial, self.cfg), self.reporter(trial, 2))
+
+    def recipe(self, head_params: dict, finetune_params: dict) -> float:
+        """A whole recipe's validation objective (both phases), outside the studies."""
+        return self.finetune(self.head(head_params), finetune_params)
+
+    def finetune(self, head: tuple[TrainConfig, dict, TrainState], params: dict, on_epoch=None) -> float:
+        head_cfg, weights, state = head
+        cfg = with_params(head_cfg, params)
+        trainer = self.trainer(cfg, on_epoch)
+        trainer.model.load_state_dict(weights)
+        trainer.checkpoints.best_state = {k: v.clone() for k, v in weights.items()}  # phase 1's best is the floor
+        trainer.state = dataclasses.replace(state, history=list(state.history))
+        trainer.fit()
+        return trainer.state.best
+
+
+def searched(cfg: TrainConfig) -> TrainConfig:
+    """The settings every trial and the final run share: the objective drives early stopping and the best-epoch
+    restore; phase 1 on the feature cache as in the search (the same views, so the same head)."""
+    return with_params(cfg, {"phase1.feature_cache": "always"})
+
+
+def run(found: optuna.Study, target: int, seconds: float | None, objective) -> None:
+    done = len(found.get_trials(deepcopy=False, states=FINISHED))
+    if done < target and (seconds is None or seconds > 0):
+        found.optimize(objective, n_trials=target - done, timeout=seconds, callbacks=[log_trial])
+
+
+def log_trial(found: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    event(f"search {found.study_name}: trial {trial.number} {trial.state.name.lower()}"
+          + (f", {trial.value:.4f}" if trial.value is not None else "")
+          + (f" (best {found.best_value:.4f})" if any(t.state == TrialState.COMPLETE for t in found.trials) else ""),
+          study=found.study_name, trial=trial.number, state=trial.state.name.lower(), value=trial.value,
+          params=trial.params)
+
+
+def search_seconds(*studies: optuna.Study) -> float:
+    return sum((t.datetime_complete - t.datetime_start).total_seconds() for s in studies for t in s.trials
+               if t.datetime_complete is not None and t.datetime_start is not None)
+
+
+def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
+    """Search, then train the chosen recipe in full (training.job.train_job); returns that run's result."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("python -m training tune runs in one process: start it without torchrun (the final "
+                         "training may then be run with torchrun from the config it writes)")
+    out = Path(cfg.output_dir)
+    if restart:
+        run_identity.clear(out)
+    folder = out / "tune"
+    folder.mkdir(parents=True, exist_ok=True)
+    device = setup_runtime(cfg)
+    splits = prepared_splits(cfg)[0]
+    objective, why = objective_of(cfg, train_counts(splits))
+    event(f"search objective: {objective} on the validation split ({why}); the test split is not read until the "
+          "chosen recipe's final run", objective=objective)
+    base = searched(with_params(cfg, {"early_stop.metric": objective}))
+    search = Search(base, splits, device, objective, folder)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(folder / 'study.db').resolve()}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    budget = None if cfg.tune.budget_minutes is None else cfg.tune.budget_minutes * 60
+
+    heads = study(storage, "head", base, 0, head_defaults(base))
+    run(heads, cfg.tune.head_trials, None if budget is None else budget / 4, search.head_trial)
+    best_head = head_space(optuna.trial.FixedTrial(heads.best_params), base)
+    head = search.head(best_head)
+    finetunes = study(storage, "finetune", head[0], 1, finetune_defaults(base))
+    left = None if budget is None else budget - search_seconds(heads)
+    run(finetunes, cfg.tune.trials, left, lambda t: search.finetune_trial(t, head))
+    found = best_head | finetune_space(optuna.trial.FixedTrial(finetunes.best_params), base)
+    configured = configured_recipe(search, heads, finetunes, base)
+    keep = configured.value >= finetunes.best_value  # a tie keeps the team's own recipe
+    tuning = Tuning(objective=objective, why=why, best_value=max(configured.value, finetunes.best_value),
+                    default_value=configured.value, params=configured.params if keep else found,
+                    kept_configured=keep,
+                    head_trials=len(heads.get_trials(deepcopy=False, states=FINISHED)),
+                    finetune_trials=len(finetunes.get_trials(deepcopy=False, states=FINISHED)),
+                    pruned=sum(len(s.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+                               for s in (heads, finetunes)),
+                    search_seconds=round(search_seconds(heads, finetunes) + configured.seconds, 1))
+    write_trials(folder, (heads, finetunes), tuning)
+    plot_search(out / "report", (heads, finetunes), objective, configured.value)
+    event(f"search done after {tuning.head_trials} head and {tuning.finetune_trials} fine-tuning trials "
+          f"({tuning.pruned} pruned), {tuning.search_seconds:.0f} s: validation {objective} "
+          f"{finetunes.best_value:.4f} found, {configured.value:.4f} for the configured recipe; "
+          + ("nothing beat it, so it is the one trained in full" if keep else "the found recipe is trained in full"),
+          **tuning.params)
+    return train_job(with_params(base, tuning.params), tuning=tuning)
+
+
+@dataclasses.dataclass(frozen=True)
+class Configured:
+    params: dict
+    value: float
+    seconds: float
+
+
+def configured_recipe(search: Search, heads: optuna.Study, finetunes: optuna.Study, base: TrainConfig) -> Configured:
+    """The configured recipe's validation objective, both phases as configured: the fine-tuning search's first
+    trial where the configured head won the head search, else one more run (its value kept in the study, so a
+    resumed search does not run it again)."""
+    params = {key: dotted(base, key) for key in (*head_defaults(base), *finetune_defaults(base))}
+    first = [t for t in finetunes.trials if t.user_attrs.get("configured") and t.state == TrialState.COMPLETE]
+    if heads.best_trial.user_attrs.get("configured") and first:
+        return Configured(params, first[0].value, 0.0)
+    if "configured_recipe" not in finetunes.user_attrs:
+        start = time.perf_counter()
+        value = search.recipe({k: v for k, v in params.items() if not k.startswith("phase2.")},
+                              {k: v for k, v in params.items() if k.startswith("phase2.")})
+        finetunes.set_user_attr("configured_recipe", {"value": value, "seconds": time.perf_counter() - start})
+    saved = finetunes.user_attrs["configured_recipe"]
+    return Configured(params, saved["value"], saved["seconds"])
+
+
+def metrics_line(row: dict) -> str:
+    """Katib's StdOut metrics collector reads name=value pairs from the trial's output."""
+    return " ".join(f"{k}={row[k]:.6f}" for k in ("val_acc", "val_macro_f1", "val_loss"))
+
+
+def trial_job(cfg: TrainConfig) -> float:
+    """`python -m training trial`: one trial of a search that Katib runs in the cluster (k8s/tune/). The normal
+    trainer with its checkpoints in output_dir, so a killed pod's retry resumes; the validation metrics printed as
+    name=value after every epoch (Katib's StdOut collector and its median early stopping read them) and, at the end,
+    the restored best epoch's again (a resumed pod's output lacks the epochs before it). The test split is never
+    read and nothing is exported: the chosen settings are then trained with `python -m training train`."""
+    out = Path(cfg.output_dir)
+    device = setup_runtime(cfg)
+    splits = prepared_splits(cfg)[0]
+    run_identity.claim(out, run_identity.identity(cfg, splits), restart=False)
+    trainer = Trainer(cfg, splits, new_model(cfg, len(splits.classes), device), device,
+                      on_epoch=lambda row: print(f"phase={row['phase']} epoch={row['epoch']} " + metrics_line(row),
+                                                 flush=True))
+    trainer.fit()
+    best = [r for r in trainer.state.history if (r["phase"], r["epoch"]) == tuple(trainer.state.best_where or ())]
+    if best:
+        print("best " + metrics_line(best[0]), flush=True)
+    return trainer.state.best
