@@ -63,27 +63,42 @@ def list_folder(where: Place) -> Listing:
                    [n for n in names if not _is_image(n)])
 
 
-def list_csv(where: Place, column: str) -> Listing:
-    """A CSV with a header: `column` names each file, relative to the CSV's folder (or absolute)."""
+def list_csv(where: Place, column: str, template: str | None = None, allow_outside: bool = False) -> Listing:
+    """A CSV with a header: `column` names each file, or `template` builds its name from the row's columns (as
+    training's data.manifest.path_template: 'train/{id}.jpg'); relative to the CSV's folder. A row naming a file
+    outside that folder (an absolute path elsewhere, a ../) stops the listing unless allow_outside: a manifest is
+    data, and a job reading files its author never meant to share would publish their digests."""
     with translated(where.url):
         text = where.fs.cat_file(where.root).decode("utf-8-sig")
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames is None or column not in reader.fieldnames:
-        raise ArchiveError(f"{where.url}: no column '{column}' (columns: {reader.fieldnames}); name the column of "
-                           "file paths with --path-column")
-    names = sorted({row[column] for row in reader if row[column]})
+    columns = reader.fieldnames or []
+    if template is None and column not in columns:
+        raise ArchiveError(f"{where.url}: no column '{column}' (columns: {columns}); name the column of "
+                           "file paths with --path-column, or build the path with --path-template")
+    try:
+        names = sorted({n for row in reader if (n := template.format_map(row) if template else row[column])})
+    except KeyError as exc:
+        raise ArchiveError(f"{where.url}: --path-template {template!r} names the column {exc}, which the CSV does "
+                           f"not have (columns: {columns})") from None
+    except (ValueError, IndexError) as exc:
+        raise ArchiveError(f"--path-template {template!r}: {exc} (write columns as {{name}})") from None
     base = posixpath.dirname(where.root)
+    outside = [n for n in names if not posixpath.normpath(posixpath.join(base, n)).startswith(base.rstrip("/") + "/")]
+    if outside and not allow_outside:
+        raise ArchiveError(f"{where.url}: {len(outside)} rows name files outside the CSV's folder {base} (e.g. "
+                           f"{outside[:3]}); move the CSV up, or give --allow-outside-paths if they are meant")
     return Listing(where.url, where.fs, [Item(n, posixpath.join(base, n)) for n in names], [])
 
 
-def list_input(source: str, path_column: str = "path") -> Listing:
+def list_input(source: str, path_column: str = "path", path_template: str | None = None,
+               allow_outside: bool = False) -> Listing:
     where = place(source)
     with translated(source):
         is_dir, is_file = where.fs.isdir(where.root), where.fs.isfile(where.root)
     if is_dir:
         listing = list_folder(where)
     elif is_file and where.root.lower().endswith(".csv"):
-        listing = list_csv(where, path_column)
+        listing = list_csv(where, path_column, path_template, allow_outside)
     elif is_file:
         raise ArchiveError(f"--input {source}: give a folder of images or a CSV manifest (.csv)")
     else:

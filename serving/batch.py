@@ -223,6 +223,9 @@ def parser() -> argparse.ArgumentParser:
                     help="a folder of images or a CSV manifest: a path, or an fsspec URL (s3://bucket/prefix)")
     ap.add_argument("--output", required=True, help="the folder or prefix (s3://...) for the parts and summary.json")
     ap.add_argument("--path-column", default="path", help="a CSV manifest's column of file paths")
+    ap.add_argument("--path-template", help="build each path from the CSV's columns instead, e.g. 'train/{id}.jpg'")
+    ap.add_argument("--allow-outside-paths", action="store_true",
+                    help="a CSV manifest may name files outside its own folder (absolute paths, ../)")
     ap.add_argument("--shard", help="i/n: this job scores parts i, i+n, i+2n, ...")
     ap.add_argument("--shards", type=int, help="n, the shard from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job)")
     ap.add_argument("--top-k", type=int, default=3)
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     try:
         shard, shards = parse_shard(args.shard, args.shards, dict(os.environ))
-        listing = list_input(args.input, args.path_column)
+        listing = list_input(args.input, args.path_column, args.path_template, args.allow_outside_paths)
         job = Job(args)
         summary = job.run(listing, shard, shards, Progress(shard, shards, sys.stderr.isatty()))
     except StorageError as exc:

@@ -116,10 +116,26 @@ def test_csv_manifests_and_clear_errors(artifact, archive, tmp_path):
     manifest = tmp_path / "list.csv"
     manifest.write_text("file,note\n" + "".join(f"{archive / n},x\n" for n in ("a0.jpg", "deeper/b0.JPG")))
     out = tmp_path / "csv"
-    done = batch("--model", str(artifact), "--input", str(manifest), "--output", str(out), "--path-column", "file")
+    done = batch("--model", str(artifact), "--input", str(manifest), "--output", str(out), "--path-column", "file",
+                 "--allow-outside-paths")
     assert done.returncode == 0, done.stderr
     assert [r["path"] for r in rows_of(out)] == sorted([str(archive / "a0.jpg"), str(archive / "deeper/b0.JPG")])
+    # a manifest beside the photos, its paths built from an id column (training's data.manifest.path_template)
+    by_id = tmp_path / "by-id"
+    (by_id / "deeper").mkdir(parents=True)
+    shutil.copy(archive / "deeper" / "b0.JPG", by_id / "deeper" / "b0.JPG")
+    (by_id / "ids.csv").write_text("id,label\na0,x\nb0,y\n")
+    built = batch("--model", str(artifact), "--input", str(by_id / "ids.csv"), "--output", str(tmp_path / "ids"),
+                  "--path-template", "deeper/{id}.JPG")
+    assert built.returncode == 0, built.stderr
+    rows = rows_of(tmp_path / "ids")
+    assert [r["path"] for r in rows] == ["deeper/a0.JPG", "deeper/b0.JPG"]
+    assert rows[0]["error"] is not None and rows[1]["error"] is None, "a missing file is a row with its reason"
     cases = {
+        "outside the CSV's folder": ["--input", str(manifest), "--output", str(tmp_path / "x"), "--path-column",
+                                     "file"],
+        "names the column 'name'": ["--input", str(manifest), "--output", str(tmp_path / "x"), "--path-template",
+                                    "{name}.jpg"],
         "no column 'path'": ["--input", str(manifest), "--output", str(tmp_path / "x")],
         "does not exist": ["--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")],
         "another job": ["--input", str(archive), "--output", str(out)],  # out holds the CSV job's parts
