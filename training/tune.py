@@ -201,6 +201,9 @@ def searched(cfg: TrainConfig) -> TrainConfig:
 
 
 def run(found: optuna.Study, target: int, seconds: float | None, objective) -> None:
+    """Trials until `target` have finished or `seconds` have passed; the first (the configured settings) always."""
+    if not found.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        found.optimize(objective, n_trials=1, callbacks=[log_trial])
     done = len(found.get_trials(deepcopy=False, states=FINISHED))
     if done < target and (seconds is None or seconds > 0):
         found.optimize(objective, n_trials=target - done, timeout=seconds, callbacks=[log_trial])
@@ -225,9 +228,12 @@ def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
         raise ValueError("python -m training tune runs in one process: start it without torchrun (the final "
                          "training may then be run with torchrun from the config it writes)")
     out = Path(cfg.output_dir)
+    folder = out / "tune"
     if restart:
         run_identity.clear(out)
-    folder = out / "tune"
+    elif (out / run_identity.IDENTITY_FILE).is_file() and not folder.is_dir():
+        raise run_identity.RunMismatch(f"{out} holds a run that `tune` did not start: search into another "
+                                       "output_dir, or start over there with --restart")
     folder.mkdir(parents=True, exist_ok=True)
     device = setup_runtime(cfg)
     splits = prepared_splits(cfg)[0]

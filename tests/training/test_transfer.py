@@ -15,5 +15,6 @@ def test_pretrained_beats_random_init_on_real_photos(tmp_path, data_dir):
                              "threads=2", "export.enabled=false", f"output_dir={tmp_path / 'pre'}"], environ={})
     pretrained = train_job(cfg)["test_accuracy"]
     scratch = train_job(from_scratch(cfg, None, "random-init"))["test_accuracy"]
-    # 120 test photos; full-size figures (93%+ vs random init) are in bench/RESULTS.md
-    assert pretrained >= 0.8 and pretrained - scratch >= 0.15, (pretrained, scratch)
+    # 120 test photos, so one photo is 0.8 points and the floor is about learning the task at all (0.5 is chance);
+    # the comparison is the property. Full-size figures (93 %+ vs random init) are in bench/RESULTS.md
+    assert pretrained >= 0.75 and pretrained - scratch >= 0.15, (pretrained, scratch)
