@@ -85,7 +85,8 @@ def listing(store: Place, max_file_bytes: int) -> tuple[dict[str, dict], dict[st
 def mirror(url: str, cache_dir: Path, max_file_bytes: int) -> Mirrored:
     """Bring the local mirror of the prefix `url` up to date with the store; see the module's docstring."""
     store = place(url)
-    local = Path(cache_dir) / store.fs.protocol[0] / store.root.strip("/")
+    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
+    local = Path(cache_dir) / protocol / store.root.strip("/")
     index_path = local.with_name(local.name + INDEX_SUFFIX)
     index: dict[str, str] = json.loads(index_path.read_text()) if index_path.is_file() else {}
     objects, left_out = listing(store, max_file_bytes)
@@ -94,6 +95,8 @@ def mirror(url: str, cache_dir: Path, max_file_bytes: int) -> Mirrored:
         (local / rel).unlink(missing_ok=True)
         del index[rel]
         done.removed += 1
+    if done.removed:
+        remove_empty_folders(local)  # a class whose objects all left must not stay as an empty class folder
     wanted = [rel for rel, info in objects.items()
               if index.get(rel) != version_tag(info) or not (local / rel).is_file()]
     done.reused = len(objects) - len(wanted)
@@ -117,6 +120,12 @@ def mirror(url: str, cache_dir: Path, max_file_bytes: int) -> Mirrored:
     shutil.rmtree(partial, ignore_errors=True)
     write_atomic(index_path, json.dumps(index, indent=0))
     return done
+
+
+def remove_empty_folders(root: Path) -> None:
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def mirror_data(url: str, cache_dir: Path, max_file_bytes: int) -> Path:

@@ -94,6 +94,13 @@ def test_trains_from_a_bucket_and_publishes_into_it(s3, bucket, tmp_path):
     assert (mirrored / bucket[0].split("/", 1)[1]).read_bytes() == (mirrored / bucket[1].split("/", 1)[1]).read_bytes()
     assert not (mirrored / bucket[2].split("/", 1)[1]).exists()
 
+    # a whole class gone from the bucket leaves no empty class folder behind
+    for key in [k for k in bucket if k.startswith("bees/val/bees/")]:
+        c.delete_object(Bucket="training", Key=key)
+    inspected = training(s3, "inspect", "s3://training/bees", "--set", f"output_dir={tmp_path / 'run'}")
+    assert mirror_counts(inspected.stderr)["removed"] == PER_CLASS, inspected.stderr[-2000:]
+    assert not (mirrored / "val" / "bees").exists()
+
 
 def test_a_missing_bucket_and_wrong_credentials_are_one_clear_line(s3, bucket, tmp_path):
     missing = training(s3, "inspect", "s3://no-such-bucket/data", "--set", f"output_dir={tmp_path}")
