@@ -27,9 +27,11 @@ from pathlib import Path
 
 import optuna
 import torch
+import yaml
 from optuna.trial import TrialState
 
 from contract.card import Tuning
+from contract.files import write_atomic
 
 from . import run_identity
 from .config import TrainConfig
@@ -222,6 +224,28 @@ def search_seconds(*studies: optuna.Study) -> float:
                if t.datetime_complete is not None and t.datetime_start is not None)
 
 
+COARSE = 200  # validation images under which one image moves the objective by half a point or more
+
+
+def warn_if_coarse(n: int, objective: str) -> None:
+    """A search ranks recipes by the validation split; with few images, trials a photo apart are a tie."""
+    if n < COARSE:
+        event(f"warning: the validation split has {n} images, so one image is {100 / n:.1f} points of {objective}: "
+              "the search cannot tell apart recipes closer than that, and a winner by one or two images may not "
+              "hold on test; raise data.val_ratio or add images", validation_images=n)
+
+
+def write_tuned_config(path: Path, cfg: TrainConfig, tuning: Tuning) -> None:
+    """The chosen recipe as a job config a team can keep and review: `python -m training train --config` it."""
+    head = (f"# Chosen by python -m training tune: validation {tuning.objective} {tuning.best_value:.4f} "
+            f"(the configured recipe: {tuning.default_value:.4f}"
+            + ("; nothing beat it, so it is kept" if tuning.kept_configured else "")
+            + f"), {tuning.head_trials} head and {tuning.finetune_trials} fine-tuning trials.\n"
+            "# Train it with: python -m training train --config <this file>\n")
+    write_atomic(path, head + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    event(f"the chosen recipe as a job config: {path}", path=str(path))
+
+
 def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
     """Search, then train the chosen recipe in full (training.job.train_job); returns that run's result."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -240,6 +264,7 @@ def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
     objective, why = objective_of(cfg, train_counts(splits))
     event(f"search objective: {objective} on the validation split ({why}); the test split is not read until the "
           "chosen recipe's final run", objective=objective)
+    warn_if_coarse(len(splits.val), objective)
     base = searched(with_params(cfg, {"early_stop.metric": objective}))
     search = Search(base, splits, device, objective, folder)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(folder / 'study.db').resolve()}")
@@ -265,6 +290,7 @@ def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
                                for s in (heads, finetunes)),
                     search_seconds=round(search_seconds(heads, finetunes) + configured.seconds, 1))
     write_trials(folder, (heads, finetunes), tuning)
+    write_tuned_config(folder / "tuned.yaml", with_params(base, tuning.params), tuning)
     plot_search(out / "report", (heads, finetunes), objective, configured.value)
     event(f"search done after {tuning.head_trials} head and {tuning.finetune_trials} fine-tuning trials "
           f"({tuning.pruned} pruned), {tuning.search_seconds:.0f} s: validation {objective} "

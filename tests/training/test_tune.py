@@ -68,6 +68,9 @@ def test_search_then_one_full_run_of_the_chosen_recipe(data_dir, tmp_path, monke
     page = (version / "report" / "report.html").read_text()
     assert "tune_history.png" in page and (version / "report" / "tune_history.png").is_file()
     assert '"tuning"' in (version / "report" / "metrics.json").read_text()
+    # the choice as a job config a team can keep: it loads, and it is the final run's config
+    kept = load_config(tmp_path / "run" / "tune" / "tuned.yaml", environ={})
+    assert kept.model_dump(mode="json") == card["config"]
 
 
 def test_a_search_stopped_by_sigterm_resumes_with_the_interrupted_trial(data_dir, tmp_path):
@@ -84,6 +87,7 @@ def test_a_search_stopped_by_sigterm_resumes_with_the_interrupted_trial(data_dir
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "search finetune: trial 0 was interrupted; it runs again with the same settings" in again.stderr
+    assert "the search cannot tell apart recipes closer than that" in again.stderr, "37 validation photos"
     storage = f"sqlite:///{tmp_path / 'run' / 'tune' / 'study.db'}"
     heads = optuna.load_study(study_name="head", storage=storage)
     assert [t.state.name for t in heads.trials] == ["COMPLETE"] * 3, "finished trials are not run again"
