@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import TrainConfig
 from .data import Splits
 from .loader import SeededImages
@@ -119,3 +119,13 @@ def load_or_build(path: Path, model: Classifier, splits: Splits, cfg: TrainConfi
     if save:
         checkpoint.atomic_save({"key": key, "cache": cache}, path)
     return cache
+
+
+def for_phase1(path: Path, model: Classifier, splits: Splits, cfg: TrainConfig, device: torch.device, amp,
+               d: distributed.Dist, epochs_done: int) -> FeatureCache | None:
+    """The cache phase 1 trains on, or None (said in the log, with why) where it cannot or need not be used."""
+    reason = unusable_because(cfg, d.world)
+    if reason is not None or epochs_done >= cfg.phase1.epochs:
+        event("phase 1 runs the backbone every epoch (no feature cache)", reason=reason or "phase 1 done")
+        return None
+    return load_or_build(path, model, splits, cfg, device, amp, save=d.main)

@@ -40,9 +40,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, splits: Splits, model: Classifier, device: torch.device,
                  d: distributed.Dist = distributed.Dist(), checkpoints: bool = True,
                  features_path: Path | None = None, on_epoch: Callable[[dict], None] | None = None):
-        """checkpoints=False, features_path and on_epoch are for a search's trials (training.tune): a trial that
-        writes no checkpoint (it is rerun whole if killed), a feature cache shared by every trial, and a callback
-        after each epoch's validation (Optuna's report and pruning: it may raise to end the trial)."""
+        """For a search's trials (training.tune): no checkpoints (a killed trial reruns whole), one feature cache for
+        all, and a callback after each epoch's validation (Optuna's report; it may raise to prune the trial)."""
         self.cfg, self.splits, self.model, self.device, self.d = cfg, splits, model, device, d
         self.net, self.net_stages = model, None  # the DDP (and compile) wrapper, rebuilt as stages unfreeze
         self.out = Path(cfg.output_dir)
@@ -79,7 +78,8 @@ class Trainer:
         batchnorm = "frozen" if phase == 1 else self.cfg.phase2.batchnorm
         set_trainable(self.model, trainable_stages(self.cfg, phase, st.epoch), batchnorm)
         if phase == 1:
-            self.cache = self.phase1_cache()
+            self.cache = feature_cache.for_phase1(self.features_path, self.model, self.splits, self.cfg, self.device,
+                                                  self.amp, self.d, st.epoch)
             self.cache_seconds = self.cache.seconds if self.cache is not None else None
         optimizer = make_optimizer(self.model, self.cfg, phase, lr_factor(self.cfg, self.d.world))
         schedule = Schedule(optimizer, pcfg.schedule, pcfg.warmup_epochs, pcfg.epochs,
@@ -161,9 +161,8 @@ class Trainer:
         totals = distributed.sum_all([running["loss"], running["correct"], running["seen"]], self.d, self.device)
         self.state.running = dict(zip(("loss", "correct", "seen"), totals))
         self.checkpoints.save(self.state, optimizer, schedule)
-        event("SIGTERM: " + ("checkpoint written, exiting" if self.checkpoints.main else
-                             "exiting without a checkpoint (a search's trial: it runs again when the search resumes)"),
-              phase=phase, epoch=epoch, batch=self.state.batch)
+        event("SIGTERM: " + ("checkpoint written" if self.checkpoints.main else "a search's trial, rerun on resume")
+              + ", exiting", phase=phase, epoch=epoch, batch=self.state.batch)
         raise Preempted()
 
     def validate(self, phase: int) -> dict:
@@ -187,11 +186,3 @@ class Trainer:
             if self.cfg.compile:
                 self.net = torch.compile(self.net)
             self.net_stages = (phase, tuple(stages))
-
-    def phase1_cache(self) -> feature_cache.FeatureCache | None:
-        reason = feature_cache.unusable_because(self.cfg, self.d.world)
-        if reason is not None or self.state.epoch >= self.cfg.phase1.epochs:
-            event("phase 1 runs the backbone every epoch (no feature cache)", reason=reason or "phase 1 done")
-            return None
-        return feature_cache.load_or_build(self.features_path, self.model, self.splits, self.cfg, self.device,
-                                           self.amp, save=self.d.main)
