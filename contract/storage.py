@@ -103,6 +103,11 @@ class Place:
             return self.fs.open(self.path(name), "rb")
 
 
+def is_url(location: str | Path) -> bool:
+    """An object-store URL (s3://..., gs://...), as text; a Path never is one."""
+    return isinstance(location, str) and "://" in location
+
+
 def place(url: str, create: bool = False) -> Place:
     """The folder or prefix a URL or path names; create: make a local folder (a prefix needs no making)."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"

@@ -33,7 +33,7 @@ from contract.errors import RequestError
 from contract.preprocess import preprocess
 from contract.publish import fetch, resolve_path
 from contract.scores import ranked, softmax
-from contract.storage import Place, StorageError, place
+from contract.storage import Place, StorageError, is_url, place
 
 from . import loading, parts
 from .archive import ArchiveError, Item, Listing, list_input
@@ -90,7 +90,7 @@ class Job:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         try:
-            model_dir = fetch(args.model, args.model_cache) if "://" in args.model else resolve_path(Path(args.model))
+            model_dir = fetch(args.model, args.model_cache) if is_url(args.model) else resolve_path(Path(args.model))
             settings = Settings(model_dir=model_dir, precision=args.precision, device=args.device,
                                 intra_op_threads=args.threads)
             self.model = loading.load(settings)

@@ -269,7 +269,7 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text) if text != "" else ""
 
 
-def _set_path(tree: dict, dotted: str, value: Any) -> None:
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -300,12 +300,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), envir
     environ = os.environ if environ is None else environ
     for key, text in environ.items():
         if key.startswith(ENV_PREFIX):
-            _set_path(tree, key[len(ENV_PREFIX):].lower().replace("__", "."), _parse_value(text))
+            set_dotted(tree, key[len(ENV_PREFIX):].lower().replace("__", "."), _parse_value(text))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         key, text = item.split("=", 1)
-        _set_path(tree, key.strip(), _parse_value(text))
+        set_dotted(tree, key.strip(), _parse_value(text))
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as exc:

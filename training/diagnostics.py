@@ -78,13 +78,18 @@ def remedies(cfg: TrainConfig, phase: int) -> str:
             "epochs, or more images")
 
 
+def imbalance_ratio(counts: dict[str, int]) -> float:
+    """Largest class over smallest (an empty class counts as one image)."""
+    return max(counts.values()) / max(min(counts.values()), 1)
+
+
 def imbalanced(train_counts: dict[str, int]) -> Finding | None:
     """The largest class in train at least IMBALANCE_RATIO times the smallest."""
     if len(train_counts) < 2:
         return None
     big = max(train_counts, key=train_counts.get)
     small = min(train_counts, key=train_counts.get)
-    ratio = train_counts[big] / max(train_counts[small], 1)
+    ratio = imbalance_ratio(train_counts)
     if ratio < IMBALANCE_RATIO:
         return None
     return Finding("imbalanced",

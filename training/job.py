@@ -15,6 +15,7 @@ from contract.files import write_atomic
 from contract.monitoring import Monitoring
 from contract.preprocess import PreprocessSpec
 from contract.scores import softmax
+from contract.storage import is_url
 
 from . import checkpoint, data_report, diagnostics, distributed, metrics, run_identity
 from .calibrate import fit_temperature
@@ -25,7 +26,7 @@ from .final_model import FinalModel
 from .loader import eval_loader
 from .log import event
 from .model import Classifier, build_model
-from .object_store import is_url, local_data, publish_to_store
+from .object_store import local_data, publish_to_store
 from .publish import GateLimits, PublishRefused
 from .quantize import Int8Plan, model_inputs
 from .report import Explain, summary_table, write_report

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from contract.files import write_atomic
-from contract.storage import Place, StorageError, place, translated
+from contract.storage import Place, StorageError, is_url, place, translated
 
 from .config import DataConfig
 from .log import event
@@ -30,10 +30,6 @@ from .publish import PublishRefused
 
 INDEX_SUFFIX = ".mirror.json"  # beside the mirrored folder, never inside it (the dataset reader sees every file)
 CHUNK = 256  # objects per download call: s3fs fetches a call's files concurrently; the index is saved after each
-
-
-def is_url(location: str | Path) -> bool:
-    return isinstance(location, str) and "://" in location
 
 
 @dataclass

@@ -34,22 +34,23 @@ from contract.card import Tuning
 from contract.files import write_atomic
 
 from . import run_identity
-from .config import TrainConfig
+from .config import TrainConfig, set_dotted
 from .data import Splits
+from .diagnostics import imbalance_ratio
 from .job import new_model, prepared_splits, train_counts, train_job
 from .log import event
 from .registry import BACKBONES
 from .runtime import setup_runtime
 from .state import TrainState
 from .train import Trainer
-from .tune_report import plot_search, write_trials
+from .tune_report import plot_search, seconds, write_trials
 
 IMBALANCED = 1.5  # largest / smallest class in train from which accuracy stops being the objective
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def objective_of(cfg: TrainConfig, counts: dict[str, int]) -> tuple[str, str]:
-    ratio = max(counts.values()) / max(min(counts.values()), 1)
+    ratio = imbalance_ratio(counts)
     if cfg.tune.objective != "auto":
         return cfg.tune.objective, f"tune.objective={cfg.tune.objective}"
     if ratio >= IMBALANCED:
@@ -61,12 +62,8 @@ def objective_of(cfg: TrainConfig, counts: dict[str, int]) -> tuple[str, str]:
 def with_params(cfg: TrainConfig, params: dict) -> TrainConfig:
     """cfg with dotted settings replaced, validated as a whole (a search never builds an invalid config)."""
     tree = cfg.model_dump(mode="json")
-    for dotted, value in params.items():
-        node = tree
-        *path, last = dotted.split(".")
-        for key in path:
-            node = node[key]
-        node[last] = value
+    for key, value in params.items():
+        set_dotted(tree, key, value)
     return TrainConfig.model_validate(tree)
 
 
@@ -220,8 +217,7 @@ def log_trial(found: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 
 
 def search_seconds(*studies: optuna.Study) -> float:
-    return sum((t.datetime_complete - t.datetime_start).total_seconds() for s in studies for t in s.trials
-               if t.datetime_complete is not None and t.datetime_start is not None)
+    return sum(seconds(t) or 0.0 for s in studies for t in s.trials)
 
 
 COARSE = 200  # validation images under which one image moves the objective by half a point or more
