@@ -128,6 +128,7 @@ class Tuning(Block):
     finetune_trials: int
     pruned: int
     search_seconds: float
+    image_sizes: dict[int, float] = {}  # the chosen recipe's validation objective at each image size tried
 
 
 class Variant(BaseModel):

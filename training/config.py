@@ -193,6 +193,10 @@ class TuneConfig(Strict):
                                                                  "final training comes on top")
     prune: bool = Field(True, description="stop a trial early when its validation is below the median of earlier "
                                           "trials at the same epoch (Optuna's MedianPruner)")
+    image_sizes: list[Annotated[int, Field(ge=32, le=1024)]] | None = Field(
+        None, description="image sizes (data.image_size, px) the chosen recipe is also trained at, each with its own "
+                          "feature cache, after the two searches; default: 64 px either side of the configured size "
+                          "(multiples of 32, at least 32); [] keeps the configured size")
 
 
 class TrainConfig(Strict):

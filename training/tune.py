@@ -8,6 +8,11 @@ its first trial, so the search keeps it unless something beats it on validation:
 2. fine-tuning: phase 2 from the best head (its phase 1 run once and kept in memory): phase2.unfreeze (up to
    tune.max_unfreeze stages from the top), phase2.gradual_every, phase2.head_lr, phase2.backbone_lr, phase2.epochs.
    Each epoch's validation is reported; a trial under the median of the earlier ones at that epoch stops there.
+3. image size: the recipe chosen so far (found, or the configured one where nothing beat it), both phases, at each
+   of tune.image_sizes (64 px either side of the configured size by default), each size with a feature cache of its
+   own. Image size changes every cached feature, so it cannot share the head search's cache; it comes last, over
+   a few whole recipes. Every backbone in training.registry is convolutional with global pooling, so it takes any
+   size from 32 px; a tie keeps the configured size (then the smaller: cheaper to serve).
 The objective, named in the log: validation macro-F1 where the training classes are imbalanced, accuracy
 otherwise; early stopping and the best-epoch restore use it too. The search never reads the test split: the chosen
 recipe is then trained in full by the normal job (training.job.train_job: evaluated once on test, reported,
@@ -16,7 +21,7 @@ how it was chosen.
 
 A killed search resumes: both studies live in <output_dir>/tune/study.db (Optuna's RDB storage on SQLite); a trial
 that was running is marked failed and queued again with its settings; the final training resumes from its
-checkpoints like any run. Image size is not searched: it changes every cached feature (set data.image_size).
+checkpoints like any run.
 """
 from __future__ import annotations
 
@@ -123,6 +128,44 @@ def finetune_defaults(cfg: TrainConfig) -> dict:
             "phase2.head_lr": p2.head_lr, "phase2.backbone_lr": p2.backbone_lr, "phase2.epochs": p2.epochs}
 
 
+def size_choices(cfg: TrainConfig) -> list[int]:
+    """The configured image size first, then the others to try, smaller first."""
+    size = cfg.data.image_size
+    others = cfg.tune.image_sizes
+    if others is None:
+        others = [max(32, round((size - 64) / 32) * 32), round((size + 64) / 32) * 32]
+    return [size, *sorted(set(others) - {size})]
+
+
+def sized(cfg: TrainConfig, size: int) -> dict:
+    """data.image_size and the resize before the centre crop, at the configured ratio R/S (232/224 for 224)."""
+    d = cfg.data
+    return {"data.image_size": size, "data.resize_size": max(size, round(size * d.resize_size / d.image_size))}
+
+
+def size_study(storage: optuna.storages.RDBStorage, cfg: TrainConfig, value: float) -> optuna.Study:
+    """The chosen recipe at each other image size, queued smaller first. The configured size's value is the
+    recipe's own, already measured by the searches before: recorded as the first trial, not run again."""
+    choices = size_choices(cfg)
+    found = optuna.create_study(storage=storage, study_name="size", direction="maximize", load_if_exists=True)
+    if not found.trials:
+        distribution = optuna.distributions.CategoricalDistribution(choices)
+        found.add_trial(optuna.trial.create_trial(params={"data.image_size": choices[0]}, value=value,
+                                                  distributions={"data.image_size": distribution},
+                                                  user_attrs={"configured": True}))
+        for size in choices[1:]:
+            found.enqueue_trial({"data.image_size": size})
+    requeue_interrupted(found)
+    return found
+
+
+def size_values(found: optuna.Study) -> dict[int, float]:
+    """Validation objective by image size in the order tried, the configured size first; a size the budget left
+    out is missing."""
+    return {t.params["data.image_size"]: t.value
+            for t in found.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+
+
 def study(storage: optuna.storages.RDBStorage, name: str, cfg: TrainConfig, seed_offset: int,
           defaults: dict) -> optuna.Study:
     """The stage's study, created with the configured recipe queued first, or reopened: a trial left running by a
@@ -133,11 +176,15 @@ def study(storage: optuna.storages.RDBStorage, name: str, cfg: TrainConfig, seed
                                 sampler=optuna.samplers.TPESampler(seed=cfg.seed + seed_offset), pruner=pruner)
     if not found.trials:
         found.enqueue_trial(defaults, user_attrs={"configured": True})
+    requeue_interrupted(found)
+    return found
+
+
+def requeue_interrupted(found: optuna.Study) -> None:
     for t in found.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         found.tell(t.number, state=TrialState.FAIL)
         found.enqueue_trial(t.params, user_attrs={"rerun_of": t.number, **t.user_attrs})
-        event(f"search {name}: trial {t.number} was interrupted; it runs again with the same settings")
-    return found
+        event(f"search {found.study_name}: trial {t.number} was interrupted; it runs again with the same settings")
 
 
 class Search:
@@ -145,12 +192,12 @@ class Search:
 
     def __init__(self, cfg: TrainConfig, splits: Splits, device: torch.device, objective: str, folder: Path):
         self.cfg, self.splits, self.device, self.objective, self.folder = cfg, splits, device, objective, folder
-        self.features = folder / "phase1_features.pt"
 
     def trainer(self, cfg: TrainConfig, on_epoch=None) -> Trainer:
         cfg = with_params(cfg, {"output_dir": str(self.folder / "trial")})  # a trial writes nothing of the run's
         model = new_model(cfg, len(self.splits.classes), self.device)
-        return Trainer(cfg, self.splits, model, self.device, checkpoints=False, features_path=self.features,
+        features = self.folder / f"phase1_features_{cfg.data.image_size}px.pt"  # one cache per size, kept
+        return Trainer(cfg, self.splits, model, self.device, checkpoints=False, features_path=features,
                        on_epoch=on_epoch)
 
     def reporter(self, trial: optuna.Trial, phase: int):
@@ -178,6 +225,10 @@ class Search:
     def finetune_trial(self, trial: optuna.Trial, head: tuple[TrainConfig, dict, TrainState]) -> float:
         return self.finetune(head, finetune_space(trial, self.cfg), self.reporter(trial, 2))
 
+    def size_trial(self, trial: optuna.Trial, recipe: dict) -> float:
+        size = trial.suggest_categorical("data.image_size", size_choices(self.cfg))
+        return self.recipe(*split_phases(recipe | sized(self.cfg, size)))
+
     def recipe(self, head_params: dict, finetune_params: dict) -> float:
         """A whole recipe's validation objective (both phases), outside the studies."""
         return self.finetune(self.head(head_params), finetune_params)
@@ -191,6 +242,12 @@ class Search:
         trainer.state = dataclasses.replace(state, history=list(state.history))
         trainer.fit()
         return trainer.state.best
+
+
+def split_phases(params: dict) -> tuple[dict, dict]:
+    """A whole recipe's settings as (phase 1 and everything else, phase 2's), for Search.recipe."""
+    return ({k: v for k, v in params.items() if not k.startswith("phase2.")},
+            {k: v for k, v in params.items() if k.startswith("phase2.")})
 
 
 def searched(cfg: TrainConfig) -> TrainConfig:
@@ -277,22 +334,32 @@ def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
     found = best_head | finetune_space(optuna.trial.FixedTrial(finetunes.best_params), base)
     configured = configured_recipe(search, heads, finetunes, base)
     keep = configured.value >= finetunes.best_value  # a tie keeps the team's own recipe
-    tuning = Tuning(objective=objective, why=why, best_value=max(configured.value, finetunes.best_value),
-                    default_value=configured.value, params=configured.params if keep else found,
-                    kept_configured=keep,
+    recipe, value = (configured.params, configured.value) if keep else (found, finetunes.best_value)
+    studies, sizes = [heads, finetunes], {base.data.image_size: value}
+    if len(size_choices(base)) > 1:
+        studies.append(size_study(storage, base, value))
+        left = None if budget is None else budget - search_seconds(heads, finetunes) - configured.seconds
+        run(studies[-1], len(size_choices(base)), left, lambda t: search.size_trial(t, recipe))
+        sizes = size_values(studies[-1])
+    size = max(sizes, key=sizes.get)  # the first of equals: the configured size, then the smaller
+    if size != base.data.image_size:
+        recipe = recipe | sized(base, size)
+    tuning = Tuning(objective=objective, why=why, best_value=sizes[size], default_value=configured.value,
+                    params=recipe, kept_configured=keep and size == base.data.image_size,
                     head_trials=len(heads.get_trials(deepcopy=False, states=FINISHED)),
                     finetune_trials=len(finetunes.get_trials(deepcopy=False, states=FINISHED)),
-                    pruned=sum(len(s.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
-                               for s in (heads, finetunes)),
-                    search_seconds=round(search_seconds(heads, finetunes) + configured.seconds, 1))
-    write_trials(folder, (heads, finetunes), tuning)
+                    pruned=sum(len(s.get_trials(deepcopy=False, states=(TrialState.PRUNED,))) for s in studies),
+                    search_seconds=round(search_seconds(*studies) + configured.seconds, 1), image_sizes=sizes)
+    write_trials(folder, studies, tuning)
     write_tuned_config(folder / "tuned.yaml", with_params(base, tuning.params), tuning)
-    plot_search(out / "report", (heads, finetunes), objective, configured.value)
+    plot_search(out / "report", studies, objective, configured.value)
     event(f"search done after {tuning.head_trials} head and {tuning.finetune_trials} fine-tuning trials "
           f"({tuning.pruned} pruned), {tuning.search_seconds:.0f} s: validation {objective} "
-          f"{finetunes.best_value:.4f} found, {configured.value:.4f} for the configured recipe; "
-          + ("nothing beat it, so it is the one trained in full" if keep else "the found recipe is trained in full"),
-          **tuning.params)
+          f"{finetunes.best_value:.4f} found, {configured.value:.4f} for the configured recipe ("
+          + ("nothing beat it" if keep else "the found one is chosen")
+          + "); by image size: " + ", ".join(f"{k} px {v:.4f}" for k, v in sizes.items())
+          + "".join(f", {k} px not tried (tune.budget_minutes)" for k in size_choices(base) if k not in sizes)
+          + f"; trained in full at {size} px", **tuning.params)
     return train_job(with_params(base, tuning.params), tuning=tuning)
 
 
@@ -313,8 +380,7 @@ def configured_recipe(search: Search, heads: optuna.Study, finetunes: optuna.Stu
         return Configured(params, first[0].value, 0.0)
     if "configured_recipe" not in finetunes.user_attrs:
         start = time.perf_counter()
-        value = search.recipe({k: v for k, v in params.items() if not k.startswith("phase2.")},
-                              {k: v for k, v in params.items() if k.startswith("phase2.")})
+        value = search.recipe(*split_phases(params))
         finetunes.set_user_attr("configured_recipe", {"value": value, "seconds": time.perf_counter() - start})
     saved = finetunes.user_attrs["configured_recipe"]
     return Configured(params, saved["value"], saved["seconds"])

@@ -82,6 +82,9 @@ def test_the_search_space_is_the_local_searchs():
     assert local <= set(sets), f"not searched in the cluster: {local - set(sets)}"
     unfreeze = next(p for p in doc["spec"]["parameters"] if p["name"] == "unfreeze")["feasibleSpace"]["list"]
     assert unfreeze == tune.unfreeze_choices(cfg), "the stages the cluster may unfreeze are the local search's"
+    sizes = next(p for p in doc["spec"]["parameters"] if p["name"] == "image_size")["feasibleSpace"]["list"]
+    assert [int(s) for s in sizes] == tune.size_choices(cfg), "the image sizes the cluster tries are the local search's"
+    assert "data.image_size" in sets
     trial = copy.deepcopy(doc["spec"]["trialTemplate"]["trialSpec"]["spec"])
     rules = {r["action"]: r for r in trial["podFailurePolicy"]["rules"]}
     assert rules["FailJob"]["onExitCodes"]["values"] == [2] and trial["backoffLimit"] >= 1

@@ -44,7 +44,8 @@ def test_search_then_one_full_run_of_the_chosen_recipe(data_dir, tmp_path, monke
         return splits, report
 
     monkeypatch.setattr(tune, "prepared_splits", test_split_out_of_reach)
-    cfg = load_config(None, small(data_dir, tmp_path, "tune.head_trials=5", "tune.trials=3"), environ={})
+    cfg = load_config(None, small(data_dir, tmp_path, "tune.head_trials=5", "tune.trials=3", "tune.image_sizes=[48]"),
+                      environ={})
     result = tune.tune_job(cfg)
     assert result["published"] and 0.5 < result["test_accuracy"] <= 1
 
@@ -65,6 +66,15 @@ def test_search_then_one_full_run_of_the_chosen_recipe(data_dir, tmp_path, monke
     rows = list(csv.DictReader(open(tmp_path / "run" / "tune" / "trials.csv")))
     assert [r["search"] for r in rows].count("head") == 5 and [r["search"] for r in rows].count("finetune") == 3
     assert rows[0]["configured"] == "True"
+    # image size last: the chosen recipe at 48 px too (its own feature cache); the better size is trained in full,
+    # a tie keeping the configured 64 px
+    sizes = {int(k): v for k, v in tuning["image_sizes"].items()}
+    assert list(sizes) == [64, 48] and [r["data.image_size"] for r in rows if r["search"] == "size"] == ["64", "48"]
+    chosen = 48 if sizes[48] > sizes[64] else 64
+    assert card["config"]["data"]["image_size"] == chosen and tuning["best_value"] == sizes[chosen]
+    assert card["config"]["data"]["resize_size"] == {64: 73, 48: 55}[chosen], "the configured ratio R/S"
+    assert {p.name for p in (tmp_path / "run" / "tune").glob("phase1_features_*")} == \
+        {"phase1_features_64px.pt", "phase1_features_48px.pt"}
     page = (version / "report" / "report.html").read_text()
     assert "tune_history.png" in page and (version / "report" / "tune_history.png").is_file()
     assert '"tuning"' in (version / "report" / "metrics.json").read_text()
@@ -75,7 +85,8 @@ def test_search_then_one_full_run_of_the_chosen_recipe(data_dir, tmp_path, monke
 
 def test_a_search_stopped_by_sigterm_resumes_with_the_interrupted_trial(data_dir, tmp_path):
     args = [sys.executable, "-m", "training", "tune"] + [a for s in small(
-        data_dir, tmp_path, "tune.head_trials=3", "tune.trials=2", "tune.prune=false") for a in ("--set", s)]
+        data_dir, tmp_path, "tune.head_trials=3", "tune.trials=2", "tune.prune=false", "tune.image_sizes=[]")
+        for a in ("--set", s)]
     log = tmp_path / "first.log"
     with open(log, "w") as err:
         first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
@@ -122,3 +133,5 @@ def test_the_objective_follows_the_class_balance():
     forced = load_config(None, ["tune.objective=val_acc"], environ={})
     assert tune.objective_of(forced, {"ok": 280, "crack": 10})[0] == "val_acc"
     assert tune.unfreeze_choices(cfg) == ["top", "layer3", "layer2"]
+    assert tune.size_choices(cfg) == [224, 160, 288], "the configured size first, then 64 px either side"
+    assert tune.size_choices(load_config(None, ["tune.image_sizes=[]"], environ={})) == [224]
