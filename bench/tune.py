@@ -142,6 +142,9 @@ def table(cfg: TrainConfig, objective: str, configured: dict, tuned: dict, budge
                                               if t.kept_configured else "chosen: " + ", ".join(
                                                   f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                   for k, v in t.params.items()))]
+    if len(t.image_sizes) > 1:
+        lines.append("the chosen recipe by image size, validation " + objective + ": "
+                     + ", ".join(f"{k} px {v:.4f}" for k, v in t.image_sizes.items()))
     for name, other in (("configured", configured), ("configured, equal budget", budget)):
         d = paired(other["right"], tuned["right"])
         lines.append(f"tuned - {name} on test: {100 * d['diff']:+.1f} points (95 % paired bootstrap "
