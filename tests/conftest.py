@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import DATA
 from hypothesis import settings
+from oci import Builds, Image
 
 # Tools installed into the venv (kubernetes-validate, hadolint, kubectl, torchrun) are found even when pytest is
 # started as .venv/bin/python -m pytest without activating the venv.
@@ -27,6 +28,36 @@ QUICK = ["data.image_size=64", "data.resize_size=73", "data.num_workers=0", "dat
          "model.backbone=efficientnet_lite0", "phase1.epochs=2", "phase2.epochs=1", "threads=2",
          "data.limit_per_class=40", "export.fp16=true",
          "export.int8=false"]  # the serving tests compare with fp32; tests/training/test_int8.py makes its own
+
+
+def image_build(item: pytest.Item) -> Image | None:
+    """The image a test's module builds (tests/oci.py), if any."""
+    found = getattr(item.module, "IMAGE_BUILD", None)
+    return found if isinstance(found, Image) else None
+
+
+# Where a test's folder runs: its images build in the background from the session's start (image_builds), beside
+# throughput-bound tests (training) rather than latency-bound ones (serving: deadlines, drains, soak), and the image
+# tests run last, when their images are built.
+ORDER = ("tests/contract", "tests/k8s", "tests/training", "tests/test_", "tests/serving")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> tuple[bool, int]:
+        folder = next((i for i, prefix in enumerate(ORDER) if item.nodeid.startswith(prefix)), len(ORDER))
+        return image_build(item) is not None, folder
+    items.sort(key=rank)  # stable: pytest's order within a folder and module
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_builds(request, tmp_path_factory):
+    """Starts building every image the selected tests use, in the order they run (tests/oci.py: Builds)."""
+    builds = Builds(tmp_path_factory.getbasetemp())
+    for item in request.session.items:
+        if image_build(item) is not None:
+            builds.start(image_build(item))
+    yield builds
+    builds.close()
 
 
 @pytest.fixture(scope="session")

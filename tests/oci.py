@@ -1,6 +1,6 @@
 """Build and run OCI images without a Docker engine: buildah and podman on vfs storage, a debootstrap stand-in base
-(no registry is reachable). Used by tests/k8s/test_serve_image_{cpu,gpu}.py and
-tests/k8s/test_train_image.py."""
+(no registry is reachable). Used by tests/k8s/test_serve_image_{cpu,gpu}.py and tests/k8s/test_train_image.py, whose
+images build in the background from the start of the session (Builds)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +8,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,17 +30,17 @@ def _need(*tools):
         pytest.fail(f"{missing} not installed: .ci/setup installs buildah, podman, runc and debootstrap")
 
 
-@contextlib.contextmanager
-def make_store(tmp: Path, need_gb: float):
-    """vfs image storage with the stand-in base imported, removed on leaving (images take GBs). need_gb:
-    the most disk the module's build and runs took here, from df during the tests (pip's downloads and unpacking, the
+def open_store(folder: Path, need_gb: float) -> list[str]:
+    """vfs image storage under `folder` with the stand-in base imported (images take GBs). need_gb: the most disk
+    the image's build and its module's runs took here, from df during the tests (pip's downloads and unpacking, the
     build's working copy, the committed image, and one more copy per running container: vfs shares nothing)."""
     _need("buildah", "podman", "runc", "debootstrap")
-    free_gb = shutil.disk_usage(tmp).free / 1e9
+    folder.mkdir(parents=True, exist_ok=True)
+    free_gb = shutil.disk_usage(folder).free / 1e9
     if free_gb < need_gb:
-        pytest.fail(f"{free_gb:.0f} GB free under {tmp}, {need_gb:.0f} GB needed to build and run this image on vfs "
-                    "storage: free disk space or point pytest's --basetemp at a larger disk")
-    flags = ["--storage-driver", "vfs", "--root", str(tmp / "storage"), "--runroot", str(tmp / "run")]
+        pytest.fail(f"{free_gb:.0f} GB free under {folder}, {need_gb:.0f} GB needed to build and run this image on "
+                    "vfs storage: free disk space or point pytest's --basetemp at a larger disk")
+    flags = ["--storage-driver", "vfs", "--root", str(folder / "storage"), "--runroot", str(folder / "run")]
     rootfs = ROOT / ".cache" / "standin-rootfs"
     if not (rootfs / "usr" / "bin" / "python3").exists():
         shutil.rmtree(rootfs, ignore_errors=True)
@@ -48,16 +51,18 @@ def make_store(tmp: Path, need_gb: float):
     subprocess.run(["podman", *flags, "import", "-", "localhost/standin-python:bookworm"], stdin=tar.stdout,
                    check=True, capture_output=True)
     tar.wait()
-    try:
-        yield flags
-    finally:
-        subprocess.run(["podman", *flags, "rmi", "-af"], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    return flags
 
 
-def build(store: list[str], dockerfile: str, tag: str, *args: str) -> None:
+def remove_store(store: list[str], folder: Path) -> None:
+    subprocess.run(["podman", *store, "rmi", "-af"], capture_output=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def build(store: list[str], dockerfile: str, tag: str, *args: str) -> str:
     """One layer per build (--layers=false): vfs stores every layer as a full copy of the file system, so a layered
-    build of the GPU serving image (several GB, ten steps after its pip layer) filled a CI disk of about 50 GB."""
+    build of the GPU serving image (several GB, ten steps after its pip layer) filled a CI disk of about 50 GB.
+    Returns a line with the build's time and the image's size."""
     start = time.time()
     build_args = [a for kv in ["BASE=localhost/standin-python:bookworm", *args] for a in ("--build-arg", kv)]
     proc = subprocess.run(
@@ -68,19 +73,81 @@ def build(store: list[str], dockerfile: str, tag: str, *args: str) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     size = subprocess.run(["podman", *store, "image", "inspect", "--format", "{{.Size}}", tag],
                           capture_output=True, text=True).stdout.strip()
-    print(f"\n{tag}: built in {time.time() - start:.0f} s, {int(size) / 1e9:.2f} GB", file=sys.stderr)
+    return f"{tag}: built in {time.time() - start:.0f} s, {int(size) / 1e9:.2f} GB"
 
 
+@dataclass(frozen=True)
+class Image:
+    """An image a test module builds and runs, named by the module's IMAGE_BUILD; its store lives from its build
+    to the end of that module."""
+    name: str
+    dockerfile: str
+    tag: str
+    build_args: tuple[str, ...] = ()
+    need_gb: float = 3
+    prepare: Callable[[], None] | None = None  # writes what the build context needs, before the build starts
 
-def serving_image_store(variant: str, need_gb: float):
-    """A module fixture: Dockerfile.serve's VARIANT built in a store of its own, removed after the module, so that
-    the disk holds one serving image at a time."""
+
+@dataclass(frozen=True)
+class Built:
+    store: list[str]
+    folder: Path
+    note: str
+
+
+class Builds:
+    """The images the session's tests use, built in one background thread from the start of the session, one at a
+    time in the order their tests run (one build's disk at a time). A build spends about half its time waiting on
+    the disk and pip, half a core idle that the tests before it use; tests/conftest.py starts the builds and runs
+    the image tests last, so they seldom wait (measured in the suite's durations: bench/RESULTS.md)."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-build")
+        self.jobs: dict[str, Future] = {}
+
+    def start(self, image: Image) -> None:
+        if image.name not in self.jobs:
+            if image.prepare is not None:
+                image.prepare()  # here, not in the build's thread: torch's global generator is the tests'
+            self.jobs[image.name] = self.pool.submit(self._build, image)
+
+    def _build(self, image: Image) -> Built:
+        folder = self.base / f"oci-{image.name}"
+        store = open_store(folder, image.need_gb)
+        try:
+            return Built(store, folder, build(store, image.dockerfile, image.tag, *image.build_args))
+        except BaseException:
+            remove_store(store, folder)
+            raise
+
+    @contextlib.contextmanager
+    def take(self, image: Image):
+        """The image's store once built (the build's failure raised here), removed after the block."""
+        self.start(image)
+        built = self.jobs[image.name].result()
+        print(f"\n{built.note}", file=sys.stderr)
+        try:
+            yield built.store
+        finally:
+            remove_store(built.store, built.folder)
+
+    def close(self) -> None:
+        """At the session's end: stores no test took (an interrupted session) are removed too."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for job in self.jobs.values():
+            if not job.cancelled() and job.exception() is None and job.result().folder.exists():
+                remove_store(job.result().store, job.result().folder)
+
+
+def image_fixture(image: Image):
+    """A module fixture: the image's store, built in the background from the session's start (tests/conftest.py)."""
     @pytest.fixture(scope="module")
-    def image_store(tmp_path_factory):
-        with make_store(tmp_path_factory.mktemp(f"oci-serve-{variant}"), need_gb) as store:
-            build(store, "Dockerfile.serve", f"localhost/imgcls-serve:{variant}", f"VARIANT={variant}")
+    def image_store(image_builds: Builds):
+        with image_builds.take(image) as store:
             yield store
     return image_store
+
 
 def run(store: list[str], image: str, *args: str, entrypoint: str | None = None, timeout: float = 600,
         volumes: tuple[str, ...] = ()) -> subprocess.CompletedProcess:

@@ -7,11 +7,12 @@ import subprocess
 import time
 
 import pytest
-from oci import ServingContainer, run, serving_image_store
+from oci import Image, ServingContainer, image_fixture, run
 
 pytestmark = pytest.mark.slow
 IMAGE = "localhost/imgcls-serve:cpu"
-image_store = serving_image_store("cpu", need_gb=3)
+IMAGE_BUILD = Image("serve-cpu", "Dockerfile.serve", IMAGE, ("VARIANT=cpu",), need_gb=3)
+image_store = image_fixture(IMAGE_BUILD)
 
 
 def test_cpu_image_has_no_cuda_library_no_torch_and_a_healthcheck(image_store):

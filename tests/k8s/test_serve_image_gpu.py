@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from oci import ServingContainer, run, serving_image_store
+from oci import Image, ServingContainer, image_fixture, run
 
 pytestmark = pytest.mark.slow
 IMAGE = "localhost/imgcls-serve:gpu"
-image_store = serving_image_store("gpu", need_gb=12)
+IMAGE_BUILD = Image("serve-gpu", "Dockerfile.serve", IMAGE, ("VARIANT=gpu",), need_gb=12)
+image_store = image_fixture(IMAGE_BUILD)
 
 
 GPU_LIBRARIES = """

@@ -7,27 +7,23 @@ import os
 
 import pytest
 from helpers import ROOT, copy_images
-from oci import build, make_store, run
+from oci import Image, image_fixture, run
 
 pytestmark = pytest.mark.slow
 TRAIN = "localhost/imgcls-train:test"
 WEIGHTS = ROOT / ".cache" / "weights" / "resnet50-test.pth"  # inside the build context (.dockerignore lets it in)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    with make_store(tmp_path_factory.mktemp("oci-train"), need_gb=25) as store:
-        yield store
-
-
-@pytest.fixture(scope="module")
-def train_image(store):
+def write_weights() -> None:
     import torch
     from torchvision import models
     WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
     torch.save(models.resnet50().state_dict(), WEIGHTS)  # random, but a real ResNet50 file: this machine is offline
-    build(store, "Dockerfile.train", TRAIN, f"RESNET50_WEIGHTS={WEIGHTS.relative_to(ROOT)}")
-    return store
+
+
+IMAGE_BUILD = Image("train", "Dockerfile.train", TRAIN, (f"RESNET50_WEIGHTS={WEIGHTS.relative_to(ROOT)}",),
+                    need_gb=25, prepare=write_weights)
+train_image = image_fixture(IMAGE_BUILD)
 
 
 def test_training_image_trains_and_exports_on_the_pinned_torch(train_image, data_dir, tmp_path):
