@@ -329,7 +329,9 @@ def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
     best_head = head_space(optuna.trial.FixedTrial(heads.best_params), base)
     head = search.head(best_head)
     finetunes = study(storage, "finetune", head[0], 1, finetune_defaults(base))
-    left = None if budget is None else budget - search_seconds(heads)
+    # the budget: a quarter for the head search, then fine-tuning up to three quarters where image sizes follow
+    share = 0.75 if len(size_choices(base)) > 1 else 1.0
+    left = None if budget is None else budget * share - search_seconds(heads)
     run(finetunes, cfg.tune.trials, left, lambda t: search.finetune_trial(t, head))
     found = best_head | finetune_space(optuna.trial.FixedTrial(finetunes.best_params), base)
     configured = configured_recipe(search, heads, finetunes, base)
