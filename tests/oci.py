@@ -99,7 +99,7 @@ class Builds:
     """The images the session's tests use, built in one background thread from the start of the session, one at a
     time in the order their tests run (one build's disk at a time). A build spends about half its time waiting on
     the disk and pip, half a core idle that the tests before it use; tests/conftest.py starts the builds and runs
-    the image tests last, so they seldom wait (measured in the suite's durations: bench/RESULTS.md)."""
+    the image tests last, so they seldom wait."""
 
     def __init__(self, base: Path):
         self.base = base
