@@ -304,14 +304,7 @@ def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("python -m training tune runs in one process: start it without torchrun (the final "
                          "training may then be run with torchrun from the config it writes)")
-    out = Path(cfg.output_dir)
-    folder = out / "tune"
-    if restart:
-        run_identity.clear(out)
-    elif (out / run_identity.IDENTITY_FILE).is_file() and not folder.is_dir():
-        raise run_identity.RunMismatch(f"{out} holds a run that `tune` did not start: search into another "
-                                       "output_dir, or start over there with --restart")
-    folder.mkdir(parents=True, exist_ok=True)
+    out, folder = Path(cfg.output_dir), search_folder(cfg, restart)
     device = setup_runtime(cfg)
     splits = prepared_splits(cfg)[0]
     objective, why = objective_of(cfg, train_counts(splits))
@@ -337,12 +330,9 @@ def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
     configured = configured_recipe(search, heads, finetunes, base)
     keep = configured.value >= finetunes.best_value  # a tie keeps the team's own recipe
     recipe, value = (configured.params, configured.value) if keep else (found, finetunes.best_value)
-    studies, sizes = [heads, finetunes], {base.data.image_size: value}
-    if len(size_choices(base)) > 1:
-        studies.append(size_study(storage, base, value))
-        left = None if budget is None else budget - search_seconds(heads, finetunes) - configured.seconds
-        run(studies[-1], len(size_choices(base)), left, lambda t: search.size_trial(t, recipe))
-        sizes = size_values(studies[-1])
+    left = None if budget is None else budget - search_seconds(heads, finetunes) - configured.seconds
+    sizes_study, sizes = try_sizes(search, storage, recipe, value, left)
+    studies = [heads, finetunes] + ([sizes_study] if sizes_study else [])
     size = max(sizes, key=sizes.get)  # the first of equals: the configured size, then the smaller
     if size != base.data.image_size:
         recipe = recipe | sized(base, size)
@@ -355,14 +345,43 @@ def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
     write_trials(folder, studies, tuning)
     write_tuned_config(folder / "tuned.yaml", with_params(base, tuning.params), tuning)
     plot_search(out / "report", studies, objective, configured.value)
-    event(f"search done after {tuning.head_trials} head and {tuning.finetune_trials} fine-tuning trials "
-          f"({tuning.pruned} pruned), {tuning.search_seconds:.0f} s: validation {objective} "
-          f"{finetunes.best_value:.4f} found, {configured.value:.4f} for the configured recipe ("
-          + ("nothing beat it" if keep else "the found one is chosen")
-          + "); by image size: " + ", ".join(f"{k} px {v:.4f}" for k, v in sizes.items())
-          + "".join(f", {k} px not tried (tune.budget_minutes)" for k in size_choices(base) if k not in sizes)
-          + f"; trained in full at {size} px", **tuning.params)
+    log_choice(tuning, finetunes.best_value, keep, size_choices(base), size)
     return train_job(with_params(base, tuning.params), tuning=tuning)
+
+
+def search_folder(cfg: TrainConfig, restart: bool) -> Path:
+    """<output_dir>/tune, refused where output_dir holds a run that `tune` did not start."""
+    out = Path(cfg.output_dir)
+    folder = out / "tune"
+    if restart:
+        run_identity.clear(out)
+    elif (out / run_identity.IDENTITY_FILE).is_file() and not folder.is_dir():
+        raise run_identity.RunMismatch(f"{out} holds a run that `tune` did not start: search into another "
+                                       "output_dir, or start over there with --restart")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def try_sizes(search: Search, storage: optuna.storages.RDBStorage, recipe: dict, value: float,
+              seconds: float | None) -> tuple[optuna.Study | None, dict[int, float]]:
+    """The recipe at the other image sizes (size_study), as time allows: its study, and the validation value by
+    size, the configured size's (`value`) first."""
+    choices = size_choices(search.cfg)
+    if len(choices) == 1:
+        return None, {choices[0]: value}
+    found = size_study(storage, search.cfg, value)
+    run(found, len(choices), seconds, lambda t: search.size_trial(t, recipe))
+    return found, size_values(found)
+
+
+def log_choice(tuning: Tuning, found: float, keep: bool, sizes: list[int], size: int) -> None:
+    event(f"search done after {tuning.head_trials} head and {tuning.finetune_trials} fine-tuning trials "
+          f"({tuning.pruned} pruned), {tuning.search_seconds:.0f} s: validation {tuning.objective} {found:.4f} "
+          f"found, {tuning.default_value:.4f} for the configured recipe ("
+          + ("nothing beat it" if keep else "the found one is chosen")
+          + "); by image size: " + ", ".join(f"{k} px {v:.4f}" for k, v in tuning.image_sizes.items())
+          + "".join(f", {k} px not tried (tune.budget_minutes)" for k in sizes if k not in tuning.image_sizes)
+          + f"; trained in full at {size} px", **tuning.params)
 
 
 @dataclasses.dataclass(frozen=True)
