@@ -189,7 +189,9 @@ class TuneConfig(Strict):
     objective: Literal["auto", "val_acc", "val_macro_f1"] = Field(
         "auto", description="auto: validation macro-F1 where the training classes are imbalanced (largest / "
                             "smallest >= 1.5), accuracy otherwise")
-    budget_minutes: float | None = Field(None, gt=0, description="start no trial after this much search time; the "
+    budget_minutes: float | None = Field(None, gt=0, description="search time: no trial starts after it, and a "
+                                                                 "running one stops at its next epoch (the "
+                                                                 "configured settings' trial excepted); the "
                                                                  "final training comes on top")
     prune: bool = Field(True, description="stop a trial early when its validation is below the median of earlier "
                                           "trials at the same epoch (Optuna's MedianPruner)")

@@ -192,6 +192,7 @@ class Search:
 
     def __init__(self, cfg: TrainConfig, splits: Splits, device: torch.device, objective: str, folder: Path):
         self.cfg, self.splits, self.device, self.objective, self.folder = cfg, splits, device, objective, folder
+        self.deadline: float | None = None  # time.monotonic() after which a running trial stops (run sets it)
 
     def trainer(self, cfg: TrainConfig, on_epoch=None) -> Trainer:
         cfg = with_params(cfg, {"output_dir": str(self.folder / "trial")})  # a trial writes nothing of the run's
@@ -200,12 +201,20 @@ class Search:
         return Trainer(cfg, self.splits, model, self.device, checkpoints=False, features_path=features,
                        on_epoch=on_epoch)
 
-    def reporter(self, trial: optuna.Trial, phase: int):
+    def reporter(self, trial: optuna.Trial, phase: int, median: bool = True):
+        """Reports each epoch of `phase`; stops the trial under the median (where `median`), or when the stage's
+        time is up: the budget then binds within an epoch, not only between trials. The configured settings'
+        trial always runs to its end (the baseline)."""
         def report(row: dict) -> None:
-            if row["phase"] == phase:
-                trial.report(row[self.objective], row["epoch"])
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"epoch {row['epoch']}: {row[self.objective]:.4f} under the median")
+            if row["phase"] != phase:
+                return
+            trial.report(row[self.objective], row["epoch"])
+            if median and trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {row['epoch']}: {row[self.objective]:.4f} under the median")
+            if self.deadline is not None and time.monotonic() > self.deadline \
+                    and not trial.user_attrs.get("configured"):
+                trial.set_user_attr("cut", "budget")
+                raise optuna.TrialPruned(f"epoch {row['epoch']}: the search's budget is spent")
         return report
 
     def head_trial(self, trial: optuna.Trial) -> float:
@@ -227,11 +236,11 @@ class Search:
 
     def size_trial(self, trial: optuna.Trial, recipe: dict) -> float:
         size = trial.suggest_categorical("data.image_size", size_choices(self.cfg))
-        return self.recipe(*split_phases(recipe | sized(self.cfg, size)))
+        return self.recipe(*split_phases(recipe | sized(self.cfg, size)), self.reporter(trial, 2, median=False))
 
-    def recipe(self, head_params: dict, finetune_params: dict) -> float:
-        """A whole recipe's validation objective (both phases), outside the studies."""
-        return self.finetune(self.head(head_params), finetune_params)
+    def recipe(self, head_params: dict, finetune_params: dict, on_epoch=None) -> float:
+        """A whole recipe's validation objective (both phases)."""
+        return self.finetune(self.head(head_params), finetune_params, on_epoch)
 
     def finetune(self, head: tuple[TrainConfig, dict, TrainState], params: dict, on_epoch=None) -> float:
         head_cfg, weights, state = head
@@ -256,8 +265,10 @@ def searched(cfg: TrainConfig) -> TrainConfig:
     return with_params(cfg, {"phase1.feature_cache": "always"})
 
 
-def run(found: optuna.Study, target: int, seconds: float | None, objective) -> None:
-    """Trials until `target` have finished or `seconds` have passed; the first (the configured settings) always."""
+def run(search: Search, found: optuna.Study, target: int, seconds: float | None, objective) -> None:
+    """Trials until `target` have finished or `seconds` have passed (a running trial stops at its next epoch); the
+    first (the configured settings) always, to its end."""
+    search.deadline = None if seconds is None else time.monotonic() + seconds
     if not found.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         found.optimize(objective, n_trials=1, callbacks=[log_trial])
     done = len(found.get_trials(deepcopy=False, states=FINISHED))
@@ -267,6 +278,7 @@ def run(found: optuna.Study, target: int, seconds: float | None, objective) -> N
 
 def log_trial(found: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     event(f"search {found.study_name}: trial {trial.number} {trial.state.name.lower()}"
+          + (" (the budget is spent)" if trial.user_attrs.get("cut") else "")
           + (f", {trial.value:.4f}" if trial.value is not None else "")
           + (f" (best {found.best_value:.4f})" if any(t.state == TrialState.COMPLETE for t in found.trials) else ""),
           study=found.study_name, trial=trial.number, state=trial.state.name.lower(), value=trial.value,
@@ -318,14 +330,14 @@ def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
     budget = None if cfg.tune.budget_minutes is None else cfg.tune.budget_minutes * 60
 
     heads = study(storage, "head", base, 0, head_defaults(base))
-    run(heads, cfg.tune.head_trials, None if budget is None else budget / 4, search.head_trial)
+    run(search, heads, cfg.tune.head_trials, None if budget is None else budget / 4, search.head_trial)
     best_head = head_space(optuna.trial.FixedTrial(heads.best_params), base)
     head = search.head(best_head)
     finetunes = study(storage, "finetune", head[0], 1, finetune_defaults(base))
     # the budget: a quarter for the head search, then fine-tuning up to three quarters where image sizes follow
     share = 0.75 if len(size_choices(base)) > 1 else 1.0
     left = None if budget is None else budget * share - search_seconds(heads)
-    run(finetunes, cfg.tune.trials, left, lambda t: search.finetune_trial(t, head))
+    run(search, finetunes, cfg.tune.trials, left, lambda t: search.finetune_trial(t, head))
     found = best_head | finetune_space(optuna.trial.FixedTrial(finetunes.best_params), base)
     configured = configured_recipe(search, heads, finetunes, base)
     keep = configured.value >= finetunes.best_value  # a tie keeps the team's own recipe
@@ -370,7 +382,7 @@ def try_sizes(search: Search, storage: optuna.storages.RDBStorage, recipe: dict,
     if len(choices) == 1:
         return None, {choices[0]: value}
     found = size_study(storage, search.cfg, value)
-    run(found, len(choices), seconds, lambda t: search.size_trial(t, recipe))
+    run(search, found, len(choices), seconds, lambda t: search.size_trial(t, recipe))
     return found, size_values(found)
 
 
@@ -380,7 +392,7 @@ def log_choice(tuning: Tuning, found: float, keep: bool, sizes: list[int], size:
           f"found, {tuning.default_value:.4f} for the configured recipe ("
           + ("nothing beat it" if keep else "the found one is chosen")
           + "); by image size: " + ", ".join(f"{k} px {v:.4f}" for k, v in tuning.image_sizes.items())
-          + "".join(f", {k} px not tried (tune.budget_minutes)" for k in sizes if k not in tuning.image_sizes)
+          + "".join(f", {k} px not measured (tune.budget_minutes)" for k in sizes if k not in tuning.image_sizes)
           + f"; trained in full at {size} px", **tuning.params)
 
 
