@@ -1,7 +1,8 @@
 """`python -m training tune` (training.tune) on real photos at a small size: the search reads no test image, the
 chosen recipe's full run reproduces the search's validation value, the configured recipe is never beaten by a worse
-one, the search's record reaches model.json, trials.csv and the report; a search stopped by SIGTERM resumes,
-rerunning the interrupted trial only; `python -m training trial` (Katib's) prints what Katib's collector reads."""
+one, the image sizes are tried last and the better one trained, the search's record reaches model.json, trials.csv
+and the report; the budget stops a running trial; a search stopped by SIGTERM resumes, rerunning the interrupted
+trial only; `python -m training trial` (Katib's) prints what Katib's collector reads."""
 from __future__ import annotations
 
 import csv
