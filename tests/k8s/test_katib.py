@@ -13,7 +13,7 @@ import yaml
 from kubeflow_katib_api.models import V1beta1Experiment
 from test_manifests import K8S, validate_builtin
 
-from training import tune
+from training import tune_space
 from training.__main__ import _parser
 from training.config import load_config
 
@@ -78,12 +78,12 @@ def test_the_search_space_is_the_local_searchs():
     job = filled(doc, "min")
     sets = dict(a.split("=", 1) for a in job["spec"]["template"]["spec"]["containers"][0]["args"] if "=" in a)
     cfg = load_config(None, [], environ={})
-    local = set(tune.head_defaults(cfg)) | set(tune.finetune_defaults(cfg))
+    local = set(tune_space.head_defaults(cfg)) | set(tune_space.finetune_defaults(cfg))
     assert local <= set(sets), f"not searched in the cluster: {local - set(sets)}"
     unfreeze = next(p for p in doc["spec"]["parameters"] if p["name"] == "unfreeze")["feasibleSpace"]["list"]
-    assert unfreeze == tune.unfreeze_choices(cfg), "the stages the cluster may unfreeze are the local search's"
+    assert unfreeze == tune_space.unfreeze_choices(cfg), "the stages the cluster may unfreeze are the local search's"
     sizes = next(p for p in doc["spec"]["parameters"] if p["name"] == "image_size")["feasibleSpace"]["list"]
-    assert [int(s) for s in sizes] == tune.size_choices(cfg), "the image sizes the cluster tries are the local search's"
+    assert [int(s) for s in sizes] == tune_space.size_choices(cfg), "the cluster's image sizes are the local search's"
     assert "data.image_size" in sets
     trial = copy.deepcopy(doc["spec"]["trialTemplate"]["trialSpec"]["spec"])
     rules = {r["action"]: r for r in trial["podFailurePolicy"]["rules"]}

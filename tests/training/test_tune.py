@@ -18,7 +18,7 @@ import optuna
 import pytest
 from helpers import ROOT
 
-from training import tune
+from training import tune, tune_space
 from training.config import load_config
 from training.data import ImageSet
 
@@ -140,11 +140,11 @@ def test_katib_trial_prints_what_katibs_collector_reads_and_resumes(data_dir, tm
 
 def test_the_objective_follows_the_class_balance():
     cfg = load_config(None, [], environ={})
-    assert tune.objective_of(cfg, {"a": 100, "b": 90})[0] == "val_acc"
-    metric, why = tune.objective_of(cfg, {"ok": 280, "crack": 10})
+    assert tune_space.objective_of(cfg, {"a": 100, "b": 90})[0] == "val_acc"
+    metric, why = tune_space.objective_of(cfg, {"ok": 280, "crack": 10})
     assert metric == "val_macro_f1" and "28.0:1" in why
     forced = load_config(None, ["tune.objective=val_acc"], environ={})
-    assert tune.objective_of(forced, {"ok": 280, "crack": 10})[0] == "val_acc"
-    assert tune.unfreeze_choices(cfg) == ["top", "layer3", "layer2"]
-    assert tune.size_choices(cfg) == [224, 160, 288], "the configured size first, then 64 px either side"
-    assert tune.size_choices(load_config(None, ["tune.image_sizes=[]"], environ={})) == [224]
+    assert tune_space.objective_of(forced, {"ok": 280, "crack": 10})[0] == "val_acc"
+    assert tune_space.unfreeze_choices(cfg) == ["top", "layer3", "layer2"]
+    assert tune_space.size_choices(cfg) == [224, 160, 288], "the configured size first, then 64 px either side"
+    assert tune_space.size_choices(load_config(None, ["tune.image_sizes=[]"], environ={})) == [224]
