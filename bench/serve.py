@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -146,6 +148,7 @@ def by_photo_size(args, version: Path, card) -> str:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))  # a time limit's SIGTERM still stops the servers started
     ap = service_bench_parser()
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--requests", type=int, default=192)

@@ -7,7 +7,9 @@ python -m bench.train [--config training/configs/hymenoptera.yaml] [--set key=va
 Phase 1 table: head-epoch img/s (training part of each epoch), what building the cache cost, and the test accuracy
 after phase 1 for both (same seed, same epochs): the cache must be faster at equal accuracy.
 Pipeline table: one phase-2 epoch (top stage unfrozen) per worker count; "waiting" is the time the training loop
-spent blocked on the DataLoader, as a share of the step time. Appends both tables to bench/RESULTS.md.
+spent blocked on the DataLoader, as a share of the step time. Step table: the compute variants of one training step
+(--trainable all: every layer, as published ResNet50 training figures are). --tables picks which; each is appended
+to bench/RESULTS.md as it is done, the step table row by row.
 """
 from __future__ import annotations
 
@@ -34,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def phase1(cfg, splits, device) -> dict:
     torch.manual_seed(cfg.seed)
     trainer = Trainer(cfg, splits, build_model(cfg.model, len(splits.classes)).to(device), device)
-    epoch_s, cache_s = [], [0.0]
-    train_epoch, phase1_cache = trainer.train_epoch, trainer.phase1_cache
+    epoch_s = []
+    train_epoch = trainer.train_epoch
 
     def timed_epoch(*args):
         t = time.perf_counter()
@@ -43,19 +45,13 @@ def phase1(cfg, splits, device) -> dict:
         epoch_s.append(time.perf_counter() - t)
         return row
 
-    def timed_cache():
-        t = time.perf_counter()
-        cache = phase1_cache()
-        cache_s[0] = time.perf_counter() - t
-        return cache
-
-    trainer.train_epoch, trainer.phase1_cache = timed_epoch, timed_cache
+    trainer.train_epoch = timed_epoch
     t0 = time.perf_counter()
     trainer.run_phase(1, None)
     wall = time.perf_counter() - t0
     logits, labels = logits_of(trainer.model, splits.test, cfg, device)
     images = trainer.data.sampler.batches_per_epoch() * cfg.data.batch_size
-    return {"img_s": images * len(epoch_s) / sum(epoch_s), "cache_s": cache_s[0], "wall": wall,
+    return {"img_s": images * len(epoch_s) / sum(epoch_s), "cache_s": trainer.cache_seconds or 0.0, "wall": wall,
             "epochs": len(epoch_s), "test_acc": metrics.quick(logits, labels)["acc"]}
 
 
@@ -90,15 +86,17 @@ def pipeline(cfg, splits, device, workers: int) -> dict:
     return {"img_s": n / total, "wait": wait / total, "step_ms": 1000 * total / max(1, n // cfg.data.batch_size)}
 
 
-def step_variants(cfg, splits, device, steps: int) -> dict[str, dict]:
-    """Phase-2 training steps (top stage unfrozen) on a fixed random batch, so only the compute differs:
-    fp32 vs channels_last vs fused AdamW vs torch.compile, and bf16 autocast where CUDA is present."""
+def step_variants(cfg, splits, device, steps: int, trainable: str, emit) -> dict[str, dict]:
+    """Training steps on a fixed random batch already on the device, so only the compute differs: fp32 vs
+    channels_last vs fused AdamW vs torch.compile, with bf16 autocast before compile where CUDA is present (so a
+    run cut short during compilation still has it). trainable: "phase2" (the top stages, as phase 2 trains) or
+    "all" (every layer, as the published ResNet50 training figures). emit(name, row) as each variant is measured."""
     variants = {"fp32, contiguous": dict(channels_last=False, fused=False, compile=False, amp=False),
                 "+ channels_last": dict(channels_last=True, fused=False, compile=False, amp=False),
-                "+ fused AdamW": dict(channels_last=True, fused=True, compile=False, amp=False),
-                "+ torch.compile": dict(channels_last=True, fused=True, compile=True, amp=False)}
+                "+ fused AdamW": dict(channels_last=True, fused=True, compile=False, amp=False)}
     if device.type == "cuda":
-        variants["+ bf16 autocast"] = dict(channels_last=True, fused=True, compile=True, amp=True)
+        variants["+ bf16 autocast"] = dict(channels_last=True, fused=True, compile=False, amp=True)
+    variants["+ torch.compile"] = dict(channels_last=True, fused=True, compile=True, amp=device.type == "cuda")
     bs, size = cfg.data.batch_size, cfg.data.image_size
     x = torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8, device=device).float().div_(255)
     y = torch.randint(0, len(splits.classes), (bs,), device=device)
@@ -106,7 +104,8 @@ def step_variants(cfg, splits, device, steps: int) -> dict[str, dict]:
     for name, v in variants.items():
         torch.manual_seed(0)
         model = build_model(cfg.model, len(splits.classes)).to(device)
-        set_trainable(model, cfg.stages_to_unfreeze(), "frozen")
+        if trainable == "phase2":
+            set_trainable(model, cfg.stages_to_unfreeze(), "frozen")
         train_mode(model)
         inp = x
         if v["channels_last"]:
@@ -134,7 +133,14 @@ def step_variants(cfg, splits, device, steps: int) -> dict[str, dict]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         out[name] = {"img_s": steps * bs / (time.perf_counter() - t), "first_s": first}
+        emit(name, out[name])
     return out
+
+
+def write(path: Path, text: str) -> None:
+    print(text, flush=True)
+    with open(path, "a") as f:
+        f.write(text + "\n")
 
 
 def main() -> None:
@@ -144,6 +150,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=8, help="timed steps per compute variant")
+    ap.add_argument("--tables", nargs="+", choices=["phase1", "pipeline", "steps"],
+                    default=["phase1", "pipeline", "steps"])
+    ap.add_argument("--trainable", choices=["phase2", "all"], default="phase2",
+                    help="which layers the compute variants train (all: as published ResNet50 training figures)")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
     base = ["model.backbone=efficientnet_lite0", f"phase1.epochs={args.epochs}", "augment.mixup_alpha=0",
@@ -152,6 +162,36 @@ def main() -> None:
     device = setup_runtime(cfg)
     torch.use_deterministic_algorithms(False)
     splits = load_splits(cfg.data, cfg.seed)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    where = (f"{stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+             f"{'CUDA ' + torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}")
+    write(args.results, f"\n### bench/train.py: {cfg.model.backbone} at {cfg.data.image_size} px, "
+                        f"{len(splits.train)} training images, {where}\n")
+    # the step table first: it is the one a cut-short run on a GPU must still have, row by row
+    if "steps" in args.tables:
+        layers = "every layer trained" if args.trainable == "all" else "phase 2: top stages unfrozen"
+        write(args.results, f"Training-step compute ({layers}, batch {cfg.data.batch_size}, fixed batch already on "
+                            f"the device, no loader, {args.steps} timed steps):\n\n"
+                            "| variant (cumulative) | img/s | vs fp32 | first step s |\n|---|---|---|---|")
+        base_row: dict = {}
+
+        def emit(name: str, row: dict) -> None:
+            base_row.setdefault("img_s", row["img_s"])
+            write(args.results, f"| {name} | {row['img_s']:.1f} | {row['img_s'] / base_row['img_s']:.2f} | "
+                                f"{row['first_s']:.1f} |")
+
+        step_variants(cfg, splits, device, args.steps, args.trainable, emit)
+    if "phase1" in args.tables:
+        write(args.results, phase1_table(cfg, splits, device, args.epochs))
+    if "pipeline" in args.tables:
+        pipe = {w: pipeline(cfg, splits, device, w) for w in args.workers}
+        write(args.results, "\n".join([
+            "\nInput pipeline (one phase-2 epoch, top stage unfrozen):\n",
+            "| DataLoader workers | img/s | ms per step | time waiting for data |", "|---|---|---|---|",
+            *[f"| {w} | {p['img_s']:.1f} | {p['step_ms']:.0f} | {100 * p['wait']:.0f} % |" for w, p in pipe.items()]]))
+
+
+def phase1_table(cfg, splits, device, epochs: int) -> str:
     rows = {}
     for mode in ("never", "always"):
         c = cfg.model_copy(deep=True)
@@ -159,34 +199,15 @@ def main() -> None:
         c.output_dir = Path(f"/tmp/bench-train-{mode}")
         shutil.rmtree(c.output_dir, ignore_errors=True)  # a saved cache or checkpoint would skip the work measured
         rows[mode] = phase1(c, splits, device)
-    pipe = {w: pipeline(cfg, splits, device, w) for w in args.workers}
-    compute = step_variants(cfg, splits, device, args.steps)
     a, b = rows["never"], rows["always"]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    where = (f"{stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
-             f"{'CUDA ' + torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}")
-    text = "\n".join([
-        f"\n### bench/train.py: {cfg.model.backbone} at {cfg.data.image_size} px, {len(splits.train)} training "
-        f"images, {where}\n",
-        f"Phase 1 ({args.epochs} epochs, frozen backbone, {c.phase1.cache_views} cached views):\n",
+    return "\n".join([
+        f"\nPhase 1 ({epochs} epochs, frozen backbone, {cfg.phase1.cache_views} cached views):\n",
         "| variant | head-epoch img/s | cache build s | phase 1 wall s | test acc after phase 1 |",
         "|---|---|---|---|---|",
         f"| backbone every epoch | {a['img_s']:.1f} | - | {a['wall']:.1f} | {a['test_acc']:.4f} |",
         f"| cached features | {b['img_s']:.1f} | {b['cache_s']:.1f} | {b['wall']:.1f} | {b['test_acc']:.4f} |",
         f"\nhead epochs on cached features: **{b['img_s'] / a['img_s']:.0f}×** the img/s; phase 1 wall "
-        f"{a['wall'] / b['wall']:.1f}× shorter; test accuracy {b['test_acc'] - a['test_acc']:+.4f}\n",
-        "Input pipeline (one phase-2 epoch, top stage unfrozen):\n",
-        "| DataLoader workers | img/s | ms per step | time waiting for data |", "|---|---|---|---|",
-        *[f"| {w} | {p['img_s']:.1f} | {p['step_ms']:.0f} | {100 * p['wait']:.0f} % |" for w, p in pipe.items()],
-        f"\nTraining-step compute (phase 2, top stage unfrozen, batch {cfg.data.batch_size}, fixed batch, "
-        "no loader):\n",
-        "| variant (cumulative) | img/s | vs fp32 | first step s |", "|---|---|---|---|",
-        *[f"| {n} | {v['img_s']:.1f} | {v['img_s'] / compute['fp32, contiguous']['img_s']:.2f} | {v['first_s']:.1f} |"
-          for n, v in compute.items()],
-        ""])
-    print(text)
-    with open(args.results, "a") as f:
-        f.write(text)
+        f"{a['wall'] / b['wall']:.1f}× shorter; test accuracy {b['test_acc'] - a['test_acc']:+.4f}"])
 
 
 if __name__ == "__main__":
