@@ -82,10 +82,10 @@ def race(runners: dict, batch: np.ndarray, rounds: int, min_seconds: float) -> d
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def machine(peak: str = "") -> str:
+def machine(peak: str = "", device: str = "CPU") -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, onnxruntime {ort.__version__}, "
-            f"torch {torch.__version__}{peak}")
+    return (f"{stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, {device}, "
+            f"onnxruntime {ort.__version__}, torch {torch.__version__}{peak}")
 
 
 def compare_backbones(names: list[str], size: int, bs: int, rounds: int, seconds: float) -> str:
@@ -134,7 +134,7 @@ def on_device(backbone: str, size: int, batches: list[int], device: str, rounds:
         rows.append(f"| {bs} | {r['fp32']:.0f} | {r['fp16']:.0f} | {r['eager']:.0f} | {r['fp16'] / r['fp32']:.2f} |")
     name = torch.cuda.get_device_name() if gpu.type == "cuda" else "no GPU"
     return "\n".join([f"\n### bench/infer.py --device {device}: {backbone} at {size} px, onnxruntime provider "
-                      f"{sessions['fp32'].provider} ({name}), {machine()}\n",
+                      f"{sessions['fp32'].provider} ({name}), {machine(device=name)}\n",
                       "| batch | ORT fp32 img/s | ORT fp16 img/s | eager fp16 autocast channels_last img/s | "
                       "fp16 / fp32 |", "|---|---|---|---|---|", *rows, ""])
 

@@ -192,8 +192,9 @@ def main() -> None:
                      f"{on['img_s'] / raw[c]:.2f} |")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"\n### bench/serve.py: {card.name} ({getattr(card, 'backbone', '?')}, {card.image_size} px), {stamp}, "
-            f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, "
-            f"load generator on the same cores\n\n" + "\n".join([head, *lines]) +
+            f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+            f"SERVING_DEVICE={os.environ.get('SERVING_DEVICE', 'auto')}, load generator on the same cores\n\n"
+            + "\n".join([head, *lines]) +
             f"\n\ndecode + resize + crop per image (contract.preprocess, real JPEGs): {decode_ms:.1f} ms\n")
     print(text)
     with open(args.results, "a") as f:

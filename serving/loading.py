@@ -39,7 +39,7 @@ def load(s: Settings) -> Loaded:
 
     def open_session(path: Path) -> OnnxClassifier:
         return OnnxClassifier(path, len(card.classes), card.image_size, s.device, intra_threads(s),
-                              s.inter_op_threads, s.spinning)
+                              s.inter_op_threads, s.spinning, max_batch=s.max_batch_size)
 
     def pick(on_cuda: bool) -> Chosen:
         return choose(version_dir, card, s.precision, on_cuda, open_session, lambda clf, x: clf.run(x),

@@ -7,6 +7,7 @@ import functools
 import io
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,23 @@ def prepare_cuda() -> str | None:
     return None
 
 
+def bucket(n: int) -> int:
+    """The power of two at or above n: the batch size a padded session runs n images as."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 class OnnxClassifier:
+    """max_batch and pad: on CUDA (pad=None) every batch runs padded to a power of two up to bucket(max_batch), each
+    of those sizes run once before the session is ready. onnxruntime's CUDA provider picks its cuDNN convolution
+    kernels by timing them all (cudnn_conv_algo_search EXHAUSTIVE, its default) for each new input shape, which cost
+    about a second per batch size on an H200: adaptive batching meets a new size every few batches, and its p99 went
+    to 1.4 s (bench/RESULTS.md, 2026-11-30). A few sizes, searched before the first request, keep the fastest kernels
+    and take that cost off the requests; padding wastes at most half a batch, cheap where the GPU is latency-bound.
+    On CPU there is no per-shape search, so no padding."""
+
     def __init__(self, path: Path, num_classes: int, image_size: int, device: str = "auto",
-                 intra_threads: int = 0, inter_threads: int = 1, spinning: bool = True):
+                 intra_threads: int = 0, inter_threads: int = 1, spinning: bool = True, max_batch: int = 1,
+                 pad: bool | None = None):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # 0: the container's CPU allotment (affinity, cgroup quota) where it is smaller than the host, else
@@ -77,18 +92,35 @@ class OnnxClassifier:
             raise ValueError(f"model input is {inp.name} {inp.type}; the contract is 'images' tensor(uint8)")
         # artifacts exported since heatmaps existed take `heatmap_classes` (optional: a default in the graph)
         self.heatmaps = {o.name for o in self.session.get_outputs()} >= {"heatmaps", "heatmap_labels"}
+        pad = self.provider == "CUDAExecutionProvider" if pad is None else pad
+        self.buckets = [1 << i for i in range(bucket(max_batch).bit_length())] if pad else []
         probe = self.run(np.zeros((1, image_size, image_size, 3), np.uint8))
         if probe.shape[1] != num_classes:
             raise ValueError(f"model outputs {probe.shape[1]} logits but model.json lists {num_classes} classes")
+        t = time.perf_counter()
+        for size in self.buckets[1:]:  # each padded size's kernel search, before the first request
+            self.run(np.zeros((size, image_size, image_size, 3), np.uint8))
+        if self.buckets:
+            log.info("batches padded to %s on %s; those sizes warmed up in %.1f s", self.buckets, self.provider,
+                     time.perf_counter() - t)
         log.info("onnxruntime session ready: provider=%s, intra-op threads=%s", self.provider,
                  self.intra_threads or "onnxruntime's default (physical cores)")
 
+    def padded(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        """The arrays (batch first) grown with zero rows to the batch's bucket, where this session pads."""
+        n = len(arrays[0])
+        if not self.buckets or n > self.buckets[-1] or bucket(n) == n:
+            return list(arrays)
+        return [np.concatenate([a, np.zeros((bucket(n) - n, *a.shape[1:]), a.dtype)]) for a in arrays]
+
     def run(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] -> logits float32 [N, C]."""
-        return self.session.run(["logits"], {"images": images})[0]
+        (batch,) = self.padded(images)
+        return self.session.run(["logits"], {"images": batch})[0][: len(images)]
 
     def explain(self, images: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 [N, S, S, 3], the classes to map int64 [N, M] (an index, or -r: the r-th most likely) -> logits
         [N, C], heatmaps float32 [N, M, h, w], the classes mapped int64 [N, M]. Only where self.heatmaps."""
-        return tuple(self.session.run(["logits", "heatmaps", "heatmap_labels"],
-                                      {"images": images, "heatmap_classes": maps}))
+        batch, classes = self.padded(images, maps)
+        out = self.session.run(["logits", "heatmaps", "heatmap_labels"], {"images": batch, "heatmap_classes": classes})
+        return tuple(o[: len(images)] for o in out)

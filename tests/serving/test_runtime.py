@@ -1,12 +1,15 @@
-"""onnxruntime's CUDA provider on a machine without a GPU: the reason is said, device=cuda refuses to serve on CPU."""
+"""onnxruntime's CUDA provider on a machine without a GPU: the reason is said, device=cuda refuses to serve on CPU;
+and the padding to a few batch sizes that CUDA sessions do, forced on CPU."""
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from contract.card import load_card
-from serving.runtime import OnnxClassifier, cuda_available, prepare_cuda
+from serving.runtime import OnnxClassifier, bucket, cuda_available, prepare_cuda
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +49,37 @@ def test_device_cpu_never_touches_cuda(model, caplog):
     with caplog.at_level(logging.INFO, logger="bentoml.serving"):
         clf = OnnxClassifier(*model, device="cpu")
     assert clf.provider == "CPUExecutionProvider" and "CUDA not used" not in caplog.text
+
+
+def test_bucket_is_the_power_of_two_at_or_above():
+    assert [bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 33, 256)] == [1, 2, 4, 4, 8, 8, 16, 64, 256]
+
+
+def test_cpu_sessions_do_not_pad(model):
+    assert OnnxClassifier(*model, device="cpu", max_batch=64).buckets == []
+
+
+def test_padded_sessions_run_power_of_two_batches_and_answer_as_unpadded(model, caplog):
+    """What a CUDA session does (it pads by default there), forced on CPU: every batch up to max_batch runs at its
+    bucket's size, each bucket ran once before the session was ready, and the answers are the unpadded ones."""
+    with caplog.at_level(logging.INFO, logger="bentoml.serving"):
+        padded = OnnxClassifier(*model, device="cpu", max_batch=6, pad=True)
+    assert padded.buckets == [1, 2, 4, 8] and "those sizes warmed up" in caplog.text
+    plain = OnnxClassifier(*model, device="cpu")
+    seen = []
+    real_run = padded.session.run  # the real session, its batch sizes recorded
+    padded.session = SimpleNamespace(run=lambda names, feed: seen.append(len(feed["images"])) or real_run(names, feed))
+    size = model[2]
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 5, 8, 11):
+        images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        got = padded.run(images)
+        assert got.shape == (n, model[1])
+        np.testing.assert_allclose(got, plain.run(images), rtol=1e-4, atol=1e-4)
+    assert seen == [1, 4, 8, 8, 11], "batches pad to their bucket up to the largest; beyond it they run as they are"
+    if padded.heatmaps:
+        images = rng.integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+        maps = np.full((3, 1), -1, np.int64)
+        for got, want in zip(padded.explain(images, maps), plain.explain(images, maps), strict=True):
+            assert len(got) == 3
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
