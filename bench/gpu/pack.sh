@@ -5,9 +5,11 @@
 #
 # The device tool carries at most 64 MiB a call, the working tree included, and ignored paths stay on the warm
 # machine between calls (30 s idle), so the pieces travel in this order:
-#   call 1 (training): carry .gpu/train.tar .gpu/ort-0 .gpu/ort.sha256 -> `bash bench/gpu/run.sh env train bench-train resume`
-#   calls 2..n: carry .gpu/ort-1-00, .gpu/ort-1-01, ... one per call, each a no-op `ls .gpu`, but the last, which runs
-#   `bash bench/gpu/run.sh service infer serve`.
+#   call 1 (training): carry .gpu/train.tar .gpu/ort-0 .gpu/ort.sha256 -> `DEADLINE_S=360 bash bench/gpu/run.sh env
+#   train bench-train resume train-compiled` (2026-11-30; on the next lease `env train resume-free ddp`: the rest is
+#   measured, and the service needs the model `train` publishes)
+#   calls 2..n: carry .gpu/ort-1-00, .gpu/ort-1-01, ... one per call, each a no-op `ls .gpu` (each took seconds), but
+#   the last, which runs `DEADLINE_S=... bash bench/gpu/run.sh service infer serve`.
 # train.tar: every wheel of bench/gpu/wheels.txt but onnxruntime-gpu (no dependencies resolved: the list is complete
 # against the machine's image), and the demo dataset with each photo scaled down to 288 px on its shorter side
 # (training reads it at 256 px, the service at 224; the originals, 46 MB, would not fit beside the wheels).

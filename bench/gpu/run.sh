@@ -3,6 +3,7 @@
 # each carries).
 #
 #   bash bench/gpu/run.sh [STEP ...]       steps: env train bench-train resume train-compiled ddp service infer serve
+#                                          resume-free
 #                                          (default: all, in that order: the training checks need only PyTorch)
 #   DEADLINE_S=400 bash bench/gpu/run.sh ...   every step ends by then (the device call's limit, less a margin)
 #   SMOKE=1 USE_CARRIED=0 PY=.venv/bin/python bash bench/gpu/run.sh
@@ -123,12 +124,16 @@ PY
     grep -E "serving model(\.fp16)?\.onnx on|CUDA not used" "$OUT/service-server.log" | head -3
 }
 
-step_resume() {  # SIGTERM in phase 2, resume; bit-identical with deterministic kernels, and what happens without
+step_resume() {  # SIGTERM in phase 2, resume: bit-identical with deterministic kernels (measured 2026-11-30)
     local k="sigterm_then_resume"
     [ "$SMOKE" = 1 ] && { "$PY" -m pytest -q -p no:cacheprovider tests/training/test_resume.py -k "$k"; return; }
-    TRAINING__DETERMINISTIC=true "$PY" -m pytest -q -p no:cacheprovider tests/training/test_resume.py -k "$k" || return 1
-    TRAINING__DETERMINISTIC=false "$PY" -m pytest -q -p no:cacheprovider tests/training/test_resume.py -k "$k" \
-        || echo "RESULT: without deterministic kernels the resumed run differs (expected on CUDA: cuDNN autotuning)"
+    TRAINING__DETERMINISTIC=true "$PY" -m pytest -q -p no:cacheprovider tests/training/test_resume.py -k "$k"
+}
+
+step_resume-free() {  # the same with CUDA's default kernels: the test's message says how far the weights end apart
+    [ "$SMOKE" = 1 ] && return 0
+    TRAINING__DETERMINISTIC=false "$PY" -m pytest -q -p no:cacheprovider tests/training/test_resume.py \
+        -k sigterm_then_resume || echo "RESULT: without deterministic kernels the resumed run differs (see above)"
 }
 
 step_ddp() {  # torchrun with one process: the NCCL backend on CUDA
@@ -171,11 +176,11 @@ step_serve() {  # through HTTP with real JPEGs on the 16 cores: the service on C
 
 # each step's own limit in seconds; DEADLINE_S (from the start) caps them all
 declare -A LIMIT=([env]=60 [train]=180 [bench-train]=240 [resume]=200 [train-compiled]=240 [ddp]=120 [service]=120
-                  [infer]=150 [serve]=240)
+                  [infer]=150 [serve]=240 [resume-free]=120)
 setup || { echo "setup failed"; exit 100; }
 export -f $(declare -F | awk '{print $3}')
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(env train bench-train resume train-compiled ddp service infer serve)
+[ ${#steps[@]} -eq 0 ] && steps=(env train bench-train resume train-compiled ddp service infer serve resume-free)
 for s in "${steps[@]}"; do
     limit=${LIMIT[$s]:-300}
     if [ -n "${DEADLINE_S:-}" ]; then
