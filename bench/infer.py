@@ -134,7 +134,7 @@ def on_device(backbone: str, size: int, batches: list[int], device: str, rounds:
         rows.append(f"| {bs} | {r['fp32']:.0f} | {r['fp16']:.0f} | {r['eager']:.0f} | {r['fp16'] / r['fp32']:.2f} |")
     name = torch.cuda.get_device_name() if gpu.type == "cuda" else "no GPU"
     return "\n".join([f"\n### bench/infer.py --device {device}: {backbone} at {size} px, onnxruntime provider "
-                      f"{sessions['fp32'].provider} ({name}), {machine(device=name)}\n",
+                      f"{sessions['fp32'].provider}, {machine(device=name)}\n",
                       "| batch | ORT fp32 img/s | ORT fp16 img/s | eager fp16 autocast channels_last img/s | "
                       "fp16 / fp32 |", "|---|---|---|---|---|", *rows, ""])
 

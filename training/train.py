@@ -73,13 +73,17 @@ class Trainer:
         self.stop_requested = True  # finish the current step, checkpoint, exit EXIT_PREEMPTED
 
     # ---- one phase ---------------------------------------------------------------------------------------------
+    def phase1_features(self, epochs_done: int = 0) -> feature_cache.FeatureCache | None:
+        """The feature cache phase 1 trains on, loaded or built (None where it cannot or need not be used)."""
+        return feature_cache.for_phase1(self.features_path, self.model, self.splits, self.cfg, self.device, self.amp,
+                                        self.d, epochs_done)
+
     def run_phase(self, phase: int, resumed: dict | None) -> None:
         pcfg, st = (self.cfg.phase1 if phase == 1 else self.cfg.phase2), self.state
         batchnorm = "frozen" if phase == 1 else self.cfg.phase2.batchnorm
         set_trainable(self.model, trainable_stages(self.cfg, phase, st.epoch), batchnorm)
         if phase == 1:
-            self.cache = feature_cache.for_phase1(self.features_path, self.model, self.splits, self.cfg, self.device,
-                                                  self.amp, self.d, st.epoch)
+            self.cache = self.phase1_features(st.epoch)
             self.cache_seconds = self.cache.seconds if self.cache is not None else None
         optimizer = make_optimizer(self.model, self.cfg, phase, lr_factor(self.cfg, self.d.world))
         schedule = Schedule(optimizer, pcfg.schedule, pcfg.warmup_epochs, pcfg.epochs,

@@ -39,7 +39,7 @@ from optuna.trial import TrialState
 from contract.card import Tuning
 from contract.files import write_atomic
 
-from . import feature_cache, run_identity
+from . import run_identity
 from .config import TrainConfig
 from .data import Splits
 from .job import new_model, prepared_splits, train_counts, train_job
@@ -127,9 +127,7 @@ class Search:
         its seconds. It is the search's cost, not the head stage's share: on the CIFAR-10 subset it took 89 s of a
         90 s share, and every head trial after the first was cut by the budget."""
         t0 = time.monotonic()
-        trainer = self.trainer(self.cfg)
-        feature_cache.for_phase1(trainer.features_path, trainer.model, self.splits, trainer.cfg, self.device,
-                                 trainer.amp, trainer.d, 0)
+        self.trainer(self.cfg).phase1_features()
         return time.monotonic() - t0
 
     def reporter(self, trial: optuna.Trial, phase: int, median: bool = True):
