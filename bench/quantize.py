@@ -12,8 +12,9 @@ it uses the ones it does.
 
 speed: every backbone (random init: speed does not depend on the weights; calibrated on real photos) exported
 through the product's own ONNX path, fp32 and int8 raced round after round at each batch size (median round), with
-the achieved GOP/s set against this CPU's peaks: fp32 FMA (--peak-gflops) and int8 (x4 that with VNNI, x2 without:
-AVX2's vpmaddubsw + vpmaddwd take two instructions for what one VNNI vpdpbusd does).
+the achieved GOP/s set against this CPU's peaks, measured in the same run: onnxruntime's own fp32 MatMul and uint8 x
+int8 MatMulInteger on large square matrices (the kernels the models' convolutions reach, with whatever the CPU has:
+AVX2, AVX-512, VNNI, AMX), so the percentages need no datasheet and hold on any node.
 Appends the tables to bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from bench.infer import gflop_per_image, machine, ort_runner, race
@@ -50,6 +52,44 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def int8_isa() -> str:
+    """The int8 dot-product instructions this CPU has, best first: what decides whether 8-bit weights saturate
+    (AVX2 alone sums pairs of uint8 x int8 products in 16 bits) and how far int8 can outrun fp32."""
+    flags = cpu_flags()
+    found = [name for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"),
+                                     ("avx_vnni", "AVX-VNNI")) if flag in flags]
+    return " + ".join(found) if found else "AVX2, no VNNI"
+
+
+def gemm_peaks(n: int = 1024, seconds: float = 2.0) -> tuple[float, float]:
+    """(fp32 GFLOP/s, int8 GOP/s) of onnxruntime's MatMul and MatMulInteger (uint8 x int8) on n x n matrices, on
+    every core: the throughput the CPU's kernels reach on the best-shaped work, which the models' rates are set
+    against."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    rates = []
+    for op, a_type, b_type, out_type, a, b in (
+            ("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT,
+             rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)),
+            ("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32,
+             rng.integers(0, 256, (n, n), dtype=np.uint8), rng.integers(-128, 128, (n, n), dtype=np.int8))):
+        graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["y"])], "gemm",
+                                  [helper.make_tensor_value_info("a", a_type, [n, n])],
+                                  [helper.make_tensor_value_info("y", out_type, [n, n])],
+                                  [onnx.numpy_helper.from_array(b, "b")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session.run(None, {"a": a})
+        calls, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            session.run(None, {"a": a})
+            calls += 1
+        rates.append(2 * n ** 3 * calls / elapsed / 1e9)
+    return rates[0], rates[1]
+
+
 @dataclass(frozen=True)
 class Choice:
     method: str
@@ -61,13 +101,14 @@ class Choice:
 
     @property
     def shipped_format(self) -> bool:
-        return (self.form, self.activations, self.weights, self.reduce_range) == ("QDQ", "uint8", "int8", True)
+        """One of the export's two files (training.quantize.WEIGHT_RANGES: 8-bit or 7-bit weights)."""
+        return (self.form, self.activations, self.weights) == ("QDQ", "uint8", "int8")
 
 
 def _quantize_variant(fp32: Path, out: Path, calibration: np.ndarray, c: Choice) -> None:
     """training.quantize.quantize for the product's format; the alternatives through the same onnxruntime call."""
     if c.shipped_format:
-        return quantize(fp32, out, calibration, c.method)
+        return quantize(fp32, out, calibration, c.method, c.reduce_range)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -92,8 +133,9 @@ def accuracy(model: Path, counts: list[int], rounds: int, seconds: float) -> str
     labels = np.asarray(test.labels)
     (a,) = logits_of([runner(version / "model.onnx")], test, spec)
     acc32 = float((a.argmax(1) == labels).mean())
-    choices = [Choice(m, n) for m in ("minmax", "entropy", "percentile") for n in counts]
-    choices += [Choice("minmax", 64, reduce_range=False), Choice("minmax", 64, activations="int8"),
+    choices = [Choice(m, n, reduce_range=r) for r in (False, True) for m in ("minmax", "entropy", "percentile")
+               for n in counts]
+    choices += [Choice("minmax", 64, activations="int8"),
                 Choice("minmax", 64, weights="uint8", reduce_range=False), Choice("minmax", 64, form="QOperator"),
                 Choice("minmax", 64, form="QOperator", weights="uint8", reduce_range=False)]
     rows, runners = [], {"fp32": ort_runner(version / "model.onnx")}
@@ -116,19 +158,17 @@ def accuracy(model: Path, counts: list[int], rounds: int, seconds: float) -> str
     rates = race(runners, batch, rounds, seconds)
     lines = ["| " + " | ".join(map(str, row)) + f" | {rates[k]:.1f} | {rates[k] / rates['fp32']:.2f} |"
              for k, row in enumerate(rows)]
-    vnni = "VNNI" if {"avx512_vnni", "avx_vnni"} & cpu_flags() else "AVX2, no VNNI"
     return "\n".join([
         f"\n### bench/quantize.py accuracy: {card.name} {card.version} ({card.backbone}, {card.image_size} px), "
         f"{len(labels)} test images, fp32 test accuracy {acc32:.4f}, fp32 {rates['fp32']:.1f} img/s at batch 8; "
-        f"{machine()}, {vnni}\n",
+        f"{machine()}, {int8_isa()}\n",
         "| calibration | images | format | activations | weights | reduce_range | int8 test accuracy | vs fp32 "
         "(points) | top-1 agreement | mean abs dp | export gate ships it | quantize s | img/s at batch 8 | / fp32 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", *lines, ""])
 
 
-def speed(backbones: list[str], size: int, batches: list[int], rounds: int, seconds: float, peak: float) -> str:
-    vnni = bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
-    int8_peak = peak * (4 if vnni else 2)
+def speed(backbones: list[str], size: int, batches: list[int], rounds: int, seconds: float) -> str:
+    peak, int8_peak = gemm_peaks()
     splits = load_splits(DataConfig(path=DATA, limit_per_class=16), 0)
     spec = PreprocessSpec(int(size * 1.14), size, "bilinear")
     calibration = model_inputs(splits.train, spec, spread(splits.train, 32, 0))
@@ -138,7 +178,7 @@ def speed(backbones: list[str], size: int, batches: list[int], rounds: int, seco
         model = build_model(ModelConfig(backbone=name, weights="none"), 1000).eval()
         folder = Path(tempfile.mkdtemp())
         export_onnx(model, folder / "fp32.onnx", size, 18)
-        quantize(folder / "fp32.onnx", folder / "int8.onnx", calibration, "minmax")
+        quantize(folder / "fp32.onnx", folder / "int8.onnx", calibration, "minmax", reduce_range=False)
         gop = gflop_per_image(model, size)
         runners = {"fp32": ort_runner(folder / "fp32.onnx"), "int8": ort_runner(folder / "int8.onnx")}
         for bs in batches:
@@ -149,8 +189,8 @@ def speed(backbones: list[str], size: int, batches: list[int], rounds: int, seco
                         f"{r['int8'] * gop:.0f} ({100 * r['int8'] * gop / int8_peak:.0f} %) |")
     return "\n".join([
         f"\n### bench/quantize.py speed at {size} px: onnxruntime fp32 vs int8 (training.quantize: QDQ, uint8 "
-        f"activations, int8 per-channel weights, reduce_range), {machine()}, "
-        f"{'VNNI' if vnni else 'AVX2, no VNNI'}; peaks: fp32 {peak:.0f} GFLOP/s, int8 {int8_peak:.0f} GOP/s\n",
+        f"activations, int8 per-channel 8-bit weights), {machine()}, {int8_isa()}; peaks (onnxruntime's "
+        f"GEMM at 1024, measured in this run): fp32 {peak:.0f} GFLOP/s, int8 {int8_peak:.0f} GOP/s\n",
         "| backbone | batch | fp32 img/s | int8 img/s | int8 / fp32 | fp32 GFLOP/s (of peak) | int8 GOP/s (of peak) |",
         "|---|---|---|---|---|---|---|", *rows, ""])
 
@@ -170,14 +210,13 @@ def main() -> None:
     s.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     s.add_argument("--rounds", type=int, default=3)
     s.add_argument("--seconds", type=float, default=2.0)
-    s.add_argument("--peak-gflops", type=float, default=190.0, help="fp32 FMA peak of this machine (2 cores)")
     for p in (a, s):
         p.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
     if args.what == "accuracy":
         text = accuracy(args.model, args.counts, args.rounds, args.seconds)
     else:
-        text = speed(args.backbones, args.size, args.batches, args.rounds, args.seconds, args.peak_gflops)
+        text = speed(args.backbones, args.size, args.batches, args.rounds, args.seconds)
     print(text)
     with open(args.results, "a") as f:
         f.write(text)

@@ -53,7 +53,8 @@ VARIANTS = {
     "onnxruntime threads spin between runs": {"SERVING_SPINNING": "true"},
     "1 decode thread": {"SERVING_DECODE_THREADS": "1"},
     "precision=fp32 (model.onnx)": {"SERVING_PRECISION": "fp32"},
-    "precision=int8 (model.int8.onnx)": {"SERVING_PRECISION": "int8"},
+    "precision=int8 (model.int8.onnx, 8-bit weights)": {"SERVING_PRECISION": "int8"},
+    "precision=int8_7bit (model.int8-7bit.onnx)": {"SERVING_PRECISION": "int8_7bit"},
 }
 # model.onnx unless a variant says otherwise: `auto` picks int8 on CPU where the artifact has it (and older checkouts
 # chose fp32 wherever onnxruntime-gpu is installed), which would compare two models instead of two services

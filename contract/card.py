@@ -80,7 +80,8 @@ class SkewCheck(Block):
 
 
 class SkewGate(SkewCheck):
-    int8: SkewCheck | None = None  # the int8 file through the service's path, when it ships
+    int8: SkewCheck | None = None  # each int8 file through the service's path, when it ships
+    int8_7bit: SkewCheck | None = None
 
 
 class ComparedWith(Block):

@@ -30,6 +30,7 @@ import numpy as np
 from contract import monitoring
 from contract.card import ArtifactError, ModelCard
 from contract.errors import RequestError
+from contract.precision import PRECISIONS
 from contract.preprocess import preprocess
 from contract.publish import fetch, resolve_path
 from contract.scores import ranked, softmax
@@ -231,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--top-k", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime run")
     ap.add_argument("--part-size", type=int, default=1000, help="images per Parquet part (the unit of restart)")
-    ap.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"],
+    ap.add_argument("--precision", choices=PRECISIONS,
                     default=os.environ.get("SERVING_PRECISION", "auto"))
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default=os.environ.get("SERVING_DEVICE", "auto"))
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: the CPU allotment)")

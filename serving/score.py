@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.card import load_card
-from contract.precision import choose
+from contract.precision import PRECISIONS, choose
 from contract.preprocess import preprocess
 
 from .runtime import OnnxClassifier
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m serving.score", description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--labels", type=Path, required=True)
-    ap.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"], default="fp32")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32")
     args = ap.parse_args(argv)
     items = []
     for line in args.labels.read_text().splitlines():

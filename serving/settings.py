@@ -9,6 +9,8 @@ import yaml
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.precision import Precision
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVING_", extra="forbid", protected_namespaces=())
@@ -19,9 +21,9 @@ class Settings(BaseSettings):
     v2_model_name: str | None = Field(None, description="the model's name on the Open Inference Protocol routes "
                                                         "(/v2/models/<name>); default: model.json's name")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "int8", "fp16"] = Field(
-        "auto", description="auto: fp16 on CUDA when the artifact has it; on CPU the int8 variant where it passes the "
-                            "canary check on this node; else fp32 (contract.precision)")
+    precision: Precision = Field(
+        "auto", description="auto: fp16 on CUDA when the artifact has it; on CPU the first int8 file (8-bit weights, "
+                            "then 7-bit) that passes the canary check on this node; else fp32 (contract.precision)")
     max_batch_size: int = Field(32, ge=1, le=1024)
     max_latency_ms: int = Field(2000, ge=1, description="latency budget: a request whose images still wait for "
                                 "their onnxruntime run this long after decoding is answered 503 (load shedding)")

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from contract.precision import PRECISIONS
+
 from .config import ConfigError, load_config
 from .publish import EXIT_NOT_PUBLISHED, PublishRefused
 from .run_identity import RunMismatch
@@ -46,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k for image files with a published artifact (onnxruntime)")
     p.add_argument("--model", type=Path, required=True, help="artifacts/<name> or a version directory")
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"], default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: the int8 variant where it passes its canary check here, else fp32")
     p.add_argument("images", type=Path, nargs="+")
     for name, text in (("compare", "pretrained two-phase vs random init vs small CNN, one table"),

@@ -163,6 +163,10 @@ class ExportConfig(Strict):
                                 BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = Field(
         ["minmax", "percentile"], min_length=1, description="onnxruntime's calibration methods to try; the one "
         "agreeing most with fp32 on the validation split is kept (bench/quantize.py compares them)")
+    int8_weights: list[Literal["8bit", "7bit"]] = Field(
+        ["8bit", "7bit"], min_length=1, description="the int8 files to make: 8bit (model.int8.onnx) for CPUs with "
+        "VNNI or AMX, 7bit (model.int8-7bit.onnx, reduce_range) for CPUs with AVX2 alone, whose int8 sums saturate on "
+        "8-bit weights; each ships only if it passes the int8 gate on the exporting CPU")
     int8_calibration_images: int = Field(64, ge=1, description="training images the activation ranges are "
                                                                "calibrated on")
     opset: int = Field(18, ge=13)

@@ -23,6 +23,7 @@ import torchvision
 
 from contract.card import ModelCard, SkewCheck, SkewGate, Variant
 from contract.files import sha256_of
+from contract.precision import INT8_VARIANTS
 from contract.publish import install
 
 from .backbones import Pooled
@@ -219,19 +220,19 @@ def build_artifact(model: torch.nn.Module, final: FinalModel, test: ImageSet, ar
             card.variants["fp16"] = export_fp16(model, staging, pre.image_size, opset, card.temperature,
                                                 fp16_images)
         if int8 is not None:
-            variant, refused = export_int8(staging, card.temperature, pre, test, int8)
-            if variant is not None:
-                card.variants["int8"] = variant
-            else:
-                card.variants_refused["int8"] = refused
-                event(f"warning: {refused}")
+            shipped, refused = export_int8(staging, card.temperature, pre, test, int8)
+            card.variants.update(shipped)
+            card.variants_refused.update(refused)
+            for why in refused.values():
+                event(f"warning: {why}")
         # Written twice: the skew gate scores the staging directory through the service's own loader, which
         # reads model.json; the final card then adds the gates' results.
         card.write(staging)
         card.skew_gate = SkewGate(**skew_gate(staging, test, card.test_accuracy, skew_tolerance))
-        if "int8" in card.variants:  # the int8 file through the service's path, against its own accuracy here
-            card.skew_gate.int8 = SkewCheck(**skew_gate(staging, test, card.variants["int8"].test_accuracy,
-                                                        skew_tolerance, "int8"))
+        for key in INT8_VARIANTS:  # each int8 file through the service's path, against its own accuracy here
+            if key in card.variants:
+                setattr(card.skew_gate, key, SkewCheck(**skew_gate(staging, test, card.variants[key].test_accuracy,
+                                                                   skew_tolerance, key)))
         card.publish_gate = gate(card, root, gate_limits)
         card.export_seconds = round(time.perf_counter() - t0, 1)
         card.write(staging)

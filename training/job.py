@@ -13,6 +13,7 @@ from contract import monitoring
 from contract.card import Metrics, Tuning, load_card
 from contract.files import write_atomic
 from contract.monitoring import Monitoring
+from contract.precision import INT8_VARIANTS
 from contract.preprocess import PreprocessSpec
 from contract.scores import softmax
 from contract.storage import is_url
@@ -254,13 +255,13 @@ def build_version(model: Classifier, final: FinalModel, scored: ImageSet, splits
                                int8=Int8Plan(splits.train, splits.val, cfg.export.int8_calibration_images,
                                              tuple(cfg.export.int8_calibration), cfg.export.int8_max_drop,
                                              cfg.export.int8_min_agreement, cfg.export.int8_min_speedup,
-                                             cfg.seed)
+                                             cfg.seed, tuple(cfg.export.int8_weights))
                                if cfg.export.int8 else None)
     card = load_card(published, verify=False)
-    int8 = card.variants.get("int8")
+    int8 = {k: v.model_dump(include={"test_accuracy", "fp32_test_accuracy", "top1_agreement", "mean_abs_dprob"})
+            for k, v in card.variants.items() if k in INT8_VARIANTS}
     event("exported", artifact=str(published), skew_gap_points=card.skew_gate.gap_points,
-          parity={k: v.model_dump() for k, v in card.parity.items()}, int8=None if int8 is None else int8.model_dump(
-              include={"test_accuracy", "fp32_test_accuracy", "top1_agreement", "mean_abs_dprob"}))
+          parity={k: v.model_dump() for k, v in card.parity.items()}, int8=int8 or None)
     return published
 
 

@@ -1,17 +1,23 @@
-"""model.int8.onnx: the CPU variant, with onnxruntime's own static quantization, gated on accuracy at export.
+"""The CPU variants: int8 files made by onnxruntime's own static quantization, each gated on accuracy at export.
 
 Format and types, chosen by measurement (bench/RESULTS.md, "INT8"): QDQ, weights int8 per channel, activations
-uint8, `reduce_range` (7-bit weights). uint8 x int8 is the pair the CPU's int8 dot-product kernels take (int8 x int8
-ran at 0.8-1.1x fp32 here); 7-bit weights keep AVX2-only CPUs (no VNNI) from saturating the 16-bit intermediate sums
-(top-1 agreement with fp32 98.0 % without it, 99.3 % with it on the demo's test photos, measured on this AVX2 EPYC).
+uint8 (uint8 x int8 is the pair the CPU's int8 dot-product kernels take; int8 x int8 ran at 0.8-1.1x fp32).
+Two files, for the two kinds of x86 node a cluster mixes (WEIGHT_RANGES):
+- `int8` (model.int8.onnx): 8-bit weights, for CPUs whose int8 dot product sums in 32 bits (VNNI, AMX). On the CIFAR
+  subset they kept the accuracy where 7-bit weights lost 1-2 points (bench/RESULTS.md).
+- `int8_7bit` (model.int8-7bit.onnx): onnxruntime's `reduce_range`, for CPUs with AVX2 alone, which sum pairs of
+  uint8 x int8 products in 16 bits and saturate on 8-bit weights (7.5 points lost on the CIFAR subset on an AVX2
+  EPYC).
+Each is shipped only where it passes the gate here (so an AVX2-only export node ships no 8-bit file: it cannot check
+one) and the service tries them in that order on its own node (contract.precision).
 Calibration: export.int8_calibration_images training images through the evaluation transform (no augmentation);
 each method of export.int8_calibration is tried and the one whose answers agree most with fp32 on the validation
 split is kept (the test split only judges the result): minmax lost nothing on the demo photos where percentile lost
 a photo, and percentile lost 0.8 points less than minmax on the CIFAR subset (bench/RESULTS.md).
 
-The artifact also carries a canary set (canary.npz: validation images as the model's uint8 input, with the fp32 and
-int8 probabilities measured here); the service runs it on the node where it starts (contract.canary) and serves fp32
-where the int8 answers differ, for example on a CPU whose kernels saturate or a damaged file.
+Each file also carries a canary set (canary*.npz: validation images as the model's uint8 input, with the fp32 and
+int8 probabilities measured here); the service runs it on the node where it starts (contract.canary) and serves
+another file where the int8 answers differ, for example on a CPU whose kernels saturate or a damaged file.
 """
 from __future__ import annotations
 
@@ -36,7 +42,21 @@ from .data import ImageSet
 from .seeds import numpy_rng
 from .transforms import eval_transform
 
-INT8_FILE = "model.int8.onnx"
+
+@dataclass(frozen=True)
+class WeightRange:
+    """One int8 file: the card's variant name (contract.precision.INT8_VARIANTS), its files, its weights."""
+    variant: str
+    file: str
+    canary: str
+    reduce_range: bool
+    weights: str  # as model.json describes them
+
+
+WEIGHT_RANGES = {"8bit": WeightRange("int8", "model.int8.onnx", CANARY_FILE, False, "int8 per channel"),
+                 "7bit": WeightRange("int8_7bit", "model.int8-7bit.onnx", "canary.int8-7bit.npz", True,
+                                     "int8 per channel, reduce_range (7 bits)")}
+INT8_FILE = WEIGHT_RANGES["8bit"].file
 CANARY_IMAGES = 16  # 2.4 MB of uint8 pixels at 224 px, compressed in canary.npz
 BATCH = 16
 
@@ -53,7 +73,7 @@ class CalibrationReader:
         return next(self.batches, None)
 
 
-def quantize(fp32: Path, out: Path, calibration: np.ndarray, method: str) -> None:
+def quantize(fp32: Path, out: Path, calibration: np.ndarray, method: str, reduce_range: bool) -> None:
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -68,7 +88,7 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, method: str) -> Non
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
             quantize_static(str(prepared), str(out), CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
-                            per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                            per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=methods[method],
                             extra_options={"CalibTensorRangeSymmetric": False})
 
@@ -122,18 +142,50 @@ class Int8Plan:
     min_agreement: float
     min_speedup: float = 1.0
     seed: int = 0
+    weights: tuple[str, ...] = ("8bit", "7bit")  # keys of WEIGHT_RANGES: the files to try
+
+
+@dataclass(frozen=True)
+class Int8Inputs:
+    """What every int8 file of one export is judged on: the same calibration, test and canary images."""
+    fp32: Path
+    run32: Runner
+    calibration: np.ndarray
+    canary: np.ndarray
+    test_logits: np.ndarray  # fp32's
+    test: ImageSet
+    spec: PreprocessSpec
+    temperature: float
 
 
 def export_int8(staging: Path, temperature: float, spec: PreprocessSpec, test: ImageSet,
-                plan: Int8Plan) -> tuple[Variant | None, str | None]:
-    """(the variant, None) when it passes the gate, else (None, why): the version then ships fp32 only."""
-    path = staging / INT8_FILE
-    calibration = model_inputs(plan.train, spec, spread(plan.train, plan.calibration_images, plan.seed))
+                plan: Int8Plan) -> tuple[dict[str, Variant], dict[str, str]]:
+    """The int8 files that pass the gate, by variant name, and why each other one was not shipped."""
     run32 = runner(staging / "model.onnx")
-    method, on_val, run8 = _best_calibration(staging / "model.onnx", run32, path, calibration, plan, spec)
-    a, b = logits_of([run32, run8], test, spec)
-    labels = np.asarray(test.labels)
-    pa, pb = softmax(a, temperature), softmax(b, temperature)
+    inputs = Int8Inputs(staging / "model.onnx", run32,
+                        model_inputs(plan.train, spec, spread(plan.train, plan.calibration_images, plan.seed)),
+                        model_inputs(plan.val, spec, spread(plan.val, CANARY_IMAGES, plan.seed)),
+                        logits_of([run32], test, spec)[0], test, spec, temperature)
+    shipped, refused = {}, {}
+    for key in plan.weights:
+        weights = WEIGHT_RANGES[key]
+        variant, why = _export_one(staging, weights, inputs, plan)
+        if variant is None:
+            refused[weights.variant] = why
+        else:
+            shipped[weights.variant] = variant
+    return shipped, refused
+
+
+def _export_one(staging: Path, weights: WeightRange, inputs: Int8Inputs,
+                plan: Int8Plan) -> tuple[Variant | None, str | None]:
+    """(the variant, None) when its file passes the gate, else (None, why), the file removed."""
+    path = staging / weights.file
+    method, on_val, run8 = _best_calibration(inputs.fp32, inputs.run32, path, inputs.calibration, plan, inputs.spec,
+                                             weights.reduce_range)
+    a, b = inputs.test_logits, logits_of([run8], inputs.test, inputs.spec)[0]
+    labels = np.asarray(inputs.test.labels)
+    pa, pb = softmax(a, inputs.temperature), softmax(b, inputs.temperature)
     acc32, acc8 = float((a.argmax(1) == labels).mean()), float((b.argmax(1) == labels).mean())
     agree = float((a.argmax(1) == b.argmax(1)).mean())
     facts = {"test_accuracy": acc8, "fp32_test_accuracy": acc32, "top1_agreement": agree,
@@ -141,38 +193,38 @@ def export_int8(staging: Path, temperature: float, spec: PreprocessSpec, test: I
     drop = (acc32 - acc8) * 100
     if drop > plan.max_drop_points or agree < plan.min_agreement:
         path.unlink()
-        return None, (f"int8 test accuracy {acc8:.4f} against fp32 {acc32:.4f} ({drop:.2f} points lower, "
-                      f"export.int8_max_drop {plan.max_drop_points}), top-1 agreement {agree:.4f} (export."
-                      f"int8_min_agreement {plan.min_agreement}) on {len(labels)} test images: shipped without the "
-                      "int8 variant")
-    canary = model_inputs(plan.val, spec, spread(plan.val, CANARY_IMAGES, plan.seed))
-    speedup = _speedup(run32, run8, canary)
+        return None, (f"{weights.variant} ({weights.weights}): test accuracy {acc8:.4f} against fp32 {acc32:.4f} "
+                      f"({drop:.2f} points lower, export.int8_max_drop {plan.max_drop_points}), top-1 agreement "
+                      f"{agree:.4f} (export.int8_min_agreement {plan.min_agreement}) on {len(labels)} test images "
+                      "on this CPU: shipped without the int8 variant")
+    speedup = _speedup(inputs.run32, run8, inputs.canary)
     facts["speedup_vs_fp32"] = speedup
     if speedup < plan.min_speedup:  # MobileNetV3's hard-swish and squeeze-excite run slower quantized on CPUs
         path.unlink()
-        return None, (f"int8 runs at {speedup:.2f}x fp32's images per second on this CPU (export.int8_min_speedup "
-                      f"{plan.min_speedup}): shipped without the int8 variant")
-    probs32, probs8 = softmax(run32(canary), temperature), softmax(run8(canary), temperature)
-    write_canary(staging / CANARY_FILE, canary, probs32, probs8)
-    canary_facts = Canary(file=CANARY_FILE, sha256=sha256_of(staging / CANARY_FILE), n=len(canary),
+        return None, (f"{weights.variant}: int8 runs at {speedup:.2f}x fp32's images per second on this CPU "
+                      f"(export.int8_min_speedup {plan.min_speedup}): shipped without the int8 variant")
+    probs32 = softmax(inputs.run32(inputs.canary), inputs.temperature)
+    probs8 = softmax(run8(inputs.canary), inputs.temperature)
+    write_canary(staging / weights.canary, inputs.canary, probs32, probs8)
+    canary_facts = Canary(file=weights.canary, sha256=sha256_of(staging / weights.canary), n=len(inputs.canary),
                           top1_agreement=float((probs32.argmax(1) == probs8.argmax(1)).mean()),
                           max_prob_delta=MAX_PROB_DELTA)
-    return Variant(file=INT8_FILE, sha256=sha256_of(path), n=len(labels),
+    return Variant(file=weights.file, sha256=sha256_of(path), n=len(labels),
                    limits={"max_drop_points": plan.max_drop_points, "top1_agreement": plan.min_agreement},
-                   calibration=Calibration(method=method, images=len(calibration), format="QDQ",
+                   calibration=Calibration(method=method, images=len(inputs.calibration), format="QDQ",
                                            validation_agreement_by_method=on_val, activations="uint8",
-                                           weights="int8 per channel, reduce_range"),
+                                           weights=weights.weights),
                    canary=canary_facts, **facts), None
 
 
 def _best_calibration(fp32: Path, run32: Runner, out: Path, calibration: np.ndarray, plan: Int8Plan,
-                      spec: PreprocessSpec) -> tuple[str, dict[str, float], Runner]:
+                      spec: PreprocessSpec, reduce_range: bool) -> tuple[str, dict[str, float], Runner]:
     """Quantize with each calibration method; keep at `out` the file whose top-1 agrees most with fp32 on the
     validation split (the first listed wins a tie), scored in one pass over it. Returns the method, every method's
     agreement and the kept file's runner."""
     files = {m: out.with_name(f".{m}-{out.name}") for m in plan.methods}
     for method, file in files.items():
-        quantize(fp32, file, calibration, method)
+        quantize(fp32, file, calibration, method, reduce_range)
     runners = {m: runner(file) for m, file in files.items()}
     reference, *scored = logits_of([run32, *runners.values()], plan.val, spec)
     agreement = {m: float((z.argmax(1) == reference.argmax(1)).mean()) for m, z in zip(runners, scored)}

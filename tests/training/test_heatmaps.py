@@ -118,7 +118,8 @@ def test_variants_give_the_same_heatmaps(tmp_path):
     model, images = model_for("efficientnet_lite0"), photos(8)
     export_onnx(model, tmp_path / "model.onnx", SIZE, 18)
     export_onnx(model_for("efficientnet_lite0").half(), tmp_path / "model.fp16.onnx", SIZE, 18, 1.0, torch.float16)
-    quantize(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", photos(16), "minmax")
+    # 7-bit weights: right on any x86 CPU this test may run on (8-bit ones saturate where AVX2 is all there is)
+    quantize(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", photos(16), "minmax", reduce_range=True)
     asked = np.array([[-1]])
     fp32, labels = onnx_maps(tmp_path / "model.onnx", images, asked)
     for variant, mean, least in (("fp16", 0.999, 0.999), ("int8", 0.9, 0.75)):

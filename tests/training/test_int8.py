@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import httpx
+import numpy as np
 import onnx
 import pytest
 from helpers import ROOT, running_server
@@ -17,7 +18,7 @@ from contract.precision import choose
 from training.config import DataConfig
 from training.data import load_splits
 from training.export import ort_session
-from training.quantize import INT8_FILE, Int8Plan, export_int8
+from training.quantize import WEIGHT_RANGES, Int8Plan, export_int8
 
 
 def _run(session, images):
@@ -37,11 +38,9 @@ def _with_int8(artifact, folder, splits, **limits):
     card = load_card(version)
     plan = Int8Plan(splits.train, splits.val, 37, ("minmax", "percentile"), limits.get("max_drop", 100.0),
                     limits.get("min_agreement", 0.0), limits.get("min_speedup", 0.0))
-    variant, refused = export_int8(version, card.temperature, card.spec, splits.test, plan)
-    if variant is not None:
-        card.variants["int8"] = variant
-    else:
-        card.variants_refused["int8"] = refused
+    shipped, refused = export_int8(version, card.temperature, card.spec, splits.test, plan)
+    card.variants.update(shipped)
+    card.variants_refused.update(refused)
     card.write(version)
     return version
 
@@ -51,30 +50,42 @@ def int8_artifact(artifact, splits, tmp_path_factory):
     return _with_int8(artifact, tmp_path_factory.mktemp("int8"), splits)
 
 
-def test_int8_variant_is_quantized_recorded_and_canaried(int8_artifact):
+def _weights(path):
+    """The int8 weight tensors' values (the convolutions' and the head's), all in one array."""
+    return np.concatenate([numpy_helper.to_array(t).ravel() for t in onnx.load(str(path)).graph.initializer
+                           if t.data_type == onnx.TensorProto.INT8])
+
+
+def test_both_int8_files_are_quantized_recorded_and_canaried(int8_artifact):
     card = load_card(int8_artifact)
-    v = card.variants["int8"]
-    path = int8_artifact / INT8_FILE
-    assert sha256_of(path) == v.sha256 and v.n == 80
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
-    weights = onnx.load(str(path)).graph.initializer
-    assert any(t.data_type == onnx.TensorProto.INT8 for t in weights)
-    assert any(t.data_type == onnx.TensorProto.UINT8 for t in weights)  # activation zero points: uint8
-    chosen, on_val = v.calibration.method, v.calibration.validation_agreement_by_method
-    assert set(on_val) == {"minmax", "percentile"} and on_val[chosen] == max(on_val.values())
-    assert v.calibration.images == 37 and not list(int8_artifact.glob(".*int8*"))  # the other file removed
-    assert 0 <= v.test_accuracy <= 1 and v.fp32_test_accuracy == pytest.approx(card.test_accuracy, abs=1e-9)
-    assert (int8_artifact / v.canary.file).is_file() and v.canary.n == 16
-    assert path.stat().st_size < 0.5 * (int8_artifact / "model.onnx").stat().st_size
+    for weights in WEIGHT_RANGES.values():
+        v = card.variants[weights.variant]
+        path = int8_artifact / weights.file
+        assert sha256_of(path) == v.sha256 and v.n == 80
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+        initializers = onnx.load(str(path)).graph.initializer
+        assert any(t.data_type == onnx.TensorProto.UINT8 for t in initializers)  # activation zero points: uint8
+        chosen, on_val = v.calibration.method, v.calibration.validation_agreement_by_method
+        assert set(on_val) == {"minmax", "percentile"} and on_val[chosen] == max(on_val.values())
+        assert v.calibration.images == 37 and v.calibration.weights == weights.weights
+        assert 0 <= v.test_accuracy <= 1 and v.fp32_test_accuracy == pytest.approx(card.test_accuracy, abs=1e-9)
+        assert v.canary.file == weights.canary and (int8_artifact / v.canary.file).is_file() and v.canary.n == 16
+        assert path.stat().st_size < 0.5 * (int8_artifact / "model.onnx").stat().st_size
+    assert not list(int8_artifact.glob(".*int8*"))  # the other calibration's files removed
+    # 8-bit weights use the whole int8 range; reduce_range's 7 bits stay within [-64, 63]: the AVX2-safe file
+    eight, seven = (_weights(int8_artifact / w.file) for w in WEIGHT_RANGES.values())
+    assert eight.min() < -64 and eight.max() > 63
+    assert seven.min() >= -64 and seven.max() <= 63
 
 
 def test_the_gate_ships_without_int8_and_says_why(artifact, splits, tmp_path):
     version = _with_int8(artifact, tmp_path, splits, max_drop=0.0, min_agreement=1.01)
     card = load_card(version)
-    assert "int8" not in card.variants and not (version / INT8_FILE).exists()
-    assert "shipped without the int8 variant" in card.variants_refused["int8"]
-    assert "export.int8_max_drop" in card.variants_refused["int8"]
+    for weights in WEIGHT_RANGES.values():
+        assert weights.variant not in card.variants and not (version / weights.file).exists()
+        assert "shipped without the int8 variant" in card.variants_refused[weights.variant]
+        assert "export.int8_max_drop" in card.variants_refused[weights.variant]
     with pytest.raises(ArtifactError, match="shipped without the int8 variant"):
         choose(version, card, "int8", False, ort_session, _run)
     assert choose(version, card, "auto", False, ort_session, _run).precision == "fp32"
@@ -86,34 +97,51 @@ def test_int8_slower_than_fp32_is_not_shipped(artifact, splits, tmp_path):
     assert "x fp32's images per second" in refused and "export.int8_min_speedup 1000.0" in refused
 
 
-def _damage(version):
+def _damage(version, variant):
     """Scale every weight's dequantization by 4: a file that loads and runs, and answers wrong. Its sha256 is
     recorded anew, so only the canary can tell."""
-    path = version / INT8_FILE
+    card = load_card(version, verify=False)
+    path = version / card.variants[variant].file
     model = onnx.load(str(path))
     for t in model.graph.initializer:
         if t.name.endswith("_scale") and t.data_type == onnx.TensorProto.FLOAT and "weight" in t.name.lower():
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 4, t.name))
     onnx.save(model, str(path))
-    card = load_card(version, verify=False)
-    card.variants["int8"].sha256 = sha256_of(path)
+    card.variants[variant].sha256 = sha256_of(path)
     card.write(version)
 
 
 @pytest.fixture(scope="module")
 def damaged(artifact, splits, tmp_path_factory):
+    """Both int8 files damaged: what a node whose int8 kernels answer wrong sees."""
     version = _with_int8(artifact, tmp_path_factory.mktemp("damaged"), splits)
-    _damage(version)
+    for weights in WEIGHT_RANGES.values():
+        _damage(version, weights.variant)
     return version
 
 
 def test_auto_serves_int8_where_the_canary_passes_and_fp32_where_it_fails(int8_artifact, damaged):
     good = choose(int8_artifact, load_card(int8_artifact), "auto", False, ort_session, _run)
     assert good.precision == "int8" and "canary passed" in good.note and good.canary_passed is True
+    assert good.path.name == WEIGHT_RANGES["8bit"].file  # the more accurate file first
     bad = choose(damaged, load_card(damaged), "int8", False, ort_session, _run)
     assert bad.precision == "fp32" and "failed the canary check on this node" in bad.note
+    assert "int8 failed" in bad.note and "int8_7bit failed" in bad.note  # both were tried
     assert bad.canary_passed is False
     assert bad.path.name == "model.onnx"
+
+
+def test_the_7bit_file_serves_where_the_8bit_one_fails_the_canary(artifact, splits, tmp_path):
+    """A node whose int8 sums saturate on 8-bit weights (AVX2 without VNNI) fails the 8-bit file's canary: the
+    7-bit file is tried next and serves; asked for by name, only that file is tried."""
+    version = _with_int8(artifact, tmp_path, splits)
+    _damage(version, "int8")
+    card = load_card(version)
+    chosen = choose(version, card, "auto", False, ort_session, _run)
+    assert chosen.precision == "int8_7bit" and chosen.path.name == WEIGHT_RANGES["7bit"].file
+    assert chosen.canary_passed is True and "int8 failed the canary check on this node" in chosen.note
+    pinned = choose(version, card, "int8_7bit", False, ort_session, _run)
+    assert pinned.precision == "int8_7bit" and "int8 failed" not in pinned.note
 
 
 def test_predict_takes_the_precision_setting(int8_artifact, data_dir):
