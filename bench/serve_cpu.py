@@ -38,6 +38,7 @@ from bench.decode import SIZES as PHOTO_SIZES
 from bench.decode import reencoded
 from bench.serve import Server, load, parse_with_model, run_for, service_bench_parser  # the same client, start, loop
 from contract.card import load_card
+from contract.precision import INT8_VARIANTS
 from contract.preprocess import preprocess
 from serving.runtime import OnnxClassifier
 from serving.settings import load_settings
@@ -154,6 +155,17 @@ def onnxruntime_ms(version: Path, blobs: list[bytes], batches=(1, 2, 4, 8, 16, 3
     return cost
 
 
+def servable(card, env: dict, name: str) -> bool:
+    """False (and says so) for a precision whose file the artifact does not ship: that service would not start."""
+    wanted = env.get("SERVING_PRECISION", "fp32")
+    shipped = wanted in ("fp32", "auto") or wanted in card.variants or (
+        wanted == "int8" and any(k in card.variants for k in INT8_VARIANTS))
+    if not shipped:
+        print(f"left out: {name}: {card.name} {card.version} ships no {wanted} file "
+              f"({card.variants_refused.get(wanted, 'not exported')})", flush=True)
+    return shipped
+
+
 def main() -> None:
     ap = service_bench_parser()
     ap.add_argument("--concurrency", type=int, nargs="+", default=[32])
@@ -171,7 +183,7 @@ def main() -> None:
     photo_sets = {size: [p.read_bytes() for p in paths[:64]] if size == AS_SHOT else
                   reencoded(paths[:16], PHOTO_SIZES[size]) for size in args.photo_sizes}
     names = [next(iter(VARIANTS)) if v == "default" else v for v in args.variants]
-    cases = {name: (VARIANTS[name], None) for name in names}
+    cases = {name: (VARIANTS[name], None) for name in names if servable(card, VARIANTS[name], name)}
     cases |= {f"default settings, code of {checkout_name(d)}": ({}, d) for d in args.against}
     runs = {name: [] for name in cases}
     ort_rounds, beside_rounds = [], []
