@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="artifacts/<name> or a version directory")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: the int8 variant where it passes its canary check here, else fp32")
+                   help="auto: the first int8 file (8-bit, then 7-bit weights) that passes its canary check here, "
+                        "else fp32")
     p.add_argument("images", type=Path, nargs="+")
     for name, text in (("compare", "pretrained two-phase vs random init vs small CNN, one table"),
                        ("baseline", "small CNN from scratch on the same splits, beside the main run")):
