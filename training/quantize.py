@@ -57,7 +57,6 @@ class WeightRange:
 WEIGHT_RANGES = {"8bit": WeightRange("int8", "model.int8.onnx", CANARY_FILE, False, "int8 per channel"),
                  "7bit": WeightRange("int8_7bit", "model.int8-7bit.onnx", "canary.int8-7bit.npz", True,
                                      "int8 per channel, reduce_range (7 bits)")}
-INT8_FILE = WEIGHT_RANGES["8bit"].file
 CANARY_IMAGES = 16  # 2.4 MB of uint8 pixels at 224 px, compressed in canary.npz
 BATCH = 16
 
