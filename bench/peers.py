@@ -110,7 +110,7 @@ def ensure_venv(root: Path, peer: Peer) -> Path:
     versions this environment has."""
     python = root / peer.venv / "bin" / "python"
     marker = root / peer.venv / ".imgcls-ready"
-    wanted = " ".join(peer.packages + [f"{p}=={installed(p)}" for p in SAME_AS_HERE if _has(p)])
+    wanted = " ".join(peer.packages + pinned())
     if marker.exists() and marker.read_text() == wanted:
         return python
     if not python.exists():
@@ -118,6 +118,18 @@ def ensure_venv(root: Path, peer: Peer) -> Path:
     subprocess.run([str(python), "-m", "pip", "install", "-q", *wanted.split()], check=True)
     marker.write_text(wanted)
     return python
+
+
+def pinned() -> list[str]:
+    """SAME_AS_HERE at this environment's versions. onnxruntime is the CPU package of the same version where this
+    environment has onnxruntime-gpu instead (the dev environment: the peers are compared on the CPU)."""
+    out = []
+    for package in SAME_AS_HERE:
+        for source in (package, f"{package}-gpu") if package == "onnxruntime" else (package,):
+            if _has(source):
+                out.append(f"{package}=={installed(source)}")
+                break
+    return out
 
 
 def _has(package: str) -> bool:
