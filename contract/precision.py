@@ -54,6 +54,9 @@ def choose(version_dir: Path, card: ModelCard, wanted: Precision, on_cuda: bool,
         model_file(version_dir, card, "int8", verify)  # ArtifactError: int8 was asked for and none shipped
     failed = []
     for key in tries:
+        if key == "int8" and (risk := canary.saturation_risk()):
+            failed.append(f"int8 (8-bit weights) is not tried: {risk}")
+            continue
         path = model_file(version_dir, card, key, verify)  # ArtifactError where int8_7bit was asked for and is absent
         session = open_session(path)
         variant = card.variants[key]

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.canary import CANARY_FILE, MAX_PROB_DELTA, Canary, write_canary
+from contract.canary import CANARY_FILE, MAX_PROB_DELTA, Canary, saturation_risk, write_canary
 from contract.card import Calibration, Variant
 from contract.files import sha256_of
 from contract.preprocess import PreprocessSpec
@@ -169,6 +169,11 @@ def export_int8(staging: Path, temperature: float, spec: PreprocessSpec, test: I
     shipped, refused = {}, {}
     for key in plan.weights:
         weights = WEIGHT_RANGES[key]
+        if not weights.reduce_range and (risk := saturation_risk()):  # it could not be checked here
+            refused[weights.variant] = (f"{weights.variant} ({weights.weights}): not made on this CPU: {risk}; "
+                                        "export on a node with VNNI or AMX to ship it: shipped without the int8 "
+                                        "variant")
+            continue
         variant, why = _export_one(staging, weights, inputs, plan)
         if variant is None:
             refused[weights.variant] = why
