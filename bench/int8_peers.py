@@ -19,12 +19,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.infer import machine, ort_runner
+from bench.infer import machine, ort_runner, race
 from bench.quantize import int8_isa
 from contract.card import load_card
 from contract.precision import INT8_VARIANTS
@@ -55,18 +54,10 @@ def ensure_venv(root: Path) -> Path:
 def ort_rates(files: dict[str, Path], size: int, batches: list[int], seconds: float) -> dict[str, dict[int, float]]:
     """img/s of each file at each batch size, one call at a time (as the service and the peer's run time it)."""
     rng = np.random.default_rng(0)
-    out: dict[str, dict[int, float]] = {k: {} for k in files}
     runners = {k: ort_runner(p) for k, p in files.items()}
-    for b in batches:
-        batch = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
-        for k, run in runners.items():
-            run(batch)
-            n, t0 = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - t0) < seconds or n == 0:
-                run(batch)
-                n += 1
-            out[k][b] = n * b / elapsed
-    return out
+    by_batch = {b: race(runners, rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8), 1, seconds)
+                for b in batches}
+    return {k: {b: by_batch[b][k] for b in batches} for k in files}
 
 
 def main() -> None:

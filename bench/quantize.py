@@ -30,6 +30,7 @@ import onnxruntime as ort
 import torch
 
 from bench.infer import gflop_per_image, machine, ort_runner, race
+from contract.canary import cpu_flags
 from contract.card import load_card
 from contract.preprocess import PreprocessSpec
 from contract.publish import resolve_path
@@ -45,17 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "hymenoptera_data"
 
 
-def cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 def int8_isa() -> str:
     """The int8 dot-product instructions this CPU has, best first: what decides whether 8-bit weights saturate
     (AVX2 alone sums pairs of uint8 x int8 products in 16 bits) and how far int8 can outrun fp32."""
-    flags = cpu_flags()
+    flags = cpu_flags() or set()
     found = [name for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"),
                                      ("avx_vnni", "AVX-VNNI")) if flag in flags]
     return " + ".join(found) if found else "AVX2, no VNNI"

@@ -27,22 +27,10 @@ def compiled(core: ov.Core, model: ov.Model) -> ov.CompiledModel:
     return core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
 
 
-def logits(model: ov.CompiledModel, images: np.ndarray, batch: int = 16) -> np.ndarray:
+def infer(model: ov.CompiledModel):
+    """One of OpenVINO's infer requests as a function: uint8 images -> logits."""
     request = model.create_infer_request()
-    out = []
-    for i in range(0, len(images), batch):
-        out.append(request.infer({"images": images[i:i + batch]})["logits"].copy())
-    return np.concatenate(out)
-
-
-def rate(model: ov.CompiledModel, batch: np.ndarray, seconds: float) -> float:
-    request = model.create_infer_request()
-    request.infer({"images": batch})  # warm-up
-    n, t0 = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - t0) < seconds or n == 0:
-        request.infer({"images": batch})
-        n += 1
-    return n * len(batch) / elapsed
+    return lambda images: request.infer({"images": images})["logits"].copy()
 
 
 def ort_openvino(path: str):
@@ -58,8 +46,12 @@ def ort_version() -> str:
     return version("onnxruntime-openvino")
 
 
-def ort_rate(run, batch: np.ndarray, seconds: float) -> float:
-    run(batch)
+def logits(run, images: np.ndarray, batch: int = 16) -> np.ndarray:
+    return np.concatenate([run(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def rate(run, batch: np.ndarray, seconds: float) -> float:
+    run(batch)  # warm-up
     n, t0 = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - t0) < seconds or n == 0:
         run(batch)
@@ -86,26 +78,23 @@ def main() -> None:
     int8 = nncf.quantize(fp32, nncf.Dataset(list(data["calibration"][:, None])),
                          subset_size=len(data["calibration"]))
     quantize_s = time.perf_counter() - t0
-    models = {"fp32": compiled(core, fp32), "int8": compiled(core, int8)}
-    scores = {k: logits(m, data["test"]) for k, m in models.items()}
-    eps, ep_scores, ep_errors = {}, {}, {}
+    runs = {"fp32": infer(compiled(core, fp32)), "int8": infer(compiled(core, int8))}
+    scores = {k: logits(run, data["test"]) for k, run in runs.items()}
+    ep_scores, ep_errors = {}, {}
     for name, path in (a.split("=", 1) for a in args.ort):
         try:  # the execution provider may refuse a graph that OpenVINO's own converter takes
             run = ort_openvino(path)
-            ep_scores[f"ep:{name}"] = np.concatenate([run(data["test"][i:i + 16])
-                                                       for i in range(0, len(data["test"]), 16)])
-            eps[f"ep:{name}"] = run
+            ep_scores[f"ep:{name}"] = logits(run, data["test"])
+            runs[f"ep:{name}"] = run
         except Exception as exc:  # reported in the table; the rest is still measured
             ep_errors[f"ep:{name}"] = " ".join(str(exc).split())[-300:]
     rng = np.random.default_rng(0)
-    speed: dict[str, dict[int, list[float]]] = {k: {b: [] for b in args.batches} for k in [*models, *eps]}
+    speed: dict[str, dict[int, list[float]]] = {k: {b: [] for b in args.batches} for k in runs}
     for _ in range(args.rounds):
         for b in args.batches:
             batch = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
-            for k, m in models.items():
-                speed[k][b].append(rate(m, batch, args.seconds))
-            for k, run in eps.items():
-                speed[k][b].append(ort_rate(run, batch, args.seconds))
+            for k, run in runs.items():
+                speed[k][b].append(rate(run, batch, args.seconds))
     labels = data["labels"]
     result = {"openvino": ov.get_version(), "nncf": nncf.__version__, "quantize_s": quantize_s,
               "ort_version": ort_version(),
