@@ -5,11 +5,14 @@ python -m bench.tune --config training/configs/hymenoptera.yaml [--budget-minute
     [--results bench/RESULTS.md]
 
 1. configured: `python -m training train` with the config as it is.
-2. tuned: `python -m training tune` with tune.budget_minutes (search) and the final full run; its wall time is the
-   search plus that run.
-3. configured, equal budget: the configured recipe with phase 2 lengthened to spend the tuned run's wall time (its
-   epochs from the configured run's seconds per phase-2 epoch); its own early stopping may end it sooner (the table
-   says how long it ran).
+2. tuned: `python -m training tune` with tune.budget_minutes (search) and the final full run, whose phase 2 is
+   lengthened to fill tune.final_minutes (by default the same minutes); its wall time is the search plus that run.
+3. configured, equal training time: the configured recipe with phase 2 lengthened the same way (the epochs that fit
+   in tune.final_minutes at the configured run's seconds per phase-2 epoch): the recipes compared at one training
+   budget, the search's cost stated beside them.
+4. configured, equal wall time: the configured recipe with phase 2 lengthened to spend the tuned run's whole wall
+   time, search included.
+Rows 3 and 4 stop early on their own validation like any run (the table says how many epochs ran).
 Each published model is scored on the run's scored test split through onnxruntime, image by image, so the gain of
 the tuned recipe is a paired difference: accuracy difference with a 95 % paired-bootstrap interval, and McNemar's
 exact p on the images the two answer differently. Validation values are each run's best, on the objective the search
@@ -105,7 +108,7 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     base = ROOT / ".cache" / "bench-tune" / cfg.name
     base.mkdir(parents=True, exist_ok=True)
-    for sub in ("configured", "tuned", "budget"):
+    for sub in ("configured", "tuned", "training", "wall"):
         subprocess.run(["rm", "-rf", str(base / sub)], check=True)
 
     tuned_wall = run("tune", args.config, base / "tuned", f"tune.budget_minutes={args.budget_minutes}")
@@ -114,18 +117,25 @@ def main() -> None:
     configured = summary(base / "configured", configured_wall, objective)
     tuned = summary(base / "tuned", tuned_wall, objective)
     per_epoch = float(np.mean(configured["phase2_seconds"])) if configured["phase2_seconds"] else 10.0
-    epochs = cfg.phase2.epochs + max(0, round((tuned_wall - configured_wall) / per_epoch))
-    budget_wall = run("train", args.config, base / "budget", f"phase2.epochs={epochs}")
-    budget = summary(base / "budget", budget_wall, objective)
-    print(table(cfg, objective, configured, tuned, budget, epochs, args.budget_minutes))
+    final_minutes = cfg.tune.final_minutes or args.budget_minutes
+    lengths = {"training": max(cfg.phase2.epochs, int(final_minutes * 60 // per_epoch)),
+               "wall": cfg.phase2.epochs + max(0, round((tuned_wall - configured_wall) / per_epoch))}
+    rows = [("configured", configured), ("tuned (search + full run)", tuned)]
+    for name, what in (("training", f"tune.final_minutes = {final_minutes:g} of phase 2"),
+                       ("wall", "the tuned run's wall time")):
+        wall = run("train", args.config, base / name, f"phase2.epochs={lengths[name]}")
+        rows.append((f"configured, phase 2 = {lengths[name]} epochs ({what})", summary(base / name, wall, objective)))
+    text = table(cfg, objective, rows, args.budget_minutes)
+    print(text)
     if args.results:
         with open(args.results, "a") as f:
-            f.write("\n" + table(cfg, objective, configured, tuned, budget, epochs, args.budget_minutes))
+            f.write("\n" + text)
 
 
-def table(cfg: TrainConfig, objective: str, configured: dict, tuned: dict, budget: dict, epochs: int,
-          minutes: float) -> str:
+def table(cfg: TrainConfig, objective: str, rows: list[tuple[str, dict]], minutes: float) -> str:
+    """rows: configured, tuned, then the configured recipe at equal training time and at equal wall time."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    (_, configured), (_, tuned), *equal = rows
     n = len(configured["right"])
     t = tuned["tuning"]
     head = (f"### bench/tune.py: {cfg.name} ({cfg.model.backbone}, {cfg.data.image_size} px), {n} scored test "
@@ -133,8 +143,6 @@ def table(cfg: TrainConfig, objective: str, configured: dict, tuned: dict, budge
             f"objective: validation {objective} ({t.why})\n\n"
             f"| recipe | validation {objective} | test accuracy | macro F1 | epochs | wall s |\n"
             "|---|---|---|---|---|---|\n")
-    rows = [("configured", configured), ("tuned (search + full run)", tuned),
-            (f"configured, phase 2 = {epochs} epochs (the tuned wall time)", budget)]
     body = "".join(f"| {name} | {r['val']:.4f} | {r['right'].mean():.4f} | {r['macro_f1']:.4f} | {r['epochs']} | "
                    f"{r['wall']:.0f} |\n" for name, r in rows)
     lines = [f"search: {t.head_trials} head and {t.finetune_trials} fine-tuning trials ({t.pruned} pruned) in "
@@ -145,7 +153,16 @@ def table(cfg: TrainConfig, objective: str, configured: dict, tuned: dict, budge
     if len(t.image_sizes) > 1:
         lines.append("the chosen recipe by image size, validation " + objective + ": "
                      + ", ".join(f"{k} px {v:.4f}" for k, v in t.image_sizes.items()))
-    for name, other in (("configured", configured), ("configured, equal budget", budget)):
+    if t.final_phase2_epochs is not None:
+        lines.append(f"tuned final run: phase 2 lengthened from the chosen {t.params['phase2.epochs']} epochs to "
+                     f"{t.final_phase2_epochs} ({t.phase2_epoch_seconds:.1f} s an epoch in its trial); "
+                     f"{len(tuned['phase2_seconds'])} ran")
+    compared = [("configured", configured)] + [(f"configured, {label}", other) for (_, other), label in
+                                               zip(equal, ("equal training time", "equal wall time"))]
+    for name, other in compared[1:]:
+        verdict = "not worse" if tuned["val"] >= other["val"] else "worse"
+        lines.append(f"validation, tuned against {name}: {tuned['val']:.4f} against {other['val']:.4f} ({verdict})")
+    for name, other in compared:
         d = paired(other["right"], tuned["right"])
         lines.append(f"tuned - {name} on test: {100 * d['diff']:+.1f} points (95 % paired bootstrap "
                      f"{100 * d['low']:+.1f} to {100 * d['high']:+.1f}; McNemar p = {d['mcnemar_p']:.3g}, "

@@ -130,6 +130,10 @@ class Tuning(Block):
     pruned: int
     search_seconds: float
     image_sizes: dict[int, float] = {}  # the chosen recipe's validation objective at each image size tried
+    # phase 2 of the final run where tune.final_minutes lengthened the chosen recipe's (early stopping may end it
+    # sooner), and the seconds per phase-2 epoch that lengthening was sized by; None: trained as chosen
+    final_phase2_epochs: int | None = None
+    phase2_epoch_seconds: float | None = None
 
 
 class Variant(BaseModel):

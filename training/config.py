@@ -197,6 +197,11 @@ class TuneConfig(Strict):
                                                                  "running one stops at its next epoch (the "
                                                                  "configured settings' trial excepted); the "
                                                                  "final training comes on top")
+    final_minutes: float | None = Field(
+        None, gt=0, description="phase-2 time of the final run: the chosen recipe's phase 2 is lengthened to the "
+                                "epochs that fit (never shortened; seconds per epoch from its own trial), early "
+                                "stopping on the objective ending it where validation stops improving; default: "
+                                "tune.budget_minutes (none without a budget: the recipe as chosen)")
     prune: bool = Field(True, description="stop a trial early when its validation is below the median of earlier "
                                           "trials at the same epoch (Optuna's MedianPruner)")
     image_sizes: list[Annotated[int, Field(ge=32, le=1024)]] | None = Field(

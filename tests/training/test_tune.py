@@ -57,7 +57,9 @@ def test_search_then_one_full_run_of_the_chosen_recipe(data_dir, tmp_path, monke
     assert tuning["objective"] == "val_acc" and "balanced" in tuning["why"]
     assert tuning["head_trials"] == 5 and tuning["finetune_trials"] == 3
     assert tuning["best_value"] >= tuning["default_value"], "the configured recipe is never replaced by a worse one"
-    # the full run of the chosen recipe lands where the search said it would (same seeds, same head start)
+    # the full run of the chosen recipe lands where the search said it would (same seeds, same head start); without
+    # a budget nothing lengthens it, though its epoch's cost is known
+    assert tuning["final_phase2_epochs"] is None and tuning["phase2_epoch_seconds"] > 0
     best_val = card["metrics"]["best_val"]
     assert best_val["val_acc"] == pytest.approx(tuning["best_value"], abs=1e-9)
     for key, value in tuning["params"].items():
@@ -123,6 +125,34 @@ def test_the_budget_stops_a_running_trial_at_its_next_epoch(data_dir, tmp_path):
     # the whole head share, and every later head trial was cut)
     cache = tmp_path / "run" / "tune" / "phase1_features_64px.pt"
     assert datetime.fromtimestamp(cache.stat().st_mtime) <= first.datetime_start
+
+
+def test_the_final_run_spends_final_minutes_on_phase_2_and_early_stopping_ends_it(data_dir, tmp_path):
+    cfg = load_config(None, small(data_dir, tmp_path, "tune.head_trials=2", "tune.trials=2", "tune.image_sizes=[]",
+                                  "tune.prune=false", "tune.final_minutes=0.5", "early_stop.patience=2"), environ={})
+    result = tune.tune_job(cfg)
+    card = json.loads((Path(result["artifact"]) / "model.json").read_text())
+    tuning = card["tuning"]
+    chosen, final = tuning["params"]["phase2.epochs"], tuning["final_phase2_epochs"]
+    assert final == int(30 // tuning["phase2_epoch_seconds"]) and final > chosen, "as many epochs as fit in 30 s"
+    assert card["config"]["phase2"]["epochs"] == final
+    assert load_config(tmp_path / "run" / "tune" / "tuned.yaml", environ={}).model_dump(mode="json") == card["config"]
+    values = [r["val_acc"] for r in result["history"] if r["phase"] == 2]
+    if len(values) < final:  # stopped early: the last `patience` epochs improved on nothing before them
+        assert max(values[-2:]) <= max(values[:-2] + [r["val_acc"] for r in result["history"] if r["phase"] == 1])
+    assert card["metrics"]["best_val"]["val_acc"] == max(r["val_acc"] for r in result["history"])
+
+
+def test_final_length_fills_the_minutes_and_never_shortens():
+    def cfg(*sets):
+        return load_config(None, ["data.path=/x", *sets], environ={})
+
+    assert tune.final_length(cfg("tune.final_minutes=1"), 4, 7.0) == 8
+    assert tune.final_length(cfg("tune.budget_minutes=1"), 4, 7.0) == 8, "the search's budget by default"
+    assert tune.final_length(cfg("tune.final_minutes=1", "tune.budget_minutes=9"), 4, 7.0) == 8
+    assert tune.final_length(cfg("tune.final_minutes=1"), 9, 7.0) is None, "never shorter than chosen"
+    assert tune.final_length(cfg(), 4, 7.0) is None, "no budget: the recipe as chosen"
+    assert tune.final_length(cfg("tune.final_minutes=1"), 4, None) is None, "nothing measured its epochs"
 
 
 def test_katib_trial_prints_what_katibs_collector_reads_and_resumes(data_dir, tmp_path):
