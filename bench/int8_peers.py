@@ -107,10 +107,15 @@ def table(card, files, scores, labels, rounds, peer, batches) -> str:
         how = "-" if k == "fp32" else f"training.quantize ({card.variants[k].calibration.weights})"
         agree = "-" if k == "fp32" else f"{float((scores[k].argmax(1) == scores['fp32'].argmax(1)).mean()):.4f}"
         rows.append([f"onnxruntime, {k}", how, acc[k], agree] + [ort[k][b] for b in batches])
-    ov = peer["img_s"]
-    rows.append(["OpenVINO, fp32", "-", peer["accuracy"]["fp32"], "-"] + [ov["fp32"][str(b)] for b in batches])
-    rows.append(["OpenVINO, int8", f"NNCF {peer['nncf']} nncf.quantize, defaults ({peer['quantize_s']:.0f} s)",
-                 peer["accuracy"]["int8"], f"{peer['agreement']:.4f}"] + [ov["int8"][str(b)] for b in batches])
+    ov, precision = peer["img_s"], peer["precision"]
+    nncf = f"NNCF {peer['nncf']} nncf.quantize, defaults ({peer['quantize_s']:.0f} s)"
+    for suffix, agreement in (("", peer["agreement"]), (":f32", peer["agreement_f32"])):
+        how = "its own choice" if not suffix else "f32 forced"
+        rows.append([f"OpenVINO, fp32 file, compute {precision['fp32' + suffix]} ({how})", "-",
+                     peer["accuracy"]["fp32" + suffix], "-"] + [ov["fp32" + suffix][str(b)] for b in batches])
+        rows.append([f"OpenVINO, int8, the rest {precision['int8' + suffix]} ({how})", nncf,
+                     peer["accuracy"]["int8" + suffix], f"{agreement:.4f}"] + [ov["int8" + suffix][str(b)]
+                                                                               for b in batches])
     failed = []
     for k in files:
         name = f"onnxruntime-openvino {peer['ort_version']} (OpenVINO execution provider), {k}"

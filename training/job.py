@@ -139,16 +139,19 @@ def sample_test_images(test: ImageSet, per_class: int, folder: Path) -> list[dic
     return picks
 
 
-def train_job(cfg: TrainConfig, restart: bool = False, tuning: Tuning | None = None) -> dict:
-    """tuning: how training.tune chose this config's recipe, for the report and model.json."""
+def train_job(cfg: TrainConfig, restart: bool = False, tuning: Tuning | None = None,
+              features: Path | None = None) -> dict:
+    """tuning: how training.tune chose this config's recipe, for the report and model.json; features: the phase-1
+    feature cache to load (training.tune's, already built; its key refuses it where it was built otherwise)."""
     d = distributed.init("cuda" if resolve_device(cfg.device).type == "cuda" else "cpu")
     try:
-        return _train(cfg, d, restart, tuning)
+        return _train(cfg, d, restart, tuning, features)
     finally:
         distributed.finish(d)
 
 
-def _train(cfg: TrainConfig, d: distributed.Dist, restart: bool, tuning: Tuning | None) -> dict:
+def _train(cfg: TrainConfig, d: distributed.Dist, restart: bool, tuning: Tuning | None,
+           features: Path | None) -> dict:
     device = setup_runtime(cfg, d.local_rank)
     out = Path(cfg.output_dir)
     if d.main:
@@ -156,7 +159,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, restart: bool, tuning: Tuning 
     if d.enabled:
         event("process", all_ranks=True, pid=os.getpid(), world_size=d.world, device=str(device))
     splits, data_summary = intake(cfg, d, out, restart)
-    model, trainer = fit(cfg, splits, device, d)
+    model, trainer = fit(cfg, splits, device, d, features)
     digests = distributed.gather_digests(model, d)
     if not d.main:
         return {"rank": d.rank}  # rank 0 alone evaluates, reports and exports
@@ -184,9 +187,10 @@ def new_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> Class
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
-def fit(cfg: TrainConfig, splits: Splits, device: torch.device, d: distributed.Dist) -> tuple[Classifier, Trainer]:
+def fit(cfg: TrainConfig, splits: Splits, device: torch.device, d: distributed.Dist,
+        features: Path | None = None) -> tuple[Classifier, Trainer]:
     model = new_model(cfg, len(splits.classes), device)
-    trainer = Trainer(cfg, splits, model, device, d)
+    trainer = Trainer(cfg, splits, model, device, d, features_path=features)
     trainer.fit()
     return model, trainer
 

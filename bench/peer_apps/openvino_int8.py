@@ -5,9 +5,10 @@ python openvino_int8.py MODEL.onnx DATA.npz OUT.json --batches 1 8 32 --rounds 2
 DATA.npz holds what the parent prepared with the product's own preprocessing: `calibration` (the export's calibration
 images, uint8 [n,S,S,3]), `test` (the scored test split as model input) and `labels`. Here: the ONNX graph read by
 OpenVINO's converter, quantized by NNCF's post-training quantization (`nncf.quantize`, its documented defaults: the
-performance preset, calibration on the same images), both compiled for the CPU plugin with the LATENCY hint (one
-stream on every core: one call at a time, as onnxruntime is timed in the parent), then scored on the test images and
-timed at each batch size (median of rounds). With --ort FILE..., also onnxruntime with its OpenVINO execution
+performance preset, calibration on the same images), both compiled for the CPU plugin with the LATENCY hint (one stream
+on every core: one call at a time, as onnxruntime is timed in the parent), each twice: at the plugin's own inference
+precision (bfloat16 where the CPU has AMX or AVX512-BF16, fp32 file or not) and with f32 forced, then scored on the test
+images and timed at each batch size (median of rounds). With --ort FILE..., also onnxruntime with its OpenVINO execution
 provider (the onnxruntime-openvino package) on those files: the product's own fp32 and int8 files, run by OpenVINO
 through the API the service already uses. Writes JSON.
 """
@@ -23,8 +24,11 @@ import numpy as np
 import openvino as ov
 
 
-def compiled(core: ov.Core, model: ov.Model) -> ov.CompiledModel:
-    return core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+def compiled(core: ov.Core, model: ov.Model, precision: str | None = None) -> ov.CompiledModel:
+    """precision None: the CPU plugin's own choice, bfloat16 on CPUs with AMX or AVX512-BF16 even for an fp32
+    graph; "f32" keeps float32 (what onnxruntime's CPU provider runs)."""
+    config = {"PERFORMANCE_HINT": "LATENCY"} | ({"INFERENCE_PRECISION_HINT": precision} if precision else {})
+    return core.compile_model(model, "CPU", config)
 
 
 def infer(model: ov.CompiledModel):
@@ -78,7 +82,10 @@ def main() -> None:
     int8 = nncf.quantize(fp32, nncf.Dataset(list(data["calibration"][:, None])),
                          subset_size=len(data["calibration"]))
     quantize_s = time.perf_counter() - t0
-    runs = {"fp32": infer(compiled(core, fp32)), "int8": infer(compiled(core, int8))}
+    models = {"fp32": compiled(core, fp32), "int8": compiled(core, int8),
+              "fp32:f32": compiled(core, fp32, "f32"), "int8:f32": compiled(core, int8, "f32")}
+    precision = {k: m.get_property("INFERENCE_PRECISION_HINT").to_string() for k, m in models.items()}
+    runs = {k: infer(m) for k, m in models.items()}
     scores = {k: logits(run, data["test"]) for k, run in runs.items()}
     ep_scores, ep_errors = {}, {}
     for name, path in (a.split("=", 1) for a in args.ort):
@@ -100,6 +107,8 @@ def main() -> None:
               "ort_version": ort_version(),
               "accuracy": {k: float((z.argmax(1) == labels).mean()) for k, z in scores.items()},
               "agreement": float((scores["int8"].argmax(1) == scores["fp32"].argmax(1)).mean()),
+              "agreement_f32": float((scores["int8:f32"].argmax(1) == scores["fp32:f32"].argmax(1)).mean()),
+              "precision": precision,
               "ort_openvino": {k: float((z.argmax(1) == labels).mean()) for k, z in ep_scores.items()},
               "ort_openvino_errors": ep_errors,
               "img_s": {k: {str(b): statistics.median(v) for b, v in by.items()} for k, by in speed.items()}}

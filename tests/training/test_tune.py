@@ -79,6 +79,8 @@ def test_search_then_one_full_run_of_the_chosen_recipe(data_dir, tmp_path, monke
     assert card["config"]["data"]["resize_size"] == {64: 73, 48: 55}[chosen], "the configured ratio R/S"
     assert {p.name for p in (tmp_path / "run" / "tune").glob("phase1_features_*")} == \
         {"phase1_features_64px.pt", "phase1_features_48px.pt"}
+    assert not (tmp_path / "run" / "checkpoints" / "phase1_features.pt").exists(), \
+        "the final run loads the search's feature cache instead of building its own"
     page = (version / "report" / "report.html").read_text()
     assert "tune_history.png" in page and (version / "report" / "tune_history.png").is_file()
     assert '"tuning"' in (version / "report" / "metrics.json").read_text()
