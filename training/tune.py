@@ -299,7 +299,7 @@ def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
     log_choice(tuning, finetunes.best_value, keep, size_choices(base), size)
     log_length(trained, tuning)
     # the search's feature cache at the chosen size: the final run's phase 1 loads it instead of building it again
-    # (89 s of the CIFAR-10 subset's run)
+    # (42 s of the CIFAR-10 subset's run on the Xeon of bench/RESULTS.md)
     return train_job(trained, tuning=tuning, features=search.features(trained.data.image_size))
 
 
@@ -394,7 +394,12 @@ def configured_recipe(search: Search, heads: optuna.Study, finetunes: optuna.Stu
         return Configured(params, first[0].value, 0.0, first[0].user_attrs.get(EPOCH_SECONDS, []))
     if "configured_recipe" not in finetunes.user_attrs:
         start, epochs = time.perf_counter(), []
-        value = search.recipe(*split_phases(params), lambda row: row["phase"] == 2 and epochs.append(row["seconds"]))
+
+        def timed(row: dict) -> None:  # its phase-2 epochs' seconds, for a lengthened final run (final_length)
+            if row["phase"] == 2:
+                epochs.append(row["seconds"])
+
+        value = search.recipe(*split_phases(params), timed)
         finetunes.set_user_attr("configured_recipe", {"value": value, "seconds": time.perf_counter() - start,
                                                       EPOCH_SECONDS: epochs})
     saved = finetunes.user_attrs["configured_recipe"]
