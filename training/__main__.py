@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             from .tune import tune_job
             tune_job(load_config(args.config, args.overrides), args.restart)
         elif args.command == "trial":
-            from .tune import trial_job
+            from .katib_trial import trial_job
             trial_job(load_config(args.config, args.overrides))
         elif args.command in ("compare", "baseline"):
             from . import compare

@@ -16,10 +16,10 @@ its first trial, so the search keeps it unless something beats it on validation:
    size from 32 px; a tie keeps the configured size (then the smaller: cheaper to serve).
 The objective, named in the log: validation macro-F1 where the training classes are imbalanced, accuracy
 otherwise; early stopping and the best-epoch restore use it too. The search never reads the test split: the chosen
-recipe, its phase 2 lengthened to the epochs that fill tune.final_minutes (default: the search's budget; see
-final_length), is then trained in full by the normal job (training.job.train_job: evaluated once on test, reported,
-exported, published), and model.json's `tuning`, the report and <output_dir>/tune/ (trials.csv, tune.json) say
-how it was chosen.
+recipe, its phase 2 lengthened to the epochs that fill tune.final_minutes (default: the search's budget;
+training.tune_length), is then trained in full by the normal job (training.job.train_job: evaluated once on test,
+reported, exported, published), and model.json's `tuning`, the report and <output_dir>/tune/ (trials.csv, tune.json)
+say how it was chosen. Katib's trial in the cluster is training.katib_trial.
 
 A killed search resumes: both studies live in <output_dir>/tune/study.db (Optuna's RDB storage on SQLite); a trial
 that was running is marked failed and queued again with its settings; the final training resumes from its
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from .log import event
 from .runtime import setup_runtime
 from .state import TrainState
 from .train import Trainer
+from .tune_length import EPOCH_SECONDS, final_length, log_length, median_seconds
 from .tune_report import plot_search, seconds, write_trials
 from .tune_space import (
     dotted,
@@ -64,7 +64,6 @@ from .tune_space import (
 )
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-EPOCH_SECONDS = "phase2_epoch_seconds"  # a trial's user attribute: its phase-2 epochs' seconds, in order
 
 
 def size_study(storage: optuna.storages.RDBStorage, cfg: TrainConfig, value: float) -> optuna.Study:
@@ -282,7 +281,9 @@ def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
     size = max(sizes, key=sizes.get)  # the first of equals: the configured size, then the smaller
     if size != base.data.image_size:
         recipe = recipe | sized(base, size)
-    per_epoch = chosen_epoch_seconds(base, size, configured if keep else finetunes.best_trial, sizes_study)
+    per_epoch = median_seconds(chosen_epoch_seconds(
+        base, size, configured.epoch_seconds if keep else finetunes.best_trial.user_attrs.get(EPOCH_SECONDS, []),
+        sizes_study))
     final = final_length(base, recipe["phase2.epochs"], per_epoch)
     tuning = Tuning(objective=objective, why=why, best_value=sizes[size], default_value=configured.value,
                     params=recipe, kept_configured=keep and size == base.data.image_size,
@@ -303,42 +304,14 @@ def tune_job(cfg: TrainConfig, restart: bool = False) -> dict:
     return train_job(trained, tuning=tuning, features=search.features(trained.data.image_size))
 
 
-def chosen_epoch_seconds(base: TrainConfig, size: int, source: Configured | optuna.trial.FrozenTrial,
-                         sizes: optuna.Study | None) -> float | None:
-    """Median seconds of a phase-2 epoch of the recipe trained in full, as its own trial measured it: the image size
-    trial where another size won, else `source` (the configured recipe's run, or the found recipe's trial)."""
-    if size != base.data.image_size and sizes is not None:
-        runs = [t.user_attrs.get(EPOCH_SECONDS, []) for t in sizes.get_trials(deepcopy=False, states=(
-            TrialState.COMPLETE,)) if t.params.get("data.image_size") == size]
-        seconds = runs[0] if runs else []
-    else:
-        seconds = source.epoch_seconds if isinstance(source, Configured) else source.user_attrs.get(EPOCH_SECONDS, [])
-    return float(statistics.median(seconds)) if seconds else None
-
-
-def final_length(cfg: TrainConfig, epochs: int, per_epoch: float | None) -> int | None:
-    """Phase 2's epochs in the final run where tune.final_minutes (default: the search's budget) lengthens the
-    chosen recipe's: as many as fit, where that is more; None where nothing lengthens it. Why: the search can afford
-    only short trials, and on data where epochs are the limit (the CIFAR-10 subset: the configured recipe given 18
-    epochs instead of 4 gained 2.4 points of validation) a recipe chosen among short ones and trained as short loses
-    to a plain recipe trained long. Early stopping on the objective ends a lengthened run where validation stops
-    improving, and the best epoch is restored."""
-    minutes = cfg.tune.final_minutes or cfg.tune.budget_minutes
-    if minutes is None or not per_epoch or epochs == 0:
-        return None
-    fits = int(minutes * 60 // per_epoch)
-    return fits if fits > epochs else None
-
-
-def log_length(cfg: TrainConfig, tuning: Tuning) -> None:
-    if tuning.final_phase2_epochs is None:
-        return
-    minutes = cfg.tune.final_minutes or cfg.tune.budget_minutes
-    event(f"the final run's phase 2: {tuning.final_phase2_epochs} epochs, the chosen "
-          f"{tuning.params['phase2.epochs']} lengthened to fill tune.final_minutes={minutes:g} at "
-          f"{tuning.phase2_epoch_seconds:.1f} s an epoch; early stopping on {cfg.early_stop.metric} (patience "
-          f"{cfg.early_stop.patience}) ends it sooner where validation stops improving",
-          epochs=tuning.final_phase2_epochs, chosen=tuning.params["phase2.epochs"])
+def chosen_epoch_seconds(base: TrainConfig, size: int, seconds: list[float], sizes: optuna.Study | None) -> list[float]:
+    """The phase-2 epochs' seconds of the recipe trained in full, as its own trial measured them: the image size
+    trial's where another size won, else `seconds` (the configured recipe's run, or the found recipe's trial)."""
+    if size == base.data.image_size or sizes is None:
+        return seconds
+    runs = [t.user_attrs.get(EPOCH_SECONDS, []) for t in sizes.get_trials(deepcopy=False, states=(
+        TrialState.COMPLETE,)) if t.params.get("data.image_size") == size]
+    return runs[0] if runs else []
 
 
 def search_folder(cfg: TrainConfig, restart: bool) -> Path:
@@ -404,28 +377,3 @@ def configured_recipe(search: Search, heads: optuna.Study, finetunes: optuna.Stu
                                                       EPOCH_SECONDS: epochs})
     saved = finetunes.user_attrs["configured_recipe"]
     return Configured(params, saved["value"], saved["seconds"], saved.get(EPOCH_SECONDS, []))
-
-
-def metrics_line(row: dict) -> str:
-    """Katib's StdOut metrics collector reads name=value pairs from the trial's output."""
-    return " ".join(f"{k}={row[k]:.6f}" for k in ("val_acc", "val_macro_f1", "val_loss"))
-
-
-def trial_job(cfg: TrainConfig) -> float:
-    """`python -m training trial`: one trial of a search that Katib runs in the cluster (k8s/tune/). The normal
-    trainer with its checkpoints in output_dir, so a killed pod's retry resumes; the validation metrics printed as
-    name=value after every epoch (Katib's StdOut collector and its median early stopping read them) and, at the end,
-    the restored best epoch's again (a resumed pod's output lacks the epochs before it). The test split is never
-    read and nothing is exported: the chosen settings are then trained with `python -m training train`."""
-    out = Path(cfg.output_dir)
-    device = setup_runtime(cfg)
-    splits = prepared_splits(cfg)[0]
-    run_identity.claim(out, run_identity.identity(cfg, splits), restart=False)
-    trainer = Trainer(cfg, splits, new_model(cfg, len(splits.classes), device), device,
-                      on_epoch=lambda row: print(f"phase={row['phase']} epoch={row['epoch']} " + metrics_line(row),
-                                                 flush=True))
-    trainer.fit()
-    best = [r for r in trainer.state.history if (r["phase"], r["epoch"]) == tuple(trainer.state.best_where or ())]
-    if best:
-        print("best " + metrics_line(best[0]), flush=True)
-    return trainer.state.best

@@ -19,7 +19,7 @@ import optuna
 import pytest
 from helpers import ROOT
 
-from training import tune, tune_space
+from training import tune, tune_length, tune_space
 from training.config import load_config
 from training.data import ImageSet
 
@@ -149,12 +149,12 @@ def test_final_length_fills_the_minutes_and_never_shortens():
     def cfg(*sets):
         return load_config(None, ["data.path=/x", *sets], environ={})
 
-    assert tune.final_length(cfg("tune.final_minutes=1"), 4, 7.0) == 8
-    assert tune.final_length(cfg("tune.budget_minutes=1"), 4, 7.0) == 8, "the search's budget by default"
-    assert tune.final_length(cfg("tune.final_minutes=1", "tune.budget_minutes=9"), 4, 7.0) == 8
-    assert tune.final_length(cfg("tune.final_minutes=1"), 9, 7.0) is None, "never shorter than chosen"
-    assert tune.final_length(cfg(), 4, 7.0) is None, "no budget: the recipe as chosen"
-    assert tune.final_length(cfg("tune.final_minutes=1"), 4, None) is None, "nothing measured its epochs"
+    assert tune_length.final_length(cfg("tune.final_minutes=1"), 4, 7.0) == 8
+    assert tune_length.final_length(cfg("tune.budget_minutes=1"), 4, 7.0) == 8, "the search's budget by default"
+    assert tune_length.final_length(cfg("tune.final_minutes=1", "tune.budget_minutes=9"), 4, 7.0) == 8
+    assert tune_length.final_length(cfg("tune.final_minutes=1"), 9, 7.0) is None, "never shorter than chosen"
+    assert tune_length.final_length(cfg(), 4, 7.0) is None, "no budget: the recipe as chosen"
+    assert tune_length.final_length(cfg("tune.final_minutes=1"), 4, None) is None, "nothing measured its epochs"
 
 
 def test_katib_trial_prints_what_katibs_collector_reads_and_resumes(data_dir, tmp_path):
