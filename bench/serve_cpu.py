@@ -51,7 +51,9 @@ VARIANTS = {
     "access log off": {"SERVING_ACCESS_LOG": "false"},
     "2 API workers": {"SERVING_API_WORKERS": "2"},
     "1 onnxruntime thread": {"SERVING_INTRA_OP_THREADS": "1"},
-    "onnxruntime threads spin between runs": {"SERVING_SPINNING": "true"},
+    "onnxruntime threads spin inside runs only": {"SERVING_SPINNING": "in_runs"},
+    "onnxruntime threads always spin": {"SERVING_SPINNING": "always"},
+    "onnxruntime threads never spin": {"SERVING_SPINNING": "off"},
     "1 decode thread": {"SERVING_DECODE_THREADS": "1"},
     "precision=fp32 (model.onnx)": {"SERVING_PRECISION": "fp32"},
     "precision=int8 (model.int8.onnx, 8-bit weights)": {"SERVING_PRECISION": "int8"},
@@ -143,7 +145,7 @@ def onnxruntime_beside_decoding_ms(version: Path, blobs: list[bytes], batch: int
 
 def onnxruntime_ms(version: Path, blobs: list[bytes], batches=(1, 2, 4, 8, 16, 32), seconds: float = 2.0) -> dict:
     """CPU core-ms per image of onnxruntime alone (all its threads) by batch size, with the session settings the
-    service uses (threads = the CPU allotment, no spinning)."""
+    service uses (threads = the CPU allotment, its spinning setting)."""
     card, settings = load_card(version), load_settings()
     clf = OnnxClassifier(version / "model.onnx", len(card.classes), card.image_size, "cpu",
                          settings.intra_op_threads, settings.inter_op_threads, settings.spinning)

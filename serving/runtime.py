@@ -16,6 +16,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 
 from .cpus import cpu_allotment
+from .settings import Spinning
 
 log = logging.getLogger("bentoml.serving")  # the logger bentoml serve shows at INFO
 
@@ -44,6 +45,16 @@ def prepare_cuda() -> str | None:
     return None
 
 
+# How onnxruntime's idle intra-op threads wait for work (its own default: "always"). Inside a run they wait between
+# operators: sleeping costs a wake-up per operator (about 1 ms of a 5 ms batch-1 run of the demo model, bench/
+# RESULTS.md); between runs, spinning takes the cores that decoding needs.
+SPIN_CONFIG: dict[str, dict[str, str]] = {
+    "off": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"},
+    "in_runs": {"session.force_spinning_stop": "1"},  # spin inside a run, stop the moment the last run returns
+    "always": {},
+}
+
+
 def bucket(n: int) -> int:
     """The power of two at or above n: the batch size a padded session runs n images as."""
     return 1 << max(0, n - 1).bit_length()
@@ -59,7 +70,7 @@ class OnnxClassifier:
     On CPU there is no per-shape search, so no padding."""
 
     def __init__(self, path: Path, num_classes: int, image_size: int, device: str = "auto",
-                 intra_threads: int = 0, inter_threads: int = 1, spinning: bool = True, max_batch: int = 1,
+                 intra_threads: int = 0, inter_threads: int = 1, spinning: Spinning = "always", max_batch: int = 1,
                  pad: bool | None = None):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -69,9 +80,8 @@ class OnnxClassifier:
         opts.intra_op_num_threads = self.intra_threads
         opts.inter_op_num_threads = inter_threads
         opts.log_severity_level = 3
-        if not spinning:  # idle threads sleep instead of spinning on cores the decoding needs
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        for key, value in SPIN_CONFIG[spinning].items():
+            opts.add_session_config_entry(key, value)
         wanted = ["CPUExecutionProvider"]
         why_not_cuda = prepare_cuda() if device in ("auto", "cuda") else "device=cpu"
         if why_not_cuda is None:

@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contract.precision import Precision
 
 
+Spinning = Literal["off", "in_runs", "always"]  # serving.runtime.SPIN_CONFIG says what each sets
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVING_", extra="forbid", protected_namespaces=())
 
@@ -32,8 +35,9 @@ class Settings(BaseSettings):
                                   "the API workers (at least 1 each); 0: the container's CPU allotment (affinity, "
                                   "cgroup quota), else onnxruntime's default")
     inter_op_threads: int = Field(1, ge=1)
-    spinning: bool = Field(False, description="onnxruntime's threads busy-wait between runs: lower latency on idle "
-                                              "cores, CPU taken from decoding on busy ones (bench/serve.py)")
+    spinning: Spinning = Field("off", description="how onnxruntime's idle threads wait: off (sleep), in_runs (spin "
+                               "inside a run, sleep between runs), always (onnxruntime's own default); measured in "
+                               "bench/serve_cpu.py")
     api_workers: int = Field(1, ge=1, description="processes, each decoding and running its own onnxruntime session")
     decode_threads: int = Field(0, ge=0, description="per API worker: images decoded at once, the others queue in "
                                                      "arrival order; 0: the container's CPU allotment")

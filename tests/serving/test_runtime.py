@@ -1,5 +1,5 @@
 """onnxruntime's CUDA provider on a machine without a GPU: the reason is said, device=cuda refuses to serve on CPU;
-and the padding to a few batch sizes that CUDA sessions do, forced on CPU."""
+the padding to a few batch sizes that CUDA sessions do, forced on CPU; how the threads wait (the spinning setting)."""
 from __future__ import annotations
 
 import logging
@@ -83,3 +83,19 @@ def test_padded_sessions_run_power_of_two_batches_and_answer_as_unpadded(model, 
         for got, want in zip(padded.explain(images, maps), plain.explain(images, maps), strict=True):
             assert len(got) == 3
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spinning,allow,force_stop", [("off", "0", ""), ("in_runs", "", "1"), ("always", "", "")])
+def test_spinning_setting_reaches_the_session_as_onnxruntime_reads_it(model, spinning, allow, force_stop):
+    """off: threads sleep; in_runs: onnxruntime's default spinning, stopped when the last run returns; always: its
+    default untouched. Read back from the session onnxruntime built, not from the options we passed."""
+    options = OnnxClassifier(*model, device="cpu", spinning=spinning).session.get_session_options()
+
+    def entry(key: str) -> str:  # "" where not set (onnxruntime raises)
+        try:
+            return options.get_session_config_entry(key)
+        except RuntimeError:
+            return ""
+
+    assert entry("session.intra_op.allow_spinning") == allow
+    assert entry("session.force_spinning_stop") == force_stop
