@@ -45,16 +45,16 @@ class ExportError(RuntimeError):
 
 class ContractWrapper(torch.nn.Module):
     """uint8 [N,S,S,3] RGB (+ heatmap_classes [N,M]) -> (logits, probabilities, heatmaps, heatmap_labels).
-    /255 and the NHWC->NCHW change live in the graph; the heatmaps are training.cam's Grad-CAM of the requested
-    classes (an index, or -r for the r-th most likely), float32 [N, M, h, w] at the last feature map's resolution."""
+    /255, the backbone's normalisation and the NHWC->NCHW change live in the graph (`normalized`); the heatmaps
+    are training.cam's Grad-CAM of the requested classes (an index, or -r for the r-th most likely), float32
+    [N, M, h, w] at the last feature map's resolution."""
 
     def __init__(self, model: torch.nn.Module, temperature: float = 1.0, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.model, self.temperature, self.dtype = model, temperature, dtype
 
     def forward(self, images: torch.Tensor, heatmap_classes: torch.Tensor | None = None):
-        x = images.permute(0, 3, 1, 2).to(self.dtype) / 255.0
-        feature_map = self.model.feature_map(x)
+        feature_map = self.model.backbone.body(self.normalized(images))
         pooled = Pooled.pool(feature_map)
         logits = self.model.head(pooled).float()  # the contract's outputs stay float32 whatever the compute precision
         probabilities = torch.softmax(logits / self.temperature, dim=1)
@@ -64,6 +64,20 @@ class ContractWrapper(torch.nn.Module):
         # float32 whatever the compute precision: onnxruntime's CPU Einsum has no float16 kernel
         gradients = score_gradients(self.model.head, pooled, labels).float()
         return logits, probabilities, grad_cam(feature_map.float(), gradients), labels
+
+
+    def normalized(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> the backbone's input: float NCHW, (x / 255 - mean) / std as one scale and one shift, applied
+        before the layout change and tiled over the width. onnxruntime broadcasts a per-channel constant over NHWC
+        in 3-element spans (1.8 ms a Sub at batch 8 on the Xeon, 10x the same op on NCHW), and in the int8 graph its
+        layout optimizer moves the normalisation to NHWC, where the quantized convolutions run: there the
+        three ops cost 18 % of the model (bench/RESULTS.md, 2026-12-01). A [1, 1, W, 3] constant gives spans of
+        3W in either layout."""
+        width = images.shape[2]
+        mean, std = self.model.mean.view(3), self.model.std.view(3)
+        scale = (1 / (255 * std)).repeat(width).view(1, 1, width, 3).to(self.dtype)
+        shift = (-mean / std).repeat(width).view(1, 1, width, 3).to(self.dtype)
+        return (images.to(self.dtype) * scale + shift).permute(0, 3, 1, 2)
 
 
 def export_onnx(model: torch.nn.Module, path: Path, image_size: int, opset: int, temperature: float = 1.0,

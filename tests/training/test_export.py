@@ -44,6 +44,20 @@ def test_contract(artifact):
     assert (artifact.parent / "LATEST").read_text().strip() == artifact.name
 
 
+def test_normalisation_is_one_scale_and_one_shift_spanning_a_whole_row(artifact):
+    """onnxruntime broadcasts a per-channel constant ([1, 1, 1, 3]) over NHWC in 3-element spans, 10x slower than
+    over NCHW, and the int8 graph runs its normalisation in NHWC (training.export.ContractWrapper.normalized): the
+    constants before the first convolution must span a row of pixels in either layout."""
+    m = onnx.load(str(artifact / "model.onnx"))
+    constants = {i.name: list(i.dims) for i in m.graph.initializer}
+    nodes = list(m.graph.node)
+    before_conv = nodes[:next(k for k, n in enumerate(nodes) if n.op_type == "Conv")]
+    arithmetic = [n for n in before_conv if n.op_type in ("Mul", "Add", "Sub", "Div")]
+    assert [n.op_type for n in arithmetic] == ["Mul", "Add"], [n.op_type for n in arithmetic]
+    for node in arithmetic:
+        assert [constants[i] for i in node.input if i in constants] == [[1, 1, 64, 3]], node
+
+
 def test_a_model_directory_resolves_through_latest(artifact, tmp_path):
     from contract.card import ArtifactError
     from contract.publish import resolve_path
