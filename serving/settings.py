@@ -11,7 +11,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.precision import Precision
 
-
 Spinning = Literal["off", "in_runs", "always"]  # serving.runtime.SPIN_CONFIG says what each sets
 
 

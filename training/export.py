@@ -65,13 +65,12 @@ class ContractWrapper(torch.nn.Module):
         gradients = score_gradients(self.model.head, pooled, labels).float()
         return logits, probabilities, grad_cam(feature_map.float(), gradients), labels
 
-
     def normalized(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> the backbone's input: float NCHW, (x / 255 - mean) / std as one scale and one shift, applied
         before the layout change and tiled over the width. onnxruntime broadcasts a per-channel constant over NHWC
         in 3-element spans (1.8 ms a Sub at batch 8 on the Xeon, 10x the same op on NCHW), and in the int8 graph its
-        layout optimizer moves the normalisation to NHWC, where the quantized convolutions run: there the
-        three ops cost 18 % of the model (bench/RESULTS.md, 2026-12-01). A [1, 1, W, 3] constant gives spans of
+        layout optimizer moves the normalisation to NHWC, where the quantized convolutions run: there its ops
+        cost 18 % of the model (bench/RESULTS.md, 2026-12-01). A [1, 1, W, 3] constant gives spans of
         3W in either layout."""
         width = images.shape[2]
         mean, std = self.model.mean.view(3), self.model.std.view(3)
