@@ -10,6 +10,7 @@ same batch sizes and the per-image decode+resize cost. The load generator shares
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import signal
@@ -69,6 +70,10 @@ def load(url: str, blobs: list[bytes], concurrency: int, requests: int, send: Se
 
     for i in range(min(concurrency, 8)):  # warm the connections
         one(i)
+    # the load generator's own full garbage collections walked its imports (httpx, numpy, torch where loaded): 21-26 ms
+    # pauses that every server's latencies would carry (serving.heap does the same for the service)
+    gc.collect()
+    gc.freeze()
     s0, c0, calls0 = scrape_batches(url) if batches else (0.0, 0.0, 0.0)
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:

@@ -21,6 +21,7 @@ from .artifact import pin_version
 from .bentoml_adapter import Upload
 from .core import Core, Explanation, HeatmapFormat, ImageFile, Prediction
 from .errors import error_response
+from .heap import freeze_startup_objects
 from .limits import RequestGuard
 from .settings import load_settings
 
@@ -63,6 +64,7 @@ TopK = Annotated[int, Field(ge=1, le=S.max_top_k)]
 class ImageClassifier:
     def __init__(self) -> None:
         CORE.load()
+        freeze_startup_objects()  # the model, the framework: alive for good, so no full collection walks them
 
     def __is_ready__(self) -> bool:
         return CORE.ready()
