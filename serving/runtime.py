@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,7 +17,9 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 
 from .cpus import cpu_allotment
-from .settings import Spinning
+
+if TYPE_CHECKING:  # not at run time: the training image runs this module (the skew gate) without pydantic-settings
+    from .settings import Spinning
 
 log = logging.getLogger("bentoml.serving")  # the logger bentoml serve shows at INFO
 

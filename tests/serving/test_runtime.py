@@ -99,3 +99,15 @@ def test_spinning_setting_reaches_the_session_as_onnxruntime_reads_it(model, spi
 
     assert entry("session.intra_op.allow_spinning") == allow
     assert entry("session.force_spinning_stop") == force_stop
+
+
+def test_the_skew_gates_scorer_imports_without_the_serving_extra():
+    """The training image scores the export through serving.score (the skew gate) with the train extra only: no
+    pydantic-settings, no BentoML. A module of that path that imports either breaks the image's export (as
+    serving.runtime once did, for a type annotation)."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['pydantic_settings'] = sys.modules['bentoml'] = None; "
+            "import serving.score, serving.runtime")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
