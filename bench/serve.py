@@ -10,7 +10,6 @@ same batch sizes and the per-image decode+resize cost. The load generator shares
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
 import signal
@@ -30,6 +29,7 @@ from bench.decode import reencoded
 from contract.card import load_card
 from contract.preprocess import preprocess
 from contract.publish import resolve_path
+from serving.heap import freeze_startup_objects
 from serving.launch import Server
 from serving.runtime import OnnxClassifier
 
@@ -71,9 +71,8 @@ def load(url: str, blobs: list[bytes], concurrency: int, requests: int, send: Se
     for i in range(min(concurrency, 8)):  # warm the connections
         one(i)
     # the load generator's own full garbage collections walked its imports (httpx, numpy, torch where loaded): 21-26 ms
-    # pauses that every server's latencies would carry (serving.heap does the same for the service)
-    gc.collect()
-    gc.freeze()
+    # pauses that every server's latencies would carry; frozen as the service's workers freeze theirs
+    freeze_startup_objects()
     s0, c0, calls0 = scrape_batches(url) if batches else (0.0, 0.0, 0.0)
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:

@@ -37,10 +37,6 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone((x - self.mean) / self.std))
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map [N, K, h, w], before the pooling: what the heatmaps are made of."""
-        return self.backbone.body((x - self.mean) / self.std)
-
 
 def build_model(cfg: ModelConfig, num_classes: int) -> Classifier:
     backbone = build_backbone(cfg.backbone, cfg.weights, cfg.download_weights)

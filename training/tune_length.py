@@ -16,6 +16,11 @@ def median_seconds(seconds: list[float]) -> float | None:
     return float(statistics.median(seconds)) if seconds else None
 
 
+def final_minutes(cfg: TrainConfig) -> float | None:
+    """The final run's budget: tune.final_minutes, by default the search's."""
+    return cfg.tune.final_minutes or cfg.tune.budget_minutes
+
+
 def final_length(cfg: TrainConfig, epochs: int, per_epoch: float | None) -> int | None:
     """Phase 2's epochs in the final run where tune.final_minutes (default: the search's budget) lengthens the
     chosen recipe's: as many as fit, where that is more; None where nothing lengthens it. Why: the search can afford
@@ -23,7 +28,7 @@ def final_length(cfg: TrainConfig, epochs: int, per_epoch: float | None) -> int 
     epochs instead of 4 gained 2.4 points of validation) a recipe chosen among short ones and trained as short loses
     to a plain recipe trained long. Early stopping on the objective ends a lengthened run where validation stops
     improving, and the best epoch is restored."""
-    minutes = cfg.tune.final_minutes or cfg.tune.budget_minutes
+    minutes = final_minutes(cfg)
     if minutes is None or not per_epoch or epochs == 0:
         return None
     fits = int(minutes * 60 // per_epoch)
@@ -33,7 +38,7 @@ def final_length(cfg: TrainConfig, epochs: int, per_epoch: float | None) -> int 
 def log_length(cfg: TrainConfig, tuning: Tuning) -> None:
     if tuning.final_phase2_epochs is None:
         return
-    minutes = cfg.tune.final_minutes or cfg.tune.budget_minutes
+    minutes = final_minutes(cfg)
     event(f"the final run's phase 2: {tuning.final_phase2_epochs} epochs, the chosen "
           f"{tuning.params['phase2.epochs']} lengthened to fill tune.final_minutes={minutes:g} at "
           f"{tuning.phase2_epoch_seconds:.1f} s an epoch; early stopping on {cfg.early_stop.metric} (patience "

@@ -77,7 +77,7 @@ def test_heatmaps_are_grad_cam(family, tmp_path):
     assert (labels[:, 2] == 3).all()
     reference = grad_cam_maps(model, images, labels)
     ours = as_grad_cam_scales(heatmaps, SIZE)
-    assert heatmaps.shape[2:] == tuple(model.feature_map(torch.zeros(1, 3, SIZE, SIZE)).shape[2:])
+    assert heatmaps.shape[2:] == tuple(model.backbone.body(torch.zeros(1, 3, SIZE, SIZE)).shape[2:])
     assert reference.max() > 0.99, "degenerate maps compare nothing"
     assert np.abs(ours - reference).max() <= MAX_PIXEL_DIFF
 
