@@ -33,6 +33,7 @@ import httpx
 import psutil
 
 from bench.serve import Send, load, multipart, parse_with_model, service_bench_parser
+from bench.wrk import Wrk
 from serving.launch import Server, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,15 +203,23 @@ def cpu_ms(procs: list[psutil.Process]) -> float:
 
 
 def measure(url: str, procs, send: Send, blobs: list[bytes], concurrencies: list[int], requests: int,
-            ours: bool) -> dict[int, dict]:
+            ours: bool, client: str = "python") -> dict[int, dict]:
     rows = {}
     for c in concurrencies:
         n = max(requests, 4 * c)
-        load(url, blobs, c, 2 * c, send, batches=ours)  # warm-up
-        tree = procs()  # the processes now (Ray and MLServer start workers lazily)
-        before = cpu_ms(tree)
-        row = load(url, blobs, c, n, send, batches=ours)
-        row["cpu_ms"] = (cpu_ms(tree) - before) / n
+        if client == "wrk":
+            with Wrk(send, blobs) as generator:
+                rate = generator.warm(url, c)
+                tree = procs()
+                before = cpu_ms(tree)
+                row = generator.measure(url, c, n, rate, batches=ours)
+                row["cpu_ms"] = (cpu_ms(tree) - before) / row["served"]
+        else:
+            load(url, blobs, c, 2 * c, send, batches=ours)  # warm-up
+            tree = procs()  # the processes now (Ray and MLServer start workers lazily)
+            before = cpu_ms(tree)
+            row = load(url, blobs, c, n, send, batches=ours)
+            row["cpu_ms"] = (cpu_ms(tree) - before) / n
         rows[c] = row
     return rows
 
@@ -227,6 +236,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--peers", nargs="+", choices=list(PEERS), default=list(PEERS))
     ap.add_argument("--venvs", type=Path, default=ROOT / ".cache" / "peers")
+    ap.add_argument("--client", choices=["python", "wrk"], default="python",
+                    help="the load generator: python (bench/serve.py's, ~1.6 core-ms a request on the servers' "
+                         "cores) or wrk (bench/wrk.py: the same requests from C, apt-get install wrk)")
     args, version, card = parse_with_model(ap)
     version = version.resolve()
     blobs = [p.read_bytes() for p in sorted(args.data.rglob("*.jpg"))[:64]]
@@ -257,7 +269,8 @@ def main() -> None:
                     expected = expected or got
                     if settings.get("SERVING_PRECISION") == "fp32":
                         assert got == expected, f"{name} answers differently"
-                    runs[name].append(measure(srv.url, tree, send, blobs, args.concurrency, args.requests, True))
+                    runs[name].append(measure(srv.url, tree, send, blobs, args.concurrency, args.requests, True,
+                                               args.client))
                     print(name, {c: round(r["img_s"], 1) for c, r in runs[name][-1].items()}, flush=True)
             finally:
                 srv.stop()
@@ -269,7 +282,7 @@ def main() -> None:
                 got = labels(ps.url, peer.send, blobs)
                 assert got == expected, f"{name} answers differently: {sum(a != b for a, b in zip(got, expected))}"
                 runs[name].append(measure(ps.url, ps.processes, peer.send, blobs, args.concurrency, args.requests,
-                                          False))
+                                          False, args.client))
                 print(name, {c: round(r["img_s"], 1) for c, r in runs[name][-1].items()}, flush=True)
             finally:
                 ps.stop()
@@ -292,7 +305,7 @@ def table(args, card, runs: dict[str, list[dict]]) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"\n### bench/peers.py: {card.name} ({card.image_size} px), {args.requests} requests per concurrency x "
             f"{args.rounds} rounds, {stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, load "
-            f"generator on the same cores\n\n" + "\n".join([head, *lines]) + "\n")
+            f"generator {args.client} on the same cores\n\n" + "\n".join([head, *lines]) + "\n")
     with open(args.results, "a") as f:
         f.write(text)
     return text

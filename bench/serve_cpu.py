@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from bench import wrk
 from bench.decode import SIZES as PHOTO_SIZES
 from bench.decode import reencoded
 from bench.serve import Server, load, parse_with_model, run_for, service_bench_parser  # the same client, start, loop
@@ -76,10 +77,25 @@ def event_loop_ms(procs: list[psutil.Process]) -> float:
     return sum((t.user_time + t.system_time) * 1000 for p in procs for t in p.threads() if t.id == p.pid)
 
 
+def python_warm(url: str, blobs: list[bytes], concurrency: int) -> None:
+    load(url, blobs, concurrency, 2 * concurrency)  # sessions, thread pools, batch sizes
+
+
+def python_run(url: str, blobs: list[bytes], concurrency: int, requests: int, _warm: None) -> dict:
+    """bench/serve.py's client, in this process: its CPU is this process's."""
+    start = time.process_time()
+    row = load(url, blobs, concurrency, requests)
+    return row | {"client_ms": (time.process_time() - start) * 1000 / requests}
+
+
+# the load generators: (warm-up, whose answer the run takes; the measured run)
+CLIENTS = {"python": (python_warm, python_run), "wrk": (wrk.warm, wrk.run)}
+
+
 def measure(version: Path, env: dict, photo_sets: dict[str, list[bytes]], concurrencies: list[int],
-            requests: int, code: Path | None = None) -> dict[tuple[str, int], dict]:
+            requests: int, code: Path | None = None, client: str = "python") -> dict[tuple[str, int], dict]:
     """One server start, loaded with each photo set at each concurrency: a row per (photos, concurrency).
-    code: a checkout whose serving/ runs instead of this one (the same venv)."""
+    code: a checkout whose serving/ runs instead of this one (the same venv); client: a key of CLIENTS."""
     srv = Server({"SERVING_MODEL_DIR": str(version.resolve()), "SERVING_MAX_BATCH_SIZE": "64", **FIXED, **env},
                  Path(os.environ.get("TMPDIR", "/tmp")) / "bench-serve-cpu.log", cwd=code)
     rows = {}
@@ -91,13 +107,14 @@ def measure(version: Path, env: dict, photo_sets: dict[str, list[bytes]], concur
         for photos, blobs in photo_sets.items():
             for c in concurrencies:
                 n = max(requests, 4 * c)
-                load(srv.url, blobs, c, 2 * c)  # warm-up: sessions, thread pools, batch sizes
+                warm, run = CLIENTS[client]
+                warmed = warm(srv.url, blobs, c)
                 loops0 = {name: event_loop_ms(ps) for name, ps in by_name.items()}
-                before, client0 = {name: sum(cpu_ms(ps)) for name, ps in by_name.items()}, time.process_time()
-                row = load(srv.url, blobs, c, n)
-                after, client1 = {name: sum(cpu_ms(ps)) for name, ps in by_name.items()}, time.process_time()
+                before = {name: sum(cpu_ms(ps)) for name, ps in by_name.items()}
+                row = run(srv.url, blobs, c, n, warmed)
+                after = {name: sum(cpu_ms(ps)) for name, ps in by_name.items()}
                 loops1 = {name: event_loop_ms(ps) for name, ps in by_name.items()}
-                row["client_ms"] = (client1 - client0) * 1000 / n
+                n = row.get("served", n)  # wrk runs for a time: the images the server ran in the window
                 for name in by_name:
                     row[f"{name}_ms"] = (after[name] - before[name]) / n
                     row[f"{name}_loop_ms"] = (loops1[name] - loops0[name]) / n
@@ -173,6 +190,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[32])
     ap.add_argument("--requests", type=int, default=640, help="per concurrency (at least 4 x concurrency)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--client", choices=list(CLIENTS), default="python",
+                    help="the load generator: python (bench/serve.py's, ~1.6 core-ms a request on the server's cores) "
+                         "or wrk (bench/wrk.py: C, apt-get install wrk)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS),
                     help=f"the settings variants to compare (default: all); 'default' for the first: {list(VARIANTS)}")
     ap.add_argument("--against", nargs="+", type=Path, default=[],
@@ -192,7 +212,8 @@ def main() -> None:
     as_shot = photo_sets.get(AS_SHOT) or next(iter(photo_sets.values()))
     for _ in range(args.rounds):
         for name, (env, code) in cases.items():
-            runs[name].append(measure(version, env, photo_sets, args.concurrency, args.requests, code))
+            runs[name].append(measure(version, env, photo_sets, args.concurrency, args.requests, code,
+                                       args.client))
             print(name, {k: f"{r['img_s']:.1f} img/s" for k, r in runs[name][-1].items()}, flush=True)
         ort_rounds.append(onnxruntime_ms(version, as_shot))  # every round: it drifts with the machine as much
         beside_rounds.append(onnxruntime_beside_decoding_ms(version, as_shot))
@@ -225,7 +246,7 @@ def main() -> None:
                              f"{over - contention:.1f} | {m['ImageClassifier_loop_ms'] + m['Model_loop_ms']:.1f} |")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"\n### bench/serve_cpu.py: {card.name} ({card.image_size} px), c = {args.concurrency}, "
-            f"{args.requests} requests x {args.rounds} rounds, {stamp}, {platform.machine()}, {cores} cores, CPU\n\n"
+            f"{args.requests} requests x {args.rounds} rounds, load generator {args.client}, {stamp}, {platform.machine()}, {cores} cores, CPU\n\n"
             "CPU core-ms per image by process (user + system), median over rounds; onnxruntime alone by batch "
             "(median over rounds): "
             + ", ".join(f"{b}: {v:.1f}" for b, v in ort_ms.items())
