@@ -246,7 +246,8 @@ def main() -> None:
                              f"{over - contention:.1f} | {m['ImageClassifier_loop_ms'] + m['Model_loop_ms']:.1f} |")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"\n### bench/serve_cpu.py: {card.name} ({card.image_size} px), c = {args.concurrency}, "
-            f"{args.requests} requests x {args.rounds} rounds, load generator {args.client}, {stamp}, {platform.machine()}, {cores} cores, CPU\n\n"
+            f"{args.requests} requests x {args.rounds} rounds, load generator {args.client}, {stamp}, "
+            f"{platform.machine()}, {cores} cores, CPU\n\n"
             "CPU core-ms per image by process (user + system), median over rounds; onnxruntime alone by batch "
             "(median over rounds): "
             + ", ".join(f"{b}: {v:.1f}" for b, v in ort_ms.items())
