@@ -48,6 +48,9 @@ AS_SHOT = "as shot (~0.2 MP)"
 VARIANTS = {
     "default (1 onnxruntime run at a time, decode threads = cores; fp32)": {},
     "2 runs in flight": {"SERVING_MODEL_CALLS_IN_FLIGHT": "2"},
+    # no intra-op barrier to wait at: each run on its own thread, the cores shared between runs instead
+    "2 runs in flight, 1 onnxruntime thread each": {"SERVING_MODEL_CALLS_IN_FLIGHT": "2",
+                                                    "SERVING_INTRA_OP_THREADS": "1"},
     "no batching (every request runs alone)": {"SERVING_BATCHING": "false"},
     "access log off": {"SERVING_ACCESS_LOG": "false"},
     "2 API workers": {"SERVING_API_WORKERS": "2"},
