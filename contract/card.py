@@ -115,6 +115,7 @@ class Calibration(Block):
     validation_agreement_by_method: dict[str, float] = Field(default_factory=dict)
     activations: str = ""
     weights: str = ""
+    fp32_layers: int = 0  # the first convolution / linear layers left in fp32 (mixed precision); 0: all int8
 
 
 class Tuning(Block):

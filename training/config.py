@@ -169,6 +169,11 @@ class ExportConfig(Strict):
         "8-bit weights; each ships only if it passes the int8 gate on the exporting CPU")
     int8_calibration_images: int = Field(64, ge=1, description="training images the activation ranges are "
                                                                "calibrated on")
+    int8_fp32_layers: list[Annotated[int, Field(ge=0)]] = Field(
+        [0, 2, 8], min_length=1, description="mixed precision, tried in this order while no calibration method's "
+        "int8 file agrees with fp32 on the validation split as int8_min_agreement asks: the first that many "
+        "convolution / linear layers stay in fp32 (the CIFAR-10 subset's sensitive layers are its first ones, "
+        "bench/RESULTS.md); each costs speed")
     opset: int = Field(18, ge=13)
     skew_tolerance: float = Field(0.3, ge=0, description="allowed |acc_onnx - acc_torch| in points")
     min_test_accuracy: float = Field(0.0, ge=0, le=1, description="publish gate: LATEST moves only at or above it")
@@ -177,6 +182,14 @@ class ExportConfig(Strict):
     majority_significance: float = Field(0.05, gt=0, le=1, description="publish gate: the test accuracy must beat "
                                          "the share of the test split's largest class, by a one-sided binomial test "
                                          "at this level (the margin a test of that size makes significant); 1: off")
+
+
+    @model_validator(mode="after")
+    def _layers_increase(self) -> "ExportConfig":
+        layers = self.int8_fp32_layers
+        if any(b <= a for a, b in zip(layers, layers[1:])):
+            raise ValueError(f"export.int8_fp32_layers must increase (fewest fp32 layers first), got {layers}")
+        return self
 
 
 class EvalConfig(Strict):

@@ -259,7 +259,8 @@ def build_version(model: Classifier, final: FinalModel, scored: ImageSet, splits
                                int8=Int8Plan(splits.train, splits.val, cfg.export.int8_calibration_images,
                                              tuple(cfg.export.int8_calibration), cfg.export.int8_max_drop,
                                              cfg.export.int8_min_agreement, cfg.export.int8_min_speedup,
-                                             cfg.seed, tuple(cfg.export.int8_weights))
+                                             cfg.seed, tuple(cfg.export.int8_weights),
+                                             tuple(cfg.export.int8_fp32_layers))
                                if cfg.export.int8 else None)
     card = load_card(published, verify=False)
     int8 = {k: v.model_dump(include={"test_accuracy", "fp32_test_accuracy", "top1_agreement", "mean_abs_dprob"})

@@ -17,6 +17,7 @@ def test_defaults_and_overrides(tmp_path):
     (["phase1.lrr=0.1"], ["phase1.lrr", "not permitted"]),
     (["data.resize_size=100", "data.image_size=200"], ["resize_size", "image_size"]),
     (["data.balance=magic"], ["data.balance", "loss_weights", "sampler"]),
+    (["export.int8_fp32_layers=[0, 8, 2]"], ["export.int8_fp32_layers", "must increase"]),
 ])
 def test_bad_values_name_field_and_allowed(override, words):
     with pytest.raises(ConfigError) as err:

@@ -19,7 +19,16 @@ from contract.precision import choose
 from training.config import DataConfig
 from training.data import load_splits
 from training.export import ort_session
-from training.quantize import WEIGHT_RANGES, Int8Plan, export_int8
+from training.quantize import (
+    QUANTIZED_LAYERS,
+    WEIGHT_RANGES,
+    Int8Plan,
+    best_calibration,
+    export_int8,
+    model_inputs,
+    quantize,
+    runner,
+)
 
 # 8-bit weights are made and served only on a CPU whose int8 sums do not saturate (VNNI, AMX); elsewhere the 7-bit
 # file is the int8 one (contract.canary.saturation_risk)
@@ -211,3 +220,36 @@ def test_service_reports_the_precision_it_serves_and_why(int8_artifact, damaged,
         if served == "fp32":
             assert "failed the canary check on this node" in info["served"]["note"]
             assert "failed the canary check on this node" in log.read_text()
+
+
+def _fp32_layer_names(path):
+    """The convolution / linear nodes of a quantized graph whose weights come in as fp32 initializers (not through
+    a DequantizeLinear): the layers left in fp32."""
+    graph = onnx.load(str(path)).graph
+    weights = {t.name for t in graph.initializer}
+    layers = [n for n in graph.node if n.op_type in QUANTIZED_LAYERS]
+    return [i for i, n in enumerate(layers) if n.input[1] in weights]
+
+
+def test_mixed_precision_leaves_exactly_the_first_layers_in_fp32(artifact, splits, tmp_path):
+    calibration = model_inputs(splits.train, load_card(artifact).spec, list(range(8)))
+    for layers in (0, 3):
+        out = tmp_path / f"mixed-{layers}.onnx"
+        quantize(artifact / "model.onnx", out, calibration, "minmax", False, fp32_layers=layers)
+        assert _fp32_layer_names(out) == list(range(layers))
+
+
+def test_mixed_precision_is_tried_only_while_validation_agreement_falls_short(artifact, splits, tmp_path):
+    """Each step of export.int8_fp32_layers is quantized and scored only where the steps before it missed
+    min_agreement on validation; the file kept is the one that agrees most, and the card names every one tried."""
+    spec = load_card(artifact).spec
+    calibration = model_inputs(splits.train, spec, list(range(8)))
+    run32 = runner(artifact / "model.onnx")
+    for min_agreement, tried in ((0.0, ["minmax"]), (1.01, ["minmax", "minmax, first 2 layers fp32"])):
+        plan = Int8Plan(splits.train, splits.val, 8, ("minmax",), 100.0, min_agreement, 0.0, fp32_layers=(0, 2))
+        out = tmp_path / f"kept-{min_agreement}.onnx"
+        choice, on_val, _ = best_calibration(artifact / "model.onnx", run32, out, calibration, plan, spec, False)
+        assert list(on_val) == tried
+        assert on_val[choice.name] == max(on_val.values())
+        assert _fp32_layer_names(out) == list(range(choice.fp32_layers))
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # the others removed
