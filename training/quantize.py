@@ -14,7 +14,9 @@ one) and the service tries them in that order on its own node (contract.precisio
 Calibration: export.int8_calibration_images training images through the evaluation transform (no augmentation);
 each method of export.int8_calibration is tried and the one whose answers agree most with fp32 on the validation
 split is kept (the test split only judges the result): minmax lost nothing on the demo photos where percentile lost
-a photo, and percentile lost 0.8 points less than minmax on the CIFAR subset (bench/RESULTS.md).
+a photo, and percentile lost 0.8 points less than minmax on the CIFAR subset (bench/RESULTS.md). Where no method
+agrees with fp32 on validation as often as the gate asks, the first export.int8_fp32_layers layers stay in fp32
+(mixed precision, best_calibration): the CIFAR subset's model loses its int8 agreement in its first layers.
 
 Each file also carries a canary set (canary*.npz: validation images as the model's uint8 input, with the fp32 and
 int8 probabilities measured here); the service runs it on the node where it starts (contract.canary) and serves
@@ -210,7 +212,7 @@ def _export_one(staging: Path, weights: WeightRange, inputs: Int8Inputs,
     """(the variant, None) when its file passes the gate, else (None, why), the file removed."""
     path = staging / weights.file
     choice, on_val, run8 = best_calibration(inputs.fp32, inputs.run32, path, inputs.calibration, plan, inputs.spec,
-                                             weights.reduce_range)
+                                            weights.reduce_range)
     a, b = inputs.test_logits, logits_of([run8], inputs.test, inputs.spec)[0]
     labels = np.asarray(inputs.test.labels)
     pa, pb = softmax(a, inputs.temperature), softmax(b, inputs.temperature)
@@ -222,8 +224,8 @@ def _export_one(staging: Path, weights: WeightRange, inputs: Int8Inputs,
     if drop > plan.max_drop_points or agree < plan.min_agreement:
         path.unlink()
         return None, (f"{weights.variant} ({weights.weights}, {choice.name}): test accuracy {acc8:.4f} against fp32 "
-                      f"{acc32:.4f} "
-                      f"({drop:.2f} points lower, export.int8_max_drop {plan.max_drop_points}), top-1 agreement "
+                      f"{acc32:.4f} ({drop:.2f} points lower, export.int8_max_drop {plan.max_drop_points}), top-1 "
+                      "agreement "
                       f"{agree:.4f} (export.int8_min_agreement {plan.min_agreement}) on {len(labels)} test images "
                       "on this CPU: shipped without the int8 variant")
     speedup = _speedup(inputs.run32, run8, inputs.canary)
@@ -247,7 +249,7 @@ def _export_one(staging: Path, weights: WeightRange, inputs: Int8Inputs,
 
 
 def best_calibration(fp32: Path, run32: Runner, out: Path, calibration: np.ndarray, plan: Int8Plan,
-                      spec: PreprocessSpec, reduce_range: bool) -> tuple[Choice, dict[str, float], Runner]:
+                     spec: PreprocessSpec, reduce_range: bool) -> tuple[Choice, dict[str, float], Runner]:
     """Quantize with each calibration method, every layer in int8 first; where no method's top-1 agrees with fp32 on
     the validation split as often as the gate asks (min_agreement), again with the first plan.fp32_layers[i] layers
     left in fp32, in the order given, up to the first that does: a model whose first layers are the sensitive ones
