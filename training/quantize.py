@@ -225,8 +225,8 @@ def _export_one(staging: Path, weights: WeightRange, inputs: Int8Inputs,
         path.unlink()
         return None, (f"{weights.variant} ({weights.weights}, {choice.name}): test accuracy {acc8:.4f} against fp32 "
                       f"{acc32:.4f} ({drop:.2f} points lower, export.int8_max_drop {plan.max_drop_points}), top-1 "
-                      "agreement "
-                      f"{agree:.4f} (export.int8_min_agreement {plan.min_agreement}) on {len(labels)} test images "
+                      f"agreement {agree:.4f} (export.int8_min_agreement {plan.min_agreement}) on {len(labels)} test "
+                      "images "
                       "on this CPU: shipped without the int8 variant")
     speedup = _speedup(inputs.run32, run8, inputs.canary)
     facts["speedup_vs_fp32"] = speedup
