@@ -183,7 +183,6 @@ class ExportConfig(Strict):
                                          "the share of the test split's largest class, by a one-sided binomial test "
                                          "at this level (the margin a test of that size makes significant); 1: off")
 
-
     @model_validator(mode="after")
     def _layers_increase(self) -> "ExportConfig":
         layers = self.int8_fp32_layers

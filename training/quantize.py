@@ -96,13 +96,14 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, method: str, reduce
         prepared = Path(tmp) / "prepared.onnx"  # shapes inferred and graph optimised, as the docs recommend
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         # names from the graph being quantized: the pre-processing fuses and renames nodes (ONNX keeps graph.node
-        # in topological order, so the first in the list are those nearest the input)
-        layers = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in QUANTIZED_LAYERS]
+        # in topological order, so the first in the list are those nearest the input); read only when asked for
+        excluded = [n.name for n in onnx.load(str(prepared)).graph.node
+                    if n.op_type in QUANTIZED_LAYERS][:fp32_layers] if fp32_layers else []
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
             quantize_static(str(prepared), str(out), CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
                             per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=methods[method],
-                            nodes_to_exclude=layers[:fp32_layers],
+                            nodes_to_exclude=excluded,
                             extra_options={"CalibTensorRangeSymmetric": False})
 
 
@@ -226,8 +227,7 @@ def _export_one(staging: Path, weights: WeightRange, inputs: Int8Inputs,
         return None, (f"{weights.variant} ({weights.weights}, {choice.name}): test accuracy {acc8:.4f} against fp32 "
                       f"{acc32:.4f} ({drop:.2f} points lower, export.int8_max_drop {plan.max_drop_points}), top-1 "
                       f"agreement {agree:.4f} (export.int8_min_agreement {plan.min_agreement}) on {len(labels)} test "
-                      "images "
-                      "on this CPU: shipped without the int8 variant")
+                      "images on this CPU: shipped without the int8 variant")
     speedup = _speedup(inputs.run32, run8, inputs.canary)
     facts["speedup_vs_fp32"] = speedup
     if speedup < plan.min_speedup:  # MobileNetV3's hard-swish and squeeze-excite run slower quantized on CPUs

@@ -17,4 +17,3 @@ def test_every_variant_sets_known_settings_to_values_they_accept():
         settings = Settings(**values)  # each value parses (raises on a bad one)
         for key, value in values.items():
             assert str(getattr(settings, key)).lower() == value.lower(), (name, key)
-

@@ -222,9 +222,9 @@ def test_service_reports_the_precision_it_serves_and_why(int8_artifact, damaged,
             assert "failed the canary check on this node" in log.read_text()
 
 
-def _fp32_layer_names(path):
-    """The convolution / linear nodes of a quantized graph whose weights come in as fp32 initializers (not through
-    a DequantizeLinear): the layers left in fp32."""
+def _fp32_layer_indices(path):
+    """The positions, among a quantized graph's convolution / linear nodes, of those whose weights come in as fp32
+    initializers (not through a DequantizeLinear): the layers left in fp32."""
     graph = onnx.load(str(path)).graph
     weights = {t.name for t in graph.initializer}
     layers = [n for n in graph.node if n.op_type in QUANTIZED_LAYERS]
@@ -236,7 +236,7 @@ def test_mixed_precision_leaves_exactly_the_first_layers_in_fp32(artifact, split
     for layers in (0, 3):
         out = tmp_path / f"mixed-{layers}.onnx"
         quantize(artifact / "model.onnx", out, calibration, "minmax", False, fp32_layers=layers)
-        assert _fp32_layer_names(out) == list(range(layers))
+        assert _fp32_layer_indices(out) == list(range(layers))
 
 
 def test_mixed_precision_is_tried_only_while_validation_agreement_falls_short(artifact, splits, tmp_path):
@@ -251,5 +251,5 @@ def test_mixed_precision_is_tried_only_while_validation_agreement_falls_short(ar
         choice, on_val, _ = best_calibration(artifact / "model.onnx", run32, out, calibration, plan, spec, False)
         assert list(on_val) == tried
         assert on_val[choice.name] == max(on_val.values())
-        assert _fp32_layer_names(out) == list(range(choice.fp32_layers))
+        assert _fp32_layer_indices(out) == list(range(choice.fp32_layers))
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # the others removed
