@@ -11,19 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Literal, Protocol
+from typing import Protocol
 
 import anyio
 import numpy as np
-from pydantic import BaseModel, Field
 
 from contract.card import ArtifactError, ModelCard
 from contract.errors import RequestError
 from contract.preprocess import PixelBudget, preprocess
-from contract.scores import ranked, softmax
+from contract.scores import softmax
 
-from . import heatmaps as render
 from . import loading, metrics
+from .answers import Explanation, HeatmapFormat, Prediction, Served, answer, explanations, heatmap_classes
 from .coalesce import Coalescer
 from .cpus import cpu_allotment
 from .loading import Loaded
@@ -39,44 +38,6 @@ class Readable(Protocol):
 
 
 ImageFile = bytes | Readable
-
-
-class Label(BaseModel):
-    label: str
-    probability: float
-
-
-class Prediction(BaseModel):
-    label: str
-    confidence: float
-    top_k: list[Label]
-    model: str
-    version: str
-
-
-class Heatmap(BaseModel):
-    label: str
-    probability: float
-    peak: float = Field(description="the map's largest value: the share of the class score (logit) one position of "
-                        "the last feature map carries")
-    grid: list[list[float]] | None = Field(None, description="rows of the map at the last feature map's "
-                                           "resolution, 0-1 of its peak (format=grid)")
-    png: str | None = Field(None, description="base64 PNG: the map over the cropped input the model saw "
-                            "(format=png)")
-
-
-class Explanation(Prediction):
-    heatmaps: list[Heatmap] = Field(description="one per class in top_k, then the class asked for by `label`")
-
-
-HeatmapFormat = Literal["grid", "png"]
-
-
-class Served(BaseModel):
-    """Which file serves and why: /model_info, the V2 readiness answer."""
-    precision: str | None
-    provider: str | None
-    note: str
 
 
 class Core:
@@ -142,7 +103,7 @@ class Core:
 
     # ---- requests --------------------------------------------------------------------------------------------
     async def predict(self, files: list[ImageFile], top_k: int) -> list[Prediction]:
-        return [self.answer(row, top_k) for row in await self.probabilities(files)]
+        return [answer(self.card, row, top_k) for row in await self.probabilities(files)]
 
     async def probabilities(self, files: list[ImageFile] | None, pixels: np.ndarray | None = None) -> np.ndarray:
         """Temperature-scaled probabilities [N,C] of image files, or of preprocessed uint8 [N,S,S,3] pixels (the Open
@@ -165,24 +126,13 @@ class Core:
         """The answers of /predict, each with the heatmaps of its top_k classes (and of `label`, when asked)."""
         self.check_loaded()
         self.check_heatmaps()
-        asked = self.heatmap_classes(top_k, label)
+        asked = heatmap_classes(self.card.classes, top_k, label)
         pixels = await self._decode_all(files)
         probs, maps, mapped = await self.coalescer.run(pixels, np.tile(asked, (len(pixels), 1)))
         if fmt == "png":  # rendering is CPU work: in a decoding thread, off the event loop
-            return await anyio.to_thread.run_sync(self._explanations, probs, maps, mapped, len(asked), top_k, pixels,
-                                                  limiter=self.decoders)
-        return self._explanations(probs, maps, mapped, len(asked), top_k, None)
-
-    def heatmap_classes(self, top_k: int, label: str | None) -> np.ndarray:
-        """The graph's encoding of what to map: -1..-k for the top k classes, then `label`'s index."""
-        classes = self.card.classes
-        asked = [-rank for rank in range(1, min(top_k, len(classes)) + 1)]
-        if label is not None:
-            if label not in classes:
-                raise RequestError("unknown_class", f"unknown class label='{label}'; the model's classes are "
-                                   f"{classes}", 422)
-            asked.append(classes.index(label))
-        return np.array(asked, np.int64)
+            return await anyio.to_thread.run_sync(explanations, self.card, probs, maps, mapped, len(asked), top_k,
+                                                  pixels, limiter=self.decoders)
+        return explanations(self.card, probs, maps, mapped, len(asked), top_k, None)
 
     def check_heatmaps(self) -> None:
         if not self.model.session.heatmaps:
@@ -190,33 +140,6 @@ class Core:
                                "heatmaps existed: its graph cannot give them; export it again with this trainer "
                                "(python -m training export --checkpoint runs/<name>/final/model.pt) to explain its "
                                "answers", 409)
-
-    def answer(self, probs: np.ndarray, top_k: int) -> Prediction:
-        classes = self.card.classes
-        order = ranked(probs, min(top_k, len(classes)))
-        return Prediction(label=classes[order[0]], confidence=float(probs[order[0]]), model=self.card.name,
-                          version=self.card.version,
-                          top_k=[Label(label=classes[i], probability=float(probs[i])) for i in order])
-
-    def _explanations(self, probs: np.ndarray, maps: np.ndarray, mapped: np.ndarray, asked: int, top_k: int,
-                      pixels: np.ndarray | None) -> list[Explanation]:
-        """Answers with their heatmaps, each class once (`label` may be one of the top k); PNGs where pixels."""
-        out = []
-        for i, row in enumerate(probs):
-            heatmaps, seen = [], set()
-            for j in range(asked):
-                c = int(mapped[i, j])
-                if c in seen:
-                    continue
-                seen.add(c)
-                heatmap = maps[i, j]
-                heatmaps.append(Heatmap(label=self.card.classes[c], probability=float(row[c]),
-                                        peak=float(heatmap.max()),
-                                        grid=render.grid(heatmap) if pixels is None else None,
-                                        png=render.overlay_base64(pixels[i], heatmap) if pixels is not None else None))
-            metrics.heatmaps.labels(format="grid" if pixels is None else "png").inc(len(heatmaps))
-            out.append(Explanation(**self.answer(row, top_k).model_dump(), heatmaps=heatmaps))
-        return out
 
     def feedback(self, predicted: str, actual: str) -> dict:
         """Ground truth for an earlier prediction; stateless, so any replica can take it."""

@@ -17,9 +17,10 @@ from pydantic import ConfigDict, Field
 from contract.errors import RequestError
 
 from . import bentoml_adapter, page, v2
+from .answers import Explanation, HeatmapFormat, Prediction
 from .artifact import pin_version
 from .bentoml_adapter import Upload
-from .core import Core, Explanation, HeatmapFormat, ImageFile, Prediction
+from .core import Core, ImageFile
 from .errors import error_response
 from .heap import freeze_startup_objects
 from .limits import RequestGuard

@@ -37,3 +37,28 @@ def test_training_and_serving_meet_only_at_the_contract():
                     crossings.append(f"{path.relative_to(ROOT)} imports {module}")
     assert crossings == ["training/demo.py imports serving.launch"], crossings
     assert not {m for m in _imports(ROOT / "serving" / "launch.py") if m.split(".")[0] in ("serving", "contract")}
+
+
+PACKAGES = ("contract", "serving", "training", "bench")
+MAX_CLASS_LINES = 150  # issue 28: one class, one job; Trainer and Core had grown past it
+
+
+def _sources() -> list[Path]:
+    return sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py"))
+
+
+def test_no_class_is_over_150_lines():
+    import ast
+    long = [f"{path.relative_to(ROOT)}: {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in _sources() for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES]
+    assert not long, long
+
+
+def test_private_bentoml_modules_are_imported_in_the_adapter_only():
+    """Where BentoML has no public hook, serving/bentoml_adapter.py is the one place that reaches inside it (and
+    checks the version it was written for); nothing else may, so an upgrade is a port of one file."""
+    private = ("_bentoml_impl", "_bentoml_sdk", "bentoml._internal")
+    found = {str(path.relative_to(ROOT)) for path in _sources()
+             if any(m.startswith(private) for m in _imports(path))}
+    assert found == {"serving/bentoml_adapter.py"}, found

@@ -36,6 +36,22 @@ class Preempted(SystemExit):
         super().__init__(EXIT_PREEMPTED)
 
 
+def validate(trainer: Trainer, phase: int) -> dict:
+    """The epoch's validation metrics: on the cached features where phase 1 trains on them (the backbone is frozen,
+    so they are what it would compute), else on the images."""
+    model, cache = trainer.model, trainer.cache
+    if phase == 1 and cache is not None:
+        model.head.eval()
+        with torch.no_grad():
+            logits = model.head(cache.val.to(trainer.device)).float().cpu().numpy()
+        labels = cache.val_labels.numpy()
+    else:
+        logits, labels = metrics.predict(model, trainer.data.val_loader, trainer.device, trainer.cfg.channels_last,
+                                         trainer.amp)
+    q = metrics.quick(logits, labels)
+    return {"val_loss": q["loss"], "val_acc": q["acc"], "val_macro_f1": q["macro_f1"]}
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, splits: Splits, model: Classifier, device: torch.device,
                  d: distributed.Dist = distributed.Dist(), checkpoints: bool = True,
@@ -97,7 +113,7 @@ class Trainer:
             self.wrap_for(phase, stages)
             t0 = time.perf_counter()
             row = {"phase": phase, "epoch": epoch + 1, "trainable": stages or ["head"],
-                   **self.train_epoch(phase, epoch, optimizer, schedule), **self.validate(phase),
+                   **self.train_epoch(phase, epoch, optimizer, schedule), **validate(self, phase),
                    "lr": max(g["lr"] for g in optimizer.param_groups)}
             row["seconds"] = round(time.perf_counter() - t0, 2)
             if self.end_epoch(row, phase, epoch, schedule, optimizer):
@@ -168,18 +184,6 @@ class Trainer:
         event("SIGTERM: " + ("checkpoint written" if self.checkpoints.main else "a search's trial, rerun on resume")
               + ", exiting", phase=phase, epoch=epoch, batch=self.state.batch)
         raise Preempted()
-
-    def validate(self, phase: int) -> dict:
-        if phase == 1 and self.cache is not None:
-            self.model.head.eval()
-            with torch.no_grad():
-                logits = self.model.head(self.cache.val.to(self.device)).float().cpu().numpy()
-            labels = self.cache.val_labels.numpy()
-        else:
-            logits, labels = metrics.predict(self.model, self.data.val_loader, self.device, self.cfg.channels_last,
-                                             self.amp)
-        q = metrics.quick(logits, labels)
-        return {"val_loss": q["loss"], "val_acc": q["acc"], "val_macro_f1": q["macro_f1"]}
 
     # ---- around the phases -------------------------------------------------------------------------------------
     def wrap_for(self, phase: int, stages: list[str]) -> None:
