@@ -154,6 +154,11 @@ class Variant(BaseModel):
     canary: Canary | None = None  # int8: the node check's images and limits (contract.canary)
 
 
+# a class name's length, refused past it by training (folder names cannot be longer; a CSV column could be) and by
+# the service where a client names a class: an error then never echoes megabytes of what the client sent
+MAX_CLASS_NAME_CHARS = 255
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str

@@ -14,6 +14,7 @@ from typing import Annotated
 import bentoml
 from pydantic import ConfigDict, Field
 
+from contract.card import MAX_CLASS_NAME_CHARS
 from contract.errors import RequestError
 
 from . import bentoml_adapter, page, v2
@@ -30,6 +31,10 @@ S = pin_version(load_settings())  # bentoml serve imports this module before it 
 CORE = Core(S)  # loaded in each worker (ImageClassifier.__init__); the routes of every protocol are bound to it
 
 
+TopK = Annotated[int, Field(ge=1, le=S.max_top_k)]
+ClassName = Annotated[str, Field(max_length=MAX_CLASS_NAME_CHARS)]
+
+
 class Base64Request(bentoml.IODescriptor):
     model_config = ConfigDict(extra="forbid")
     image: str = Field(description="base64-encoded image file (JPEG, PNG, WebP, BMP, GIF, TIFF)")
@@ -43,22 +48,21 @@ class Base64BatchRequest(bentoml.IODescriptor):
 
 
 class Base64ExplainRequest(Base64Request):
-    label: str | None = Field(None, description="a class to explain besides the top_k")
+    label: ClassName | None = Field(None, description="a class to explain besides the top_k")
     format: HeatmapFormat = "grid"
 
 
 class Base64BatchExplainRequest(Base64BatchRequest):
-    label: str | None = Field(None, description="a class to explain besides the top_k")
+    label: ClassName | None = Field(None, description="a class to explain besides the top_k")
     format: HeatmapFormat = "grid"
 
 
 class FeedbackRequest(bentoml.IODescriptor):
     model_config = ConfigDict(extra="forbid")
-    predicted: str
-    actual: str
+    predicted: ClassName
+    actual: ClassName
 
 
-TopK = Annotated[int, Field(ge=1, le=S.max_top_k)]
 
 
 @bentoml.service(workers=S.api_workers, traffic={"timeout": 60}, logging={"access": {"enabled": S.access_log}})
@@ -114,7 +118,7 @@ class ImageClassifier:
             return error_response(exc)
 
     @bentoml.api(route="/explain")
-    async def explain(self, image: Upload, top_k: TopK = 3, label: str | None = None,
+    async def explain(self, image: Upload, top_k: TopK = 3, label: ClassName | None = None,
                       format: HeatmapFormat = "grid") -> Explanation:
         """/predict's answer with a heatmap per returned class (and for `label`, when given): where in the picture
         the evidence for that class lies (Grad-CAM of the served graph), as a grid of numbers or a PNG over the
@@ -125,12 +129,12 @@ class ImageClassifier:
     @bentoml.api(route="/explain_batch")
     async def explain_batch(self,
                             images: Annotated[list[Upload], Field(min_length=1, max_length=S.max_images_per_request)],
-                            top_k: TopK = 3, label: str | None = None,
+                            top_k: TopK = 3, label: ClassName | None = None,
                             format: HeatmapFormat = "grid") -> list[Explanation]:
         return await self._explain(images, top_k, label, format)
 
     @bentoml.api(route="/explain_base64", input_spec=Base64ExplainRequest)
-    async def explain_base64(self, image: str, top_k: int = 3, label: str | None = None,
+    async def explain_base64(self, image: str, top_k: int = 3, label: ClassName | None = None,
                              format: HeatmapFormat = "grid") -> Explanation:
         try:
             files = [_b64(image, "image")]
@@ -140,7 +144,7 @@ class ImageClassifier:
         return result[0] if isinstance(result, list) else result
 
     @bentoml.api(route="/explain_base64_batch", input_spec=Base64BatchExplainRequest)
-    async def explain_base64_batch(self, images: list[str], top_k: int = 3, label: str | None = None,
+    async def explain_base64_batch(self, images: list[str], top_k: int = 3, label: ClassName | None = None,
                                    format: HeatmapFormat = "grid") -> list[Explanation]:
         try:
             files = [_b64(b, f"images[{i}]") for i, b in enumerate(images)]

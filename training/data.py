@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
+from contract.card import MAX_CLASS_NAME_CHARS
 from contract.preprocess import load_rgb  # training decodes files as the service decodes requests
 
 from . import copies
@@ -294,6 +295,10 @@ def check_class_names(classes: list[str], where: str) -> None:
     if bad:
         raise DataError(f"{where}: class name(s) {bad[:10]} are empty or hold control characters "
                         "(newline, tab, ...); rename them")
+    long = [c[:40] + "..." for c in classes if len(c) > MAX_CLASS_NAME_CHARS]
+    if long:
+        raise DataError(f"{where}: class name(s) {long[:10]} are longer than {MAX_CLASS_NAME_CHARS} characters "
+                        "(the longest a folder name can be, and what the service accepts back); shorten them")
 
 
 def detect_source(path: Path) -> str:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
+from contract.card import MAX_CLASS_NAME_CHARS
 from training import data_report
 from training.config import DataConfig, ManifestConfig
 from training.data import ClassPolicy, DataError, _carve, load_splits
@@ -139,6 +140,24 @@ def test_control_characters_in_class_names_stop_the_job_at_intake(tmp_path, data
     shutil.move(root / "bees", root / "be\nes")
     with pytest.raises(DataError, match="control characters"):
         load_splits(DataConfig(path=root, val_ratio=0.25, test_ratio=0.25), seed=0)
+
+
+def test_a_class_name_longer_than_a_folder_name_stops_the_job_at_intake(tmp_path, data_dir):
+    """A CSV column can hold what no folder can: a class name the service could not take back (/explain's label,
+    /feedback) is refused before training, with the rule."""
+    def manifest(root: Path, bees: str) -> Path:
+        _photos(root / "images", data_dir)
+        rows = [(f"images/{p.parent.name}/{p.name}", bees if p.parent.name == "bees" else p.parent.name)
+                for p in sorted((root / "images").rglob("*.jpg"))]
+        with (root / "labels.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([("path", "label"), *rows])
+        return root / "labels.csv"
+
+    long = "b" * (MAX_CLASS_NAME_CHARS + 1)
+    with pytest.raises(DataError, match=f"longer than {MAX_CLASS_NAME_CHARS} characters"):
+        load_splits(DataConfig(path=manifest(tmp_path / "long", long), val_ratio=0.25, test_ratio=0.25), seed=0)
+    splits = load_splits(DataConfig(path=manifest(tmp_path / "ok", long[:-1]), val_ratio=0.25, test_ratio=0.25), seed=0)
+    assert long[:-1] in splits.classes
 
 
 def test_file_names_with_newlines_and_tabs_reach_the_skew_gate_scorer(tmp_path, artifact, data_dir):
