@@ -45,17 +45,20 @@ from serving.runtime import OnnxClassifier
 from serving.settings import load_settings
 
 AS_SHOT = "as shot (~0.2 MP)"
+SHARED = {"SERVING_RUN_MODE": "shared"}
 VARIANTS = {
-    "default (1 onnxruntime run at a time, decode threads = cores; fp32)": {},
-    "2 runs in flight": {"SERVING_MODEL_CALLS_IN_FLIGHT": "2"},
+    "default (run_mode adaptive, spinning in_runs; fp32)": {},
+    # the default before run_mode existed: every run on all threads, one at a time, the threads sleeping when idle
+    "shared runs, spinning off": {**SHARED, "SERVING_SPINNING": "off"},
+    "shared runs, spinning in_runs": SHARED,
+    "2 runs in flight": {**SHARED, "SERVING_MODEL_CALLS_IN_FLIGHT": "2", "SERVING_SPINNING": "off"},
     # no intra-op barrier to wait at: each run on its own thread, the cores shared between runs instead
-    "2 runs in flight, 1 onnxruntime thread each": {"SERVING_MODEL_CALLS_IN_FLIGHT": "2",
+    "2 runs in flight, 1 onnxruntime thread each": {**SHARED, "SERVING_MODEL_CALLS_IN_FLIGHT": "2",
                                                     "SERVING_INTRA_OP_THREADS": "1"},
     "no batching (every request runs alone)": {"SERVING_BATCHING": "false"},
     "access log off": {"SERVING_ACCESS_LOG": "false"},
     "2 API workers": {"SERVING_API_WORKERS": "2"},
     "1 onnxruntime thread": {"SERVING_INTRA_OP_THREADS": "1"},
-    "onnxruntime threads spin inside runs only": {"SERVING_SPINNING": "in_runs"},
     "onnxruntime threads always spin": {"SERVING_SPINNING": "always"},
     "onnxruntime threads never spin": {"SERVING_SPINNING": "off"},
     "1 decode thread": {"SERVING_DECODE_THREADS": "1"},

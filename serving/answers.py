@@ -91,3 +91,15 @@ def explanations(card: ModelCard, probs: np.ndarray, maps: np.ndarray, mapped: n
         metrics.heatmaps.labels(format="grid" if pixels is None else "png").inc(len(found))
         out.append(Explanation(**answer(card, row, top_k).model_dump(), heatmaps=found))
     return out
+
+
+def feedback(card: ModelCard, predicted: str, actual: str) -> dict:
+    """A client's ground truth for an earlier prediction, counted (online accuracy); both classes must be the
+    model's."""
+    unknown = [f"{k}='{v}'" for k, v in (("predicted", predicted), ("actual", actual)) if v not in card.classes]
+    if unknown:
+        raise RequestError("unknown_class", f"unknown class {', '.join(unknown)}; the model's classes are "
+                           f"{card.classes}", 422)
+    outcome = "correct" if predicted == actual else "incorrect"
+    metrics.feedback.labels(outcome=outcome, actual=actual).inc()
+    return {"outcome": outcome}

@@ -6,6 +6,14 @@ waits on a timer for a fuller batch, so there is no latency model to get wrong: 
 still waiting `max_wait` seconds after it was queued is answered 503 at that moment (the service is over its latency
 budget, max_latency_ms), so an overloaded node sheds load instead of queueing without bound.
 
+With a `solo` call (run_mode adaptive, serving.settings), a request that finds nothing else waiting and no run under
+way goes alone through `solo` (onnxruntime on every thread of the worker: the lowest latency for one image), and no
+other run starts until it ends; under load the calls are `infer` (one onnxruntime thread each), up to max_in_flight
+at once, so the cores are shared between runs rather than synchronised inside one. A call then takes its share of
+what waits (the waiting images over the lanes), not all of it: one thread with the whole queue would keep those
+requests waiting for it while the other lanes finish and idle. On a CPU an image costs about the same in a batch of
+1 or 32 (bench/RESULTS.md), so the smaller calls cost no throughput.
+
 A part may ask for heatmaps (`maps`: per image, the classes to map, training.cam's encoding); parts asking for
 different numbers share a run all the same: the narrower are padded with -1 (the top class, a few hundred
 multiply-adds an image) and each request reads only the columns it asked for.
@@ -42,11 +50,14 @@ class Coalescer:
     """`await run(pixels, maps)` returns `infer(pixels, maps)`, computed in a call shared with other waiting
     requests.
 
-    combine=False: every request is a call of its own (split at max_batch_size), for comparison."""
+    combine=False: every request is a call of its own (split at max_batch_size), for comparison. solo: the call for
+    a request that arrives alone (see the module's docstring); None: every call is `infer`."""
 
     def __init__(self, infer: Infer, max_batch_size: int, max_in_flight: int, max_wait: float | None = None,
-                 combine: bool = True) -> None:
+                 combine: bool = True, solo: Infer | None = None) -> None:
         self.infer = infer
+        self.solo = solo
+        self.solo_running = False
         self.max_batch_size = max_batch_size
         self.max_in_flight = max_in_flight
         self.max_wait = max_wait
@@ -78,19 +89,26 @@ class Coalescer:
             future.set_exception(overloaded(self.max_wait))
 
     def _send(self) -> None:
-        while self.waiting and len(self.in_flight) < self.max_in_flight:
-            batch = self._take()
+        while self.waiting and len(self.in_flight) < self.max_in_flight and not self.solo_running:
+            alone = self.solo is not None and not self.in_flight and len(self.waiting) == 1
+            batch = self._take(self._share() if self.solo is not None and not alone else self.max_batch_size)
             if not batch:
                 continue
-            task = asyncio.get_running_loop().create_task(self._call(batch))
+            self.solo_running = alone
+            task = asyncio.get_running_loop().create_task(self._call(batch, self.solo if alone else self.infer))
             self.in_flight.add(task)
             task.add_done_callback(self._done)
 
-    def _take(self) -> list[Part]:
-        """The next call's parts: the waiting ones in arrival order up to max_batch_size images (one part where
-        combine=False), skipping those cancelled or expired while they waited."""
+    def _share(self) -> int:
+        """Images for the next call where calls run one thread each: the waiting ones spread over the lanes."""
+        waiting = sum(len(p.pixels) for p in self.waiting)
+        return min(self.max_batch_size, -(-waiting // self.max_in_flight))
+
+    def _take(self, limit: int) -> list[Part]:
+        """The next call's parts: the waiting ones in arrival order up to `limit` images, at least one part (one part
+        where combine=False), skipping those cancelled or expired while they waited."""
         batch, size = [], 0
-        while self.waiting and size + len(self.waiting[0].pixels) <= self.max_batch_size:
+        while self.waiting and (not batch or size + len(self.waiting[0].pixels) <= limit):
             part = self.waiting.popleft()
             if part.expiry is not None:
                 part.expiry.cancel()
@@ -101,12 +119,12 @@ class Coalescer:
                     break
         return batch
 
-    async def _call(self, batch: list[Part]) -> None:
+    async def _call(self, batch: list[Part], infer: Infer) -> None:
         width = max(p.maps.shape[1] for p in batch)
         maps = np.concatenate([np.pad(p.maps, ((0, 0), (0, width - p.maps.shape[1])), constant_values=-1)
                                for p in batch])
         try:
-            outputs = await self.infer(np.concatenate([p.pixels for p in batch]), maps)
+            outputs = await infer(np.concatenate([p.pixels for p in batch]), maps)
         except Exception as exc:  # every request of the call gets the error, as it would have alone
             for p in batch:
                 if not p.future.done():
@@ -120,4 +138,5 @@ class Coalescer:
 
     def _done(self, task: asyncio.Task) -> None:
         self.in_flight.discard(task)
+        self.solo_running = False  # a solo call runs with nothing else in flight: this was it, or none ran
         self._send()

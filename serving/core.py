@@ -22,10 +22,20 @@ from contract.preprocess import PixelBudget, preprocess
 from contract.scores import softmax
 
 from . import loading, metrics
-from .answers import Explanation, HeatmapFormat, Prediction, Served, answer, explanations, heatmap_classes
+from .answers import (
+    Explanation,
+    HeatmapFormat,
+    Prediction,
+    Served,
+    answer,
+    explanations,
+    feedback,
+    heatmap_classes,
+)
 from .coalesce import Coalescer
 from .cpus import cpu_allotment
 from .loading import Loaded
+from .runtime import OnnxClassifier
 from .settings import Settings
 
 log = logging.getLogger("bentoml.serving")  # the logger bentoml serve shows at INFO
@@ -71,9 +81,13 @@ class Core:
         # decoding threads beyond the cores only share them: every request in the pool finishes late together
         # (12 MP photos at c = 32: p99 2.1x p50), where a queue served in arrival order keeps the tail short (1.3x)
         self.decoders = anyio.CapacityLimiter(s.decode_threads or cpu_allotment() or os.cpu_count() or 1)
-        self.runs = anyio.CapacityLimiter(s.model_calls_in_flight)
-        self.coalescer = Coalescer(self._run, s.max_batch_size, s.model_calls_in_flight,
-                                   max_wait=s.max_latency_ms / 1000, combine=s.batching)
+        single = self.model.single_thread
+        in_flight = self.model.lanes if single is not None else s.model_calls_in_flight
+        self.runs = anyio.CapacityLimiter(in_flight)
+        # run_mode adaptive: runs under load on one thread each, a lone request on all (serving.coalesce)
+        self.coalescer = Coalescer(
+            self._runner(single or self.model.session), s.max_batch_size, in_flight, max_wait=s.max_latency_ms / 1000,
+            combine=s.batching, solo=self._runner(self.model.session) if single is not None else None)
 
     # ---- state -----------------------------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -144,14 +158,7 @@ class Core:
     def feedback(self, predicted: str, actual: str) -> dict:
         """Ground truth for an earlier prediction; stateless, so any replica can take it."""
         self.check_loaded()
-        unknown = [f"{k}='{v}'" for k, v in (("predicted", predicted), ("actual", actual))
-                   if v not in self.card.classes]
-        if unknown:
-            raise RequestError("unknown_class", f"unknown class {', '.join(unknown)}; the model's classes are "
-                               f"{self.card.classes}", 422)
-        outcome = "correct" if predicted == actual else "incorrect"
-        metrics.feedback.labels(outcome=outcome, actual=actual).inc()
-        return {"outcome": outcome}
+        return feedback(self.card, predicted, actual)
 
     # ---- the work behind a request ---------------------------------------------------------------------------
     def _prepare(self, data: ImageFile, budget: PixelBudget) -> np.ndarray:
@@ -173,17 +180,20 @@ class Core:
         arrays = [await anyio.to_thread.run_sync(self._prepare, f, budget, limiter=self.decoders) for f in files]
         return np.stack(arrays)
 
-    async def _run(self, batch: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The Coalescer's call: one onnxruntime run in a worker thread (the event loop keeps answering)."""
-        return await anyio.to_thread.run_sync(self._infer, batch, maps, limiter=self.runs)
+    def _runner(self, session: OnnxClassifier):
+        async def run(batch: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """A Coalescer's call: one onnxruntime run in a worker thread (the event loop keeps answering)."""
+            return await anyio.to_thread.run_sync(self._infer, session, batch, maps, limiter=self.runs)
+        return run
 
-    def _infer(self, batch: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _infer(self, session: OnnxClassifier, batch: np.ndarray,
+               maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         start = time.perf_counter()
         pixels = np.ascontiguousarray(batch, dtype=np.uint8)
         if maps.shape[1]:  # only asked of a model with heatmaps (check_heatmaps)
-            logits, heatmaps, mapped = self.model.session.explain(pixels, maps)
+            logits, heatmaps, mapped = session.explain(pixels, maps)
         else:
-            logits = self.model.session.run(pixels)
+            logits = session.run(pixels)
             heatmaps, mapped = np.zeros((len(pixels), 0, 0, 0), np.float32), maps
         probs = softmax(logits, self.card.temperature)
         self.series.run(time.perf_counter() - start, probs)

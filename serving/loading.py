@@ -26,6 +26,10 @@ log = logging.getLogger("bentoml.serving")  # the logger bentoml serve shows at 
 class Loaded:
     card: ModelCard
     chosen: Chosen
+    # run_mode adaptive on CPU: the chosen file again on one thread, for the runs under load, `lanes` of them at
+    # once (None: every run on the chosen session)
+    single_thread: OnnxClassifier | None = None
+    lanes: int = 1
 
     @property
     def session(self) -> OnnxClassifier:
@@ -53,10 +57,18 @@ def load(s: Settings) -> Loaded:
         chosen = pick(False)  # the library loaded but found no usable GPU: choose as on CPU (fp16 there is slow)
     (log.warning if chosen.canary_passed is False else log.info)(
         "serving %s on %s: %s", chosen.path.name, chosen.session.provider, chosen.note)
+    lanes = chosen.session.intra_threads or os.cpu_count() or 1  # 0: onnxruntime's default, one per core
+    single = None
+    if s.run_mode == "adaptive" and chosen.session.provider == "CPUExecutionProvider" and lanes > 1:
+        # with one thread each, or on a GPU, there is nothing to share out
+        single = OnnxClassifier(chosen.path, len(card.classes), card.image_size, "cpu", 1, s.inter_op_threads, "off",
+                                max_batch=s.max_batch_size)
+        log.info("run_mode adaptive: a lone request runs on %d onnxruntime threads; under load up to %d runs at "
+                 "once, one thread each", lanes, lanes)
     if card.monitoring is None:
         log.warning("model.json has no monitoring block (exported before it existed): no label-free accuracy "
                     "estimate or drift reference for %s %s", card.name, card.version)
-    return Loaded(card, chosen)
+    return Loaded(card, chosen, single, lanes if single is not None else 1)
 
 
 def intra_threads(s: Settings) -> int:

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contract.precision import Precision
 
 Spinning = Literal["off", "in_runs", "always"]  # serving.runtime.SPIN_CONFIG says what each sets
+RunMode = Literal["adaptive", "shared"]
 
 
 class Settings(BaseSettings):
@@ -34,14 +35,20 @@ class Settings(BaseSettings):
                                   "the API workers (at least 1 each); 0: the container's CPU allotment (affinity, "
                                   "cgroup quota), else onnxruntime's default")
     inter_op_threads: int = Field(1, ge=1)
-    spinning: Spinning = Field("off", description="how onnxruntime's idle threads wait: off (sleep), in_runs (spin "
-                               "inside a run, sleep between runs), always (onnxruntime's own default); measured in "
-                               "bench/serve_cpu.py")
+    run_mode: RunMode = Field("adaptive", description="adaptive: on CPU, a request that arrives alone runs on all "
+                              "of the worker's onnxruntime threads, and under load each run takes one thread, as many "
+                              "runs at once as threads (a second session of the same file, on one thread); shared: "
+                              "every run on all threads, model_calls_in_flight at a time; measured in "
+                              "bench/serve_cpu.py")
+    spinning: Spinning = Field("in_runs", description="how the idle onnxruntime threads of a run on all threads "
+                               "wait: off (sleep), in_runs (spin inside a run, sleep between runs), always "
+                               "(onnxruntime's own default); in_runs costs throughput under load where run_mode is "
+                               "shared (measured in bench/serve_cpu.py)")
     api_workers: int = Field(1, ge=1, description="processes, each decoding and running its own onnxruntime session")
     decode_threads: int = Field(0, ge=0, description="per API worker: images decoded at once, the others queue in "
                                                      "arrival order; 0: the container's CPU allotment")
-    model_calls_in_flight: int = Field(1, ge=1, description="per API worker: concurrent onnxruntime runs; requests "
-                                       "arriving meanwhile share the next run (bench/serve_cpu.py compares 1 and 2)")
+    model_calls_in_flight: int = Field(1, ge=1, description="per API worker, where run_mode is shared: concurrent "
+                                       "onnxruntime runs; requests arriving meanwhile share the next run")
     max_request_bytes: int = Field(32 << 20, ge=1024)
     body_timeout_seconds: float = Field(30.0, gt=0, lt=60, description="a request body not fully received by then is "
                                         "answered 408 (below BentoML's 60 s request timeout, which answers 504)")

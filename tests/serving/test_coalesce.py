@@ -172,3 +172,53 @@ def test_requests_asking_for_different_heatmaps_share_a_run():
     assert answers[1][1].tolist() == [[-1, -1]]
     assert answers[2][1].tolist() == [[-1, -2], [-1, -2]]
     assert answers[3][1].tolist() == [[5, -1]]
+
+
+class Lanes:
+    """Two models as run_mode adaptive wires them: `solo` (every thread) and `lane` (one thread each); records which
+    ran each call and whether the solo ever overlapped another call."""
+
+    def __init__(self) -> None:
+        self.solo, self.lane = SlowModel(seconds=0.02), SlowModel(seconds=0.02)
+        self.overlapped = False
+
+    def wrap(self, model: SlowModel):
+        async def call(pixels, maps):
+            other = self.lane if model is self.solo else self.solo
+            self.overlapped |= other.running > 0 or (model is self.solo and model.running > 0)
+            return await model(pixels, maps)
+        return call
+
+
+def test_a_lone_request_runs_solo_and_queued_ones_share_the_lanes():
+    lanes = Lanes()
+
+    async def main():
+        c = Coalescer(lanes.wrap(lanes.lane), max_batch_size=32, max_in_flight=2, solo=lanes.wrap(lanes.solo))
+        lone = [await c.run(images(i)) for i in range(3)]  # one client: nothing else waits
+        crowd = await asyncio.gather(*(c.run(images(i)) for i in range(20)))
+        return lone, crowd
+
+    lone, crowd = asyncio.run(main())
+    assert [a[0][0, 0] for a in lone] == [0, 1, 2] and [a[0][0, 0] for a in crowd] == list(range(20))
+    assert lanes.solo.calls[:3] == [1, 1, 1]  # every lone request, and at most the crowd's first
+    assert len(lanes.solo.calls) <= 4 and sum(lanes.lane.calls) >= 19
+    assert lanes.lane.most_running == 2  # under load the lanes run side by side
+    assert not lanes.overlapped  # a solo run has the worker to itself
+
+
+def test_each_call_takes_its_share_of_the_queue():
+    """16 images waiting and two lanes: a call takes the waiting images over the lanes (8), the next half of what is
+    left, and so on (guided self-scheduling), side by side; never one call of 16 with a lane idle beside it."""
+    lanes = Lanes()
+
+    async def main():
+        c = Coalescer(lanes.wrap(lanes.lane), max_batch_size=32, max_in_flight=2, solo=lanes.wrap(lanes.solo))
+        first = asyncio.ensure_future(c.run(images(99)))  # the lone request: solo, the others queue behind it
+        await asyncio.sleep(0)
+        await asyncio.gather(first, *(c.run(images(i)) for i in range(16)))
+
+    asyncio.run(main())
+    assert lanes.solo.calls == [1]
+    assert lanes.lane.calls == [8, 4, 2, 1, 1], lanes.lane.calls
+    assert lanes.lane.most_running == 2

@@ -61,3 +61,22 @@ def test_onnxruntime_threads_are_shared_out_between_api_workers():
     assert intra_threads(Settings(api_workers=1, intra_op_threads=3)) == 3
     assert intra_threads(Settings(api_workers=1)) == 0  # serving.runtime then takes the allotment
     assert intra_threads(Settings(api_workers=2)) == max(1, (cpu_allotment() or os.cpu_count()) // 2)
+
+
+@pytest.mark.parametrize("settings, lanes", [
+    ({"intra_op_threads": 2}, 2),  # adaptive (the default) on two threads: a one-thread session for each of 2 lanes
+    ({"intra_op_threads": 2, "run_mode": "shared"}, None),  # every run on the one session
+    ({"intra_op_threads": 1}, None),  # one thread: nothing to share out
+    ({"intra_op_threads": 4, "api_workers": 2}, 2),  # the worker's share of the server's threads
+])
+def test_adaptive_runs_open_the_chosen_file_again_on_one_thread(artifact, settings, lanes):
+    from serving.loading import load
+    from serving.settings import Settings
+    loaded = load(Settings(model_dir=artifact, device="cpu", precision="fp32", **settings))
+    if lanes is None:
+        assert loaded.single_thread is None and loaded.lanes == 1
+        return
+    single = loaded.single_thread.session
+    assert loaded.lanes == lanes and loaded.session.intra_threads == lanes
+    assert single.get_session_options().intra_op_num_threads == 1
+    assert single._model_path == loaded.session.session._model_path == str(loaded.chosen.path)
