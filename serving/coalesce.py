@@ -6,13 +6,16 @@ waits on a timer for a fuller batch, so there is no latency model to get wrong: 
 still waiting `max_wait` seconds after it was queued is answered 503 at that moment (the service is over its latency
 budget, max_latency_ms), so an overloaded node sheds load instead of queueing without bound.
 
-With a `solo` call (run_mode adaptive, serving.settings), a request that finds nothing else waiting and no run under
-way goes alone through `solo` (onnxruntime on every thread of the worker: the lowest latency for one image), and no
-other run starts until it ends; under load the calls are `infer` (one onnxruntime thread each), up to max_in_flight
-at once, so the cores are shared between runs rather than synchronised inside one. A call then takes its share of
-what waits (the waiting images over the lanes), not all of it: one thread with the whole queue would keep those
-requests waiting for it while the other lanes finish and idle. On a CPU an image costs about the same in a batch of
-1 or 32 (bench/RESULTS.md), so the smaller calls cost no throughput.
+With a `solo` call (run_mode adaptive, serving.settings), a request that finds nothing else waiting, no run under
+way and no other request decoding (`decoding()`) goes alone through `solo` (onnxruntime on every thread of the
+worker: the lowest latency for one image), and no other run starts until it ends; under load the calls are `infer`
+(one onnxruntime thread each), up to max_in_flight at once, so the cores are shared between runs rather than
+synchronised inside one. A call then takes its share of what waits (the waiting images over the lanes), not all of
+it: one thread with the whole queue would keep those requests waiting for it while the other lanes finish and idle.
+On a CPU an image costs about the same in a batch of 1 or 32 (bench/RESULTS.md), so the smaller calls cost no
+throughput. While other requests decode, a lone image in the queue is not alone: a solo run's spinning threads would
+take the cores the decoding needs (12 MP photos at c = 8-64: 0.88-0.97x the shared layout's img/s before this rule,
+bench/RESULTS.md 2026-12-02).
 
 A part may ask for heatmaps (`maps`: per image, the classes to map, training.cam's encoding); parts asking for
 different numbers share a run all the same: the narrower are padded with -1 (the top class, a few hundred
@@ -21,8 +24,9 @@ multiply-adds an image) and each request reads only the columns it asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +62,7 @@ class Coalescer:
         self.infer = infer
         self.solo = solo
         self.solo_running = False
+        self.decoders = 0  # requests decoding now (decoding())
         self.max_batch_size = max_batch_size
         self.max_in_flight = max_in_flight
         self.max_wait = max_wait
@@ -84,13 +89,22 @@ class Coalescer:
         answers = await asyncio.gather(*(p.future for p in parts))
         return answers[0] if len(answers) == 1 else tuple(np.concatenate(o) for o in zip(*answers))
 
+    @contextlib.contextmanager
+    def decoding(self) -> Iterator[None]:
+        """Around a request's decoding, before its `run`: counted, so that a solo call waits for a quiet worker."""
+        self.decoders += 1
+        try:
+            yield
+        finally:
+            self.decoders -= 1
+
     def _expire(self, future: asyncio.Future) -> None:
         if not future.done():  # still queued: a part that left has its timer cancelled
             future.set_exception(overloaded(self.max_wait))
 
     def _send(self) -> None:
         while self.waiting and len(self.in_flight) < self.max_in_flight and not self.solo_running:
-            alone = self.solo is not None and not self.in_flight and len(self.waiting) == 1
+            alone = self.solo is not None and not (self.in_flight or self.decoders) and len(self.waiting) == 1
             batch = self._take(self._share() if self.solo is not None and not alone else self.max_batch_size)
             if not batch:
                 continue

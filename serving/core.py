@@ -177,7 +177,8 @@ class Core:
         images decoding now, not for the whole request (issue 27: 37 s behind two 64-PNG requests before). The
         request's decoded pixels are bounded as a whole by max_request_pixels."""
         budget = PixelBudget(self.settings.max_request_pixels)
-        arrays = [await anyio.to_thread.run_sync(self._prepare, f, budget, limiter=self.decoders) for f in files]
+        with self.coalescer.decoding():
+            arrays = [await anyio.to_thread.run_sync(self._prepare, f, budget, limiter=self.decoders) for f in files]
         return np.stack(arrays)
 
     def _runner(self, session: OnnxClassifier):

@@ -222,3 +222,18 @@ def test_each_call_takes_its_share_of_the_queue():
     assert lanes.solo.calls == [1]
     assert lanes.lane.calls == [8, 4, 2, 1, 1], lanes.lane.calls
     assert lanes.lane.most_running == 2
+
+
+def test_a_lone_image_is_not_alone_while_other_requests_decode():
+    """12 MP photos under load reach the queue one at a time while others still decode: those runs take one thread
+    (a solo run's spinning threads would take the cores the decoding needs); once nothing decodes, solo again."""
+    lanes = Lanes()
+
+    async def main():
+        c = Coalescer(lanes.wrap(lanes.lane), max_batch_size=32, max_in_flight=2, solo=lanes.wrap(lanes.solo))
+        with c.decoding():  # another request's photo is being decoded meanwhile
+            await c.run(images(1))
+        await c.run(images(2))
+
+    asyncio.run(main())
+    assert lanes.lane.calls == [1] and lanes.solo.calls == [1]
