@@ -63,8 +63,6 @@ class FeedbackRequest(bentoml.IODescriptor):
     actual: ClassName
 
 
-
-
 @bentoml.service(workers=S.api_workers, traffic={"timeout": 60}, logging={"access": {"enabled": S.access_log}})
 class ImageClassifier:
     def __init__(self) -> None:
