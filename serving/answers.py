@@ -62,13 +62,17 @@ def answer(card: ModelCard, probs: np.ndarray, top_k: int) -> Prediction:
                       top_k=[Label(label=classes[i], probability=float(probs[i])) for i in order])
 
 
+def unknown_class(named: list[str], classes: list[str]) -> RequestError:
+    """`named`: what the client sent, as `field='value'`; the one message of /explain's label and /feedback."""
+    return RequestError("unknown_class", f"unknown class {', '.join(named)}; the model's classes are {classes}", 422)
+
+
 def heatmap_classes(classes: list[str], top_k: int, label: str | None) -> np.ndarray:
     """The graph's encoding of what to map: -1..-k for the top k classes, then `label`'s index."""
     asked = [-rank for rank in range(1, min(top_k, len(classes)) + 1)]
     if label is not None:
         if label not in classes:
-            raise RequestError("unknown_class", f"unknown class label='{label}'; the model's classes are "
-                               f"{classes}", 422)
+            raise unknown_class([f"label='{label}'"], classes)
         asked.append(classes.index(label))
     return np.array(asked, np.int64)
 
@@ -98,8 +102,7 @@ def feedback(card: ModelCard, predicted: str, actual: str) -> dict:
     model's."""
     unknown = [f"{k}='{v}'" for k, v in (("predicted", predicted), ("actual", actual)) if v not in card.classes]
     if unknown:
-        raise RequestError("unknown_class", f"unknown class {', '.join(unknown)}; the model's classes are "
-                           f"{card.classes}", 422)
+        raise unknown_class(unknown, card.classes)
     outcome = "correct" if predicted == actual else "incorrect"
     metrics.feedback.labels(outcome=outcome, actual=actual).inc()
     return {"outcome": outcome}

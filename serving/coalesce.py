@@ -62,7 +62,7 @@ class Coalescer:
         self.infer = infer
         self.solo = solo
         self.solo_running = False
-        self.decoders = 0  # requests decoding now (decoding())
+        self.decoding_requests = 0  # requests decoding now (decoding())
         self.max_batch_size = max_batch_size
         self.max_in_flight = max_in_flight
         self.max_wait = max_wait
@@ -92,11 +92,11 @@ class Coalescer:
     @contextlib.contextmanager
     def decoding(self) -> Iterator[None]:
         """Around a request's decoding, before its `run`: counted, so that a solo call waits for a quiet worker."""
-        self.decoders += 1
+        self.decoding_requests += 1
         try:
             yield
         finally:
-            self.decoders -= 1
+            self.decoding_requests -= 1
 
     def _expire(self, future: asyncio.Future) -> None:
         if not future.done():  # still queued: a part that left has its timer cancelled
@@ -104,7 +104,7 @@ class Coalescer:
 
     def _send(self) -> None:
         while self.waiting and len(self.in_flight) < self.max_in_flight and not self.solo_running:
-            alone = self.solo is not None and not (self.in_flight or self.decoders) and len(self.waiting) == 1
+            alone = self.solo is not None and not (self.in_flight or self.decoding_requests) and len(self.waiting) == 1
             batch = self._take(self._share() if self.solo is not None and not alone else self.max_batch_size)
             if not batch:
                 continue
