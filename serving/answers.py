@@ -31,19 +31,24 @@ class Prediction(BaseModel):
 class Heatmap(BaseModel):
     label: str
     probability: float
-    peak: float = Field(description="the map's largest value: the share of the class score (logit) one position of "
-                        "the last feature map carries")
+    peak: float = Field(description="the map's largest value: method=cam, the share of the class score (logit) one "
+                        "position of the last feature map carries; method=occlusion, the largest fall of the class's "
+                        "probability when one cell is hidden")
     grid: list[list[float]] | None = Field(None, description="rows of the map at the last feature map's "
                                            "resolution, 0-1 of its peak (format=grid)")
     png: str | None = Field(None, description="base64 PNG: the map over the cropped input the model saw "
                             "(format=png)")
 
 
-class Explanation(Prediction):
-    heatmaps: list[Heatmap] = Field(description="one per class in top_k, then the class asked for by `label`")
-
-
 HeatmapFormat = Literal["grid", "png"]
+# cam: Grad-CAM from the graph, free with the answer; occlusion: the fall of the probability with each cell of the same
+# grid hidden, one model run per cell (contract.occlusion says when it is the more faithful)
+HeatmapMethod = Literal["cam", "occlusion"]
+
+
+class Explanation(Prediction):
+    method: HeatmapMethod = Field(description="how the heatmaps were made")
+    heatmaps: list[Heatmap] = Field(description="one per class in top_k, then the class asked for by `label`")
 
 
 class Served(BaseModel):
@@ -78,7 +83,7 @@ def heatmap_classes(classes: list[str], top_k: int, label: str | None) -> np.nda
 
 
 def explanations(card: ModelCard, probs: np.ndarray, maps: np.ndarray, mapped: np.ndarray, asked: int, top_k: int,
-                 pixels: np.ndarray | None) -> list[Explanation]:
+                 pixels: np.ndarray | None, method: HeatmapMethod = "cam") -> list[Explanation]:
     """Answers with their heatmaps, each class once (`label` may be one of the top k); PNGs where pixels."""
     out = []
     for i, row in enumerate(probs):
@@ -92,8 +97,8 @@ def explanations(card: ModelCard, probs: np.ndarray, maps: np.ndarray, mapped: n
             found.append(Heatmap(label=card.classes[c], probability=float(row[c]), peak=float(heatmap.max()),
                                  grid=render.grid(heatmap) if pixels is None else None,
                                  png=render.overlay_base64(pixels[i], heatmap) if pixels is not None else None))
-        metrics.heatmaps.labels(format="grid" if pixels is None else "png").inc(len(found))
-        out.append(Explanation(**answer(card, row, top_k).model_dump(), heatmaps=found))
+        metrics.heatmaps.labels(format="grid" if pixels is None else "png", method=method).inc(len(found))
+        out.append(Explanation(**answer(card, row, top_k).model_dump(), method=method, heatmaps=found))
     return out
 
 

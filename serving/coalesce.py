@@ -20,6 +20,10 @@ bench/RESULTS.md 2026-12-02).
 A part may ask for heatmaps (`maps`: per image, the classes to map, training.cam's encoding); parts asking for
 different numbers share a run all the same: the narrower are padded with -1 (the top class, a few hundred
 multiply-adds an image) and each request reads only the columns it asked for.
+
+A part may also be left out of the prediction metrics (`counted=False`): an occlusion map's hidden copies of a
+picture (contract.occlusion) share runs with real requests, but they are not predictions anyone asked for, and
+counting them would move the class shares and confidence that the drift and accuracy alerts watch.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import numpy as np
 from contract.errors import RequestError
 
 Outputs = tuple[np.ndarray, ...]  # row i of each belongs to image i
-Infer = Callable[[np.ndarray, np.ndarray], Awaitable[Outputs]]
+Infer = Callable[[np.ndarray, np.ndarray, np.ndarray], Awaitable[Outputs]]  # pixels, maps, counted (bool [N])
 
 
 @dataclass
@@ -43,6 +47,7 @@ class Part:
     maps: np.ndarray  # int64 [n, M]: the classes to map per image; M = 0 asks for none
     future: asyncio.Future
     expiry: asyncio.TimerHandle | None
+    counted: bool = True  # its predictions go into the metrics
 
 
 def overloaded(max_wait: float) -> RequestError:
@@ -70,9 +75,10 @@ class Coalescer:
         self.waiting: deque[Part] = deque()
         self.in_flight: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
 
-    async def run(self, pixels: np.ndarray, maps: np.ndarray | None = None) -> Outputs:
+    async def run(self, pixels: np.ndarray, maps: np.ndarray | None = None, counted: bool = True) -> Outputs:
         """Outputs for uint8 [N,S,S,3]; a request larger than max_batch_size goes as several parts. Outputs with
-        map columns may have more columns than `maps` asked for (padding): read the first M."""
+        map columns may have more columns than `maps` asked for (padding): read the first M. counted=False: not
+        predictions (the module's docstring)."""
         loop = asyncio.get_running_loop()
         if maps is None:
             maps = np.zeros((len(pixels), 0), np.int64)
@@ -81,7 +87,7 @@ class Coalescer:
             future = loop.create_future()
             expiry = None if self.max_wait is None else loop.call_later(self.max_wait, self._expire, future)
             end = start + self.max_batch_size
-            parts.append(Part(pixels[start:end], maps[start:end], future, expiry))
+            parts.append(Part(pixels[start:end], maps[start:end], future, expiry, counted))
         self.waiting.extend(parts)
         self._send()
         # gather: a part's error (503, a failed run) reaches its request; a cancelled request (client gone) leaves its
@@ -138,7 +144,8 @@ class Coalescer:
         maps = np.concatenate([np.pad(p.maps, ((0, 0), (0, width - p.maps.shape[1])), constant_values=-1)
                                for p in batch])
         try:
-            outputs = await infer(np.concatenate([p.pixels for p in batch]), maps)
+            counted = np.concatenate([np.full(len(p.pixels), p.counted) for p in batch])
+            outputs = await infer(np.concatenate([p.pixels for p in batch]), maps, counted)
         except Exception as exc:  # every request of the call gets the error, as it would have alone
             for p in batch:
                 if not p.future.done():

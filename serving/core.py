@@ -18,6 +18,7 @@ import numpy as np
 
 from contract.card import ArtifactError, ModelCard
 from contract.errors import RequestError
+from contract.occlusion import occluded, occlusion_maps
 from contract.preprocess import PixelBudget, preprocess
 from contract.scores import softmax
 
@@ -25,6 +26,7 @@ from . import loading, metrics
 from .answers import (
     Explanation,
     HeatmapFormat,
+    HeatmapMethod,
     Prediction,
     Served,
     answer,
@@ -130,30 +132,28 @@ class Core:
         files or pixels, with heatmaps of `maps` (int64 [N,M], see heatmap_classes) where given."""
         self.check_loaded()
         if maps is not None and maps.shape[1]:
-            self.check_heatmaps()
+            check_heatmaps(self.card, self.model.session)
         if pixels is None:
             pixels = await self._decode_all(files)
         return await self.coalescer.run(pixels, maps)
 
     async def explain(self, files: list[ImageFile], top_k: int, label: str | None = None,
-                      fmt: HeatmapFormat = "grid") -> list[Explanation]:
+                      fmt: HeatmapFormat = "grid", method: HeatmapMethod = "cam") -> list[Explanation]:
         """The answers of /predict, each with the heatmaps of its top_k classes (and of `label`, when asked)."""
         self.check_loaded()
-        self.check_heatmaps()
+        check_heatmaps(self.card, self.model.session)
+        if method == "occlusion":
+            check_occlusion(self.settings, len(files))
         asked = heatmap_classes(self.card.classes, top_k, label)
         pixels = await self._decode_all(files)
         probs, maps, mapped = await self.coalescer.run(pixels, np.tile(asked, (len(pixels), 1)))
+        if method == "occlusion":
+            maps = await occlusion(self.coalescer, self.decoders, pixels, probs, mapped[:, :len(asked)],
+                                   maps.shape[2:])
         if fmt == "png":  # rendering is CPU work: in a decoding thread, off the event loop
             return await anyio.to_thread.run_sync(explanations, self.card, probs, maps, mapped, len(asked), top_k,
-                                                  pixels, limiter=self.decoders)
-        return explanations(self.card, probs, maps, mapped, len(asked), top_k, None)
-
-    def check_heatmaps(self) -> None:
-        if not self.model.session.heatmaps:
-            raise RequestError("no_heatmaps", f"model {self.card.name} {self.card.version} was exported before "
-                               "heatmaps existed: its graph cannot give them; export it again with this trainer "
-                               "(python -m training export --checkpoint runs/<name>/final/model.pt) to explain its "
-                               "answers", 409)
+                                                  pixels, method, limiter=self.decoders)
+        return explanations(self.card, probs, maps, mapped, len(asked), top_k, None, method)
 
     def feedback(self, predicted: str, actual: str) -> dict:
         """Ground truth for an earlier prediction; stateless, so any replica can take it."""
@@ -182,13 +182,14 @@ class Core:
         return np.stack(arrays)
 
     def _runner(self, session: OnnxClassifier):
-        async def run(batch: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        async def run(batch: np.ndarray, maps: np.ndarray,
+                      counted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             """A Coalescer's call: one onnxruntime run in a worker thread (the event loop keeps answering)."""
-            return await anyio.to_thread.run_sync(self._infer, session, batch, maps, limiter=self.runs)
+            return await anyio.to_thread.run_sync(self._infer, session, batch, maps, counted, limiter=self.runs)
         return run
 
-    def _infer(self, session: OnnxClassifier, batch: np.ndarray,
-               maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _infer(self, session: OnnxClassifier, batch: np.ndarray, maps: np.ndarray,
+               counted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         start = time.perf_counter()
         pixels = np.ascontiguousarray(batch, dtype=np.uint8)
         if maps.shape[1]:  # only asked of a model with heatmaps (check_heatmaps)
@@ -197,5 +198,31 @@ class Core:
             logits = session.run(pixels)
             heatmaps, mapped = np.zeros((len(pixels), 0, 0, 0), np.float32), maps
         probs = softmax(logits, self.card.temperature)
-        self.series.run(time.perf_counter() - start, probs)
+        self.series.run(time.perf_counter() - start, probs, counted)
         return probs, heatmaps, mapped
+
+
+def check_heatmaps(card: ModelCard, session: OnnxClassifier) -> None:
+    if not session.heatmaps:
+        raise RequestError("no_heatmaps", f"model {card.name} {card.version} was exported before heatmaps existed: its "
+                           "graph cannot give them; export it again with this trainer (python -m training export "
+                           "--checkpoint runs/<name>/final/model.pt) to explain its answers", 409)
+
+
+def check_occlusion(settings: Settings, images: int) -> None:
+    limit = settings.max_occlusion_images
+    if images > limit:
+        why = ("occlusion maps are turned off here (max_occlusion_images: 0)" if limit == 0 else
+               f"{images} images ask for occlusion maps; at most {limit} may (max_occlusion_images): each costs one "
+               "model run per heatmap cell")
+        raise RequestError("too_many_images", f"{why}; send fewer images, or use method=cam", 413)
+
+
+async def occlusion(coalescer: Coalescer, decoders: anyio.CapacityLimiter, pixels: np.ndarray, probs: np.ndarray,
+                    classes: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Occlusion maps [N, M, h, w] at the graph's heatmap grid: the hidden copies run through the coalescer like any
+    request (batched with the others, bounded by max_latency_ms), not counted as predictions."""
+    hidden = await anyio.to_thread.run_sync(lambda: np.concatenate([occluded(p, grid) for p in pixels]),
+                                            limiter=decoders)  # megabytes of copies: off the event loop
+    after = (await coalescer.run(hidden, counted=False))[0]
+    return occlusion_maps(probs, after, classes, grid)

@@ -28,8 +28,8 @@ confidence = bentoml.metrics.Histogram(
     name=P + "confidence", documentation="top-1 probability of each prediction",
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
 heatmaps = bentoml.metrics.Counter(
-    name=P + "heatmaps_total", documentation="heatmaps answered by /explain, by format (grid | png)",
-    labelnames=["format"])
+    name=P + "heatmaps_total", documentation="heatmaps answered by /explain, by format (grid | png) and method (cam | "
+    "occlusion: one model run per cell)", labelnames=["format", "method"])
 invalid_requests = bentoml.metrics.Counter(
     name=P + "invalid_requests_total", documentation="rejected inputs by reason", labelnames=["reason"])
 feedback = bentoml.metrics.Counter(
@@ -83,10 +83,13 @@ class ModelSeries:
             reference_share.labels(predicted=c).set(share)
         self.inference = inference_seconds.labels(provider=provider)
 
-    def run(self, seconds: float, probs: np.ndarray) -> None:
-        """One onnxruntime run: its time, its batch size and its predictions."""
+    def run(self, seconds: float, probs: np.ndarray, counted: np.ndarray | None = None) -> None:
+        """One onnxruntime run: its time, its batch size and its predictions (the rows where `counted`, where
+        given: an occlusion map's hidden copies are not predictions)."""
         self.inference.observe(seconds)
         batch_size.observe(len(probs))
+        if counted is not None:
+            probs = probs[counted]
         best = probs.argmax(axis=1)
         for i, n in enumerate(np.bincount(best, minlength=len(self.predicted))):
             if n:

@@ -18,7 +18,7 @@ from contract.card import MAX_CLASS_NAME_CHARS
 from contract.errors import RequestError
 
 from . import bentoml_adapter, page, v2
-from .answers import Explanation, HeatmapFormat, Prediction
+from .answers import Explanation, HeatmapFormat, HeatmapMethod, Prediction
 from .artifact import pin_version
 from .bentoml_adapter import Upload
 from .core import Core, ImageFile
@@ -50,11 +50,13 @@ class Base64BatchRequest(bentoml.IODescriptor):
 class Base64ExplainRequest(Base64Request):
     label: ClassName | None = Field(None, description="a class to explain besides the top_k")
     format: HeatmapFormat = "grid"
+    method: HeatmapMethod = "cam"
 
 
 class Base64BatchExplainRequest(Base64BatchRequest):
     label: ClassName | None = Field(None, description="a class to explain besides the top_k")
     format: HeatmapFormat = "grid"
+    method: HeatmapMethod = "cam"
 
 
 class FeedbackRequest(bentoml.IODescriptor):
@@ -109,46 +111,48 @@ class ImageClassifier:
             return error_response(exc)
         return await self._predict(files, top_k)
 
-    async def _explain(self, files: list[ImageFile], top_k: int, label: str | None, fmt: HeatmapFormat):
+    async def _explain(self, files: list[ImageFile], top_k: int, label: str | None, fmt: HeatmapFormat,
+                       method: HeatmapMethod):
         try:
-            return await CORE.explain(files, top_k, label, fmt)
+            return await CORE.explain(files, top_k, label, fmt, method)
         except RequestError as exc:
             return error_response(exc)
 
     @bentoml.api(route="/explain")
     async def explain(self, image: Upload, top_k: TopK = 3, label: ClassName | None = None,
-                      format: HeatmapFormat = "grid") -> Explanation:
+                      format: HeatmapFormat = "grid", method: HeatmapMethod = "cam") -> Explanation:
         """/predict's answer with a heatmap per returned class (and for `label`, when given): where in the picture
-        the evidence for that class lies (Grad-CAM of the served graph), as a grid of numbers or a PNG over the
-        cropped input."""
-        result = await self._explain([image], top_k, label, format)
+        the evidence for that class lies, as a grid of numbers or a PNG over the cropped input. method=cam: Grad-CAM
+        of the served graph, free with the answer; method=occlusion: how far the probability falls with each cell
+        hidden, one model run per cell (more faithful, see contract.occlusion; max_occlusion_images a request)."""
+        result = await self._explain([image], top_k, label, format, method)
         return result[0] if isinstance(result, list) else result
 
     @bentoml.api(route="/explain_batch")
     async def explain_batch(self,
                             images: Annotated[list[Upload], Field(min_length=1, max_length=S.max_images_per_request)],
                             top_k: TopK = 3, label: ClassName | None = None,
-                            format: HeatmapFormat = "grid") -> list[Explanation]:
-        return await self._explain(images, top_k, label, format)
+                            format: HeatmapFormat = "grid", method: HeatmapMethod = "cam") -> list[Explanation]:
+        return await self._explain(images, top_k, label, format, method)
 
     @bentoml.api(route="/explain_base64", input_spec=Base64ExplainRequest)
     async def explain_base64(self, image: str, top_k: int = 3, label: ClassName | None = None,
-                             format: HeatmapFormat = "grid") -> Explanation:
+                             format: HeatmapFormat = "grid", method: HeatmapMethod = "cam") -> Explanation:
         try:
             files = [_b64(image, "image")]
         except RequestError as exc:
             return error_response(exc)
-        result = await self._explain(files, top_k, label, format)
+        result = await self._explain(files, top_k, label, format, method)
         return result[0] if isinstance(result, list) else result
 
     @bentoml.api(route="/explain_base64_batch", input_spec=Base64BatchExplainRequest)
     async def explain_base64_batch(self, images: list[str], top_k: int = 3, label: ClassName | None = None,
-                                   format: HeatmapFormat = "grid") -> list[Explanation]:
+                                   format: HeatmapFormat = "grid", method: HeatmapMethod = "cam") -> list[Explanation]:
         try:
             files = [_b64(b, f"images[{i}]") for i, b in enumerate(images)]
         except RequestError as exc:
             return error_response(exc)
-        return await self._explain(files, top_k, label, format)
+        return await self._explain(files, top_k, label, format, method)
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
     def feedback(self, predicted: str, actual: str) -> dict:

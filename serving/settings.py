@@ -60,6 +60,9 @@ class Settings(BaseSettings):
                                     "bounds the CPU one request costs (1.5 s at worst)")
     max_images_per_request: int = Field(64, ge=1)
     max_top_k: int = Field(20, ge=1)
+    max_occlusion_images: int = Field(4, ge=0, description="images one /explain request may ask occlusion maps of "
+                                      "(method=occlusion): each costs one model run per heatmap cell, 50 at 224 px; "
+                                      "0 turns the method off")
     verify_sha256: bool = True
     drain_seconds: float = Field(1.0, ge=0, description="after SIGTERM, serve this long while /readyz says 503")
     drain_timeout_seconds: float = Field(20.0, ge=0, description="then wait at most this long for in-flight requests")

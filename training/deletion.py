@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from contract.occlusion import FILL  # ImageNet's mean RGB: the colour occlusion maps hide with too
+
 from .seeds import numpy_rng
 
-FILL = np.array([124, 116, 104], np.uint8)  # ImageNet's mean RGB
 BATCH = 16
 
 

@@ -18,10 +18,13 @@ class SlowModel:
     def __init__(self, seconds: float = 0.05, fail_on: int | None = None) -> None:
         self.seconds, self.fail_on = seconds, fail_on
         self.calls: list[int] = []
+        self.counted: list[list[bool]] = []  # per call, which images are predictions (Coalescer.run's counted)
         self.running = self.most_running = 0
 
-    async def __call__(self, pixels: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    async def __call__(self, pixels: np.ndarray, maps: np.ndarray,
+                       counted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.calls.append(len(pixels))
+        self.counted.append(counted.tolist())
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
@@ -183,10 +186,10 @@ class Lanes:
         self.overlapped = False
 
     def wrap(self, model: SlowModel):
-        async def call(pixels, maps):
+        async def call(pixels, maps, counted):
             other = self.lane if model is self.solo else self.solo
             self.overlapped |= other.running > 0 or (model is self.solo and model.running > 0)
-            return await model(pixels, maps)
+            return await model(pixels, maps, counted)
         return call
 
 
@@ -237,3 +240,19 @@ def test_a_lone_image_is_not_alone_while_other_requests_decode():
 
     asyncio.run(main())
     assert lanes.lane.calls == [1] and lanes.solo.calls == [1]
+
+
+def test_uncounted_images_share_a_call_and_are_marked_per_image():
+    """An occlusion map's hidden copies (counted=False) ride in the same run as a real request; the call is told
+    which images are predictions, image by image, so the metrics count only those."""
+    model = SlowModel()
+
+    async def main():
+        c = Coalescer(model, max_batch_size=8, max_in_flight=1)
+        first = asyncio.ensure_future(c.run(images(0)))  # runs alone; the next two wait and share a call
+        await asyncio.sleep(0.01)
+        return await asyncio.gather(first, c.run(images(1, 2), counted=False), c.run(images(3)))
+    answers = asyncio.run(main())
+    assert model.calls == [1, 3]
+    assert model.counted == [[True], [False, False, True]]
+    assert [a[0][:, 0].tolist() for a in answers] == [[0], [1, 2], [3]]

@@ -17,6 +17,7 @@ from PIL import Image
 
 from contract.card import load_card
 from contract.files import sha256_of
+from contract.occlusion import occluded
 from contract.preprocess import preprocess
 from serving import heatmaps as render
 
@@ -164,6 +165,42 @@ def test_explain_and_predict_share_runs_and_are_counted(server, photos):
     assert delta("imgcls_heatmaps_total", format="grid") == sum(len(g["heatmaps"]) for g, _ in explained)
     assert delta("bentoml_service_request_total", endpoint="/explain", http_response_code="200") == len(explained)
     assert delta("bentoml_service_request_duration_seconds_count", endpoint="/explain") == len(explained)
+
+
+def test_occlusion_maps_are_the_probability_falls_and_not_predictions(server, artifact, photos):
+    """method=occlusion: each cell of the graph's heatmap grid hidden in turn (contract.occlusion), the fall of the
+    class's probability, computed here with onnxruntime on the same pixels; its hidden copies run batched but are
+    not counted as predictions; a request over max_occlusion_images is refused with what to do."""
+    photo = photos["ants"][2]
+    before = scrape(server.url)
+    r = httpx.post(server.url + "/explain", files={"image": photo.open("rb")},
+                   data={"top_k": "1", "method": "occlusion"}, timeout=60)
+    after = scrape(server.url)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["method"] == "occlusion"
+    card = load_card(artifact)
+    pixels = preprocess(photo.read_bytes(), card.spec, 40_000_000)
+    session = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
+    cam, _ = graph_heatmaps(artifact, photo.read_bytes(), [-1])
+    hidden = occluded(pixels, cam.shape[1:])
+    probs = session.run(["probabilities"], {"images": np.concatenate([pixels[None], hidden])})[0]
+    c = card.classes.index(answer["label"])
+    fall = np.maximum(probs[0, c] - probs[1:, c], 0).reshape(cam.shape[1:])
+    heatmap = answer["heatmaps"][0]
+    assert heatmap["peak"] == pytest.approx(float(fall.max()), abs=1e-4)
+    np.testing.assert_allclose(heatmap["grid"], render.relative(fall), atol=5e-3)
+    assert total(after, "imgcls_predictions_total") - total(before, "imgcls_predictions_total") == 1
+    assert total(after, "imgcls_batch_size_sum") - total(before, "imgcls_batch_size_sum") == 1 + len(hidden)
+    assert total(after, "imgcls_heatmaps_total", method="occlusion") - \
+        total(before, "imgcls_heatmaps_total", method="occlusion") == 1
+
+    many = [("images", photo.open("rb")) for _ in range(5)]  # max_occlusion_images defaults to 4
+    r = httpx.post(server.url + "/explain_batch", files=many, data={"method": "occlusion"}, timeout=60)
+    assert r.status_code == 413 and r.json()["error"] == "too_many_images"
+    assert "max_occlusion_images" in r.json()["message"] and "method=cam" in r.json()["message"]
+    r = httpx.post(server.url + "/explain", files={"image": photo.open("rb")}, data={"method": "lime"}, timeout=60)
+    assert r.status_code == 400
 
 
 def without_heatmaps(artifact, folder):
