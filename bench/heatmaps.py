@@ -4,12 +4,14 @@ python -m bench.heatmaps --model artifacts/hymenoptera artifacts/cifar10 [--conc
 
 1. The deletion check (training.deletion) on each model's own test split (as its run evaluated it: the config in
    model.json), through the exported graph: hiding the 20 % of pixels the top class's heatmap ranks highest, against
-   hiding 20 % by random maps of the same resolution (5 draws per photo).
+   hiding 20 % by random maps of the same resolution (5 draws per photo); for both of the service's heatmaps, the
+   graph's Grad-CAM and occlusion at the same grid (/explain's method).
 2. The cost, on the first model: the real service started once, loaded by bench/serve.py's client with the test
    split's photos as shot at each concurrency, /predict, /explain (grid) and /explain (format=png) in turn, over
    rounds (the machine is shared and drifts): images per second and the server's CPU per image; the ratios to
    /predict's in the same round, median over rounds. The returned class's heatmap alone (top_k=1: what the issue
-   prices), as a grid and as a PNG, and the PNGs of every class the answer lists (top_k=3).
+   prices), as a grid and as a PNG, and the PNGs of every class the answer lists (top_k=3); and the grid by
+   occlusion (one model run per cell).
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def endpoint(route: str, **fields: str):
 ENDPOINTS = {"/predict": endpoint("/predict"),
              "/explain (grid, top_k=1)": endpoint("/explain", top_k="1"),
              "/explain (png, top_k=1)": endpoint("/explain", top_k="1", format="png"),
-             "/explain (png, top_k=3)": endpoint("/explain", format="png")}
+             "/explain (png, top_k=3)": endpoint("/explain", format="png"),
+             "/explain (grid, top_k=1, method=occlusion)": endpoint("/explain", top_k="1", method="occlusion")}
 
 
 def test_split(version: Path):
@@ -57,13 +60,14 @@ def test_split(version: Path):
     return card, splits.scored_test()
 
 
-def faithfulness(version: Path, limit: int) -> dict:
+def faithfulness(version: Path, limit: int) -> list[dict]:
+    """The deletion check of each heatmap method on the model's test photos."""
     card, test = test_split(version)
     picks = list(range(min(limit, len(test))))
     pixels = model_inputs(test, card.spec, picks)
     session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
-    return {"model": f"{card.name} {card.version} ({card.backbone}, {card.image_size} px)",
-            **deletion_check(session, pixels).summary()}
+    return [{"model": f"{card.name} {card.version} ({card.backbone}, {card.image_size} px)", "method": method,
+             **deletion_check(session, pixels, method=method).summary()} for method in ("cam", "occlusion")]
 
 
 def photo_blobs(version: Path, n: int = 64) -> list[bytes]:
@@ -120,22 +124,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=160)
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    ap.add_argument("--no-cost", action="store_true", help="the deletion check alone")
     args = ap.parse_args()
     versions = [resolve_path(m) for m in args.model]
-    checks = [faithfulness(v, args.photos) for v in versions]
+    checks = [c for v in versions for c in faithfulness(v, args.photos)]
     for c in checks:
         print(c, flush=True)
-    lines = ["| model | photos | faithful (heatmap beats chance) | mean drop, heatmap | mean drop, random |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {c['model']} | {c['n']} | {c['faithful']:.3f} | {c['mean_drop_heatmap']:.3f} | "
+    lines = ["| model | heatmap | photos | faithful (heatmap beats chance) | mean drop, heatmap | mean drop, random |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {c['model']} | {c['method']} | {c['n']} | {c['faithful']:.3f} | {c['mean_drop_heatmap']:.3f} | "
               f"{c['mean_drop_random']:.3f} |" for c in checks]
-    runs = cost(versions[0], args.concurrency, args.rounds, args.requests)
+    runs = None if args.no_cost else cost(versions[0], args.concurrency, args.rounds, args.requests)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"\n### bench/heatmaps.py: {stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU, "
             f"load generator on the same cores\n\nDeletion check (20 % of the pixels hidden, the top class's "
-            f"probability):\n\n" + "\n".join(lines) +
-            f"\n\nCost on {load_card(versions[0]).name}, photos as shot, fp32, {args.rounds} rounds (medians):\n\n"
-            + cost_table(runs, args.concurrency) + "\n")
+            f"probability):\n\n" + "\n".join(lines) + "\n" +
+            ("" if runs is None else f"\nCost on {load_card(versions[0]).name}, photos as shot, fp32, {args.rounds} "
+             "rounds (medians):\n\n" + cost_table(runs, args.concurrency) + "\n"))
     print(text)
     with open(args.results, "a") as f:
         f.write(text)

@@ -38,11 +38,13 @@ def occluded(pixels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 def occlusion_maps(before: np.ndarray, after: np.ndarray, classes: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """before: probabilities [N, C] of the pictures; after: [N * h * w, C] of occluded()'s copies, picture by picture;
     classes: int [N, M] the classes to map -> float32 [N, M, h, w], the fall of each class's probability when that
-    cell is hidden, 0 where hiding it raises the probability (the map shows evidence for the class, as Grad-CAM's
-    ReLU does)."""
+    cell is hidden: negative where hiding it raises the probability (evidence against the class). Kept signed, not
+    clipped at 0 as Grad-CAM's ReLU clips: where hiding most cells raises the class (the demo's "ant", read as "no bee
+    anywhere"), the ties a clip leaves would be ranked by chance, and the demo's occlusion maps beat chance on 82 %
+    of photos clipped against 93 % signed (bench/RESULTS.md, 2026-12-02)."""
     n, m = classes.shape
     h, w = grid
     after = after.reshape(n, h * w, -1)
     rows = np.arange(n)[:, None]
     fall = before[rows, classes][:, :, None] - np.take_along_axis(after, classes[:, None, :], axis=2).transpose(0, 2, 1)
-    return np.maximum(fall, 0).reshape(n, m, h, w).astype(np.float32)
+    return fall.reshape(n, m, h, w).astype(np.float32)

@@ -35,7 +35,8 @@ class Heatmap(BaseModel):
                         "position of the last feature map carries; method=occlusion, the largest fall of the class's "
                         "probability when one cell is hidden")
     grid: list[list[float]] | None = Field(None, description="rows of the map at the last feature map's "
-                                           "resolution, 0-1 of its peak (format=grid)")
+                                           "resolution, 0-1 of its peak (format=grid); method=occlusion: negative "
+                                           "where hiding the cell raises the class's probability")
     png: str | None = Field(None, description="base64 PNG: the map over the cropped input the model saw "
                             "(format=png)")
 

@@ -50,6 +50,18 @@ class Part:
     counted: bool = True  # its predictions go into the metrics
 
 
+def joined(answers: list[Outputs], width: int) -> Outputs:
+    """The outputs of a request's parts, which may have run in calls of different map widths (each padded to its
+    widest request): every output after the first (the probabilities) cut to the request's own `width` columns
+    before they are joined; where it asked for none, empty."""
+    n = sum(len(a[0]) for a in answers)
+    out = [np.concatenate([a[0] for a in answers])]
+    for column in zip(*(a[1:] for a in answers)):
+        out.append(np.concatenate([o[:, :width] for o in column]) if width else
+                   np.zeros((n, 0, *column[0].shape[2:]), column[0].dtype))
+    return tuple(out)
+
+
 def overloaded(max_wait: float) -> RequestError:
     return RequestError("overloaded", f"the request waited over {max_wait * 1000:.0f} ms (max_latency_ms) for the "
                         "model: this replica is over its load; retry later or add replicas", 503)
@@ -93,7 +105,7 @@ class Coalescer:
         # gather: a part's error (503, a failed run) reaches its request; a cancelled request (client gone) leaves its
         # parts in their calls, whose other requests are unaffected
         answers = await asyncio.gather(*(p.future for p in parts))
-        return answers[0] if len(answers) == 1 else tuple(np.concatenate(o) for o in zip(*answers))
+        return answers[0] if len(answers) == 1 else joined(answers, maps.shape[1])
 
     @contextlib.contextmanager
     def decoding(self) -> Iterator[None]:

@@ -16,7 +16,8 @@ DECIMALS = 3
 
 
 def relative(heatmap: np.ndarray) -> np.ndarray:
-    """The map on 0-1 of its own peak (all 0 where nothing in the picture speaks for the class)."""
+    """The map over its own peak, so at most 1 (an occlusion map's negative cells stay negative); all 0 where nothing
+    in the picture speaks for the class."""
     peak = float(heatmap.max())
     return heatmap / peak if peak > 0 else np.zeros_like(heatmap)
 
@@ -29,7 +30,9 @@ def grid(heatmap: np.ndarray) -> list[list[float]]:
 def overlay_png(pixels: np.ndarray, heatmap: np.ndarray) -> bytes:
     """The map, upsampled to the crop's size and coloured, over the crop (uint8 [S, S, 3]): PNG bytes."""
     size = (pixels.shape[1], pixels.shape[0])
-    level = Image.fromarray(np.uint8(np.round(relative(heatmap) * 255)), "L").resize(size, Image.BILINEAR)
+    # an occlusion map's negative cells (hiding them raises the class) show as no evidence: the grid keeps their sign
+    shade = np.uint8(np.round(np.clip(relative(heatmap), 0, 1) * 255))
+    level = Image.fromarray(shade, "L").resize(size, Image.BILINEAR)
     colour = ImageOps.colorize(level, black="#2040ff", mid="#ffe040", white="#ff2010")
     out = io.BytesIO()
     # zlib's Huffman-only strategy: on 224 px overlays of real photos 6.0 ms and 88 kB an image against 8.2 ms and

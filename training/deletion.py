@@ -7,6 +7,9 @@ pixels would be another perturbation (salt noise over the whole photo, which a C
 EfficientNet-Lite0's ImageNet classifier and the 153 ant and bee photos, the heatmap beats blobs on 91.5 % of the
 photos and scattered pixels on 80 %. Hidden pixels take the ImageNet mean colour (the average photo's:
 no new edges inside the hidden region). Runs the exported graph through onnxruntime, as served.
+
+method="occlusion" judges the service's other heatmap (contract.occlusion: the fall of the probability with each
+cell of the same grid hidden) the same way.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from contract.occlusion import FILL  # ImageNet's mean RGB: the colour occlusion maps hide with too
+from contract.occlusion import FILL, occluded, occlusion_maps  # FILL: ImageNet's mean RGB, as occlusion maps hide
 
 from .seeds import numpy_rng
 
@@ -67,11 +70,26 @@ def probability_of(session, pixels: np.ndarray, classes: np.ndarray) -> np.ndarr
     return probs[np.arange(len(probs)), classes]
 
 
-def deletion_check(session, pixels: np.ndarray, share: float = 0.2, rounds: int = 5, seed: int = 0) -> Deletion:
-    """pixels: uint8 [N,S,S,3], the contract's crops; session: onnxruntime's, on a graph with heatmaps."""
+def occlusion_of(session, pixels: np.ndarray, probs: np.ndarray, classes: np.ndarray,
+                 grid: tuple[int, int]) -> np.ndarray:
+    """The top classes' occlusion maps [N, h, w], as the service's /explain?method=occlusion computes them."""
+    maps = []
+    for p, before, c in zip(pixels, probs, classes):
+        after = np.concatenate([session.run(["probabilities"], {"images": batch})[0]
+                                for batch in np.array_split(occluded(p, grid), max(1, grid[0] * grid[1] // BATCH))])
+        maps.append(occlusion_maps(before[None], after, np.array([[c]]), grid)[0, 0])
+    return np.stack(maps)
+
+
+def deletion_check(session, pixels: np.ndarray, share: float = 0.2, rounds: int = 5, seed: int = 0,
+                   method: str = "cam") -> Deletion:
+    """pixels: uint8 [N,S,S,3], the contract's crops; session: onnxruntime's, on a graph with heatmaps; method: the
+    heatmap judged, the graph's Grad-CAM (cam) or occlusion at the same grid."""
     rng = numpy_rng(seed, "deletion")
     size = pixels.shape[1]
     probs, classes, maps = top_class(session, pixels)
+    if method == "occlusion":
+        maps = occlusion_of(session, pixels, probs, classes, maps.shape[1:])
     before = probs[np.arange(len(probs)), classes]
     by_heatmap = np.stack([hide(p, upsample(m, size), share, rng) for p, m in zip(pixels, maps)])
     drop_heatmap = before - probability_of(session, by_heatmap, classes)

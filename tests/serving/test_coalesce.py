@@ -256,3 +256,24 @@ def test_uncounted_images_share_a_call_and_are_marked_per_image():
     assert model.calls == [1, 3]
     assert model.counted == [[True], [False, False, True]]
     assert [a[0][:, 0].tolist() for a in answers] == [[0], [1, 2], [3]]
+
+
+def test_a_split_request_joins_parts_from_calls_of_different_map_widths():
+    """A request larger than max_batch_size goes as parts; each part may share a call with requests asking for more
+    heatmaps (the call padded to the widest). Its answer has its own columns, however its parts were padded (a
+    request asking for none, as an occlusion map's copies, gets none): before, joining the parts failed, a 500."""
+    model = SlowModel()
+
+    async def main():
+        c = Coalescer(model, max_batch_size=3, max_in_flight=1)
+        first = asyncio.ensure_future(c.run(images(0)))  # runs alone while the others queue
+        await asyncio.sleep(0.01)
+        return await asyncio.gather(first, c.run(images(1, 2, 3, 4), np.array([[-1]] * 4)),
+                                    c.run(images(9), np.array([[-1, -2, -3]])), c.run(images(5, 6, 7, 8)),
+                                    c.run(images(10), np.array([[-1, -2]])))
+    _, one_map, three, no_maps, _ = asyncio.run(main())
+    # calls: [0]; [1,2,3] (width 1); [4] + [9] (width 3); [5,6,7] (width 0); [8] + [10] (width 2)
+    assert model.calls == [1, 3, 2, 3, 2]
+    assert one_map[0][:, 0].tolist() == [1, 2, 3, 4] and one_map[1].tolist() == [[-1]] * 4
+    assert no_maps[0][:, 0].tolist() == [5, 6, 7, 8] and no_maps[1].shape == (4, 0)
+    assert three[1].tolist() == [[-1, -2, -3]]

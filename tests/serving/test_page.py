@@ -14,7 +14,7 @@ import pytest
 from helpers import ROOT, running_server
 from selenium import webdriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 pytestmark = pytest.mark.slow
 MAX_BYTES = 2_000_000
@@ -81,6 +81,24 @@ def test_a_photo_gets_its_label_and_heatmap(server, browser, data_dir, artifact)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(SCREENSHOTS / "page-explained.png"))
     assert browser.get_log("browser") == [], "the page logged errors (a CSP violation, a script error)"
+
+
+def test_occlusion_heatmaps_are_one_choice_away(server, browser, data_dir):
+    """The method menu explains the same photo again by occlusion: a new heatmap, captioned with its method."""
+    photo = sorted((data_dir / "val" / "ants").glob("*.jpg"))[1]
+    open_page(browser, server.url)
+    choose_file(browser, photo)
+    WebDriverWait(browser, 60).until(lambda b: shown(b, "result") or shown(b, "error"))
+    assert "by cam" in browser.find_element(By.ID, "heatmap-caption").text
+    cam = browser.find_element(By.ID, "heatmap").get_attribute("src")
+    Select(browser.find_element(By.ID, "method")).select_by_value("occlusion")
+    WebDriverWait(browser, 60).until(lambda b: "by occlusion" in b.find_element(By.ID, "heatmap-caption").text
+                                     or shown(b, "error"))
+    assert not shown(browser, "error"), browser.find_element(By.ID, "error").text
+    assert browser.find_element(By.ID, "heatmap").get_attribute("src") != cam
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOTS / "page-occlusion.png"))
+    assert browser.get_log("browser") == []
 
 
 @pytest.mark.parametrize("case", ["not_an_image", "too_large"])
