@@ -13,6 +13,7 @@ from contract import monitoring
 from contract.card import Metrics, Tuning, load_card
 from contract.files import write_atomic
 from contract.monitoring import Monitoring
+from contract.occlusion import occluded, occlusion_maps
 from contract.precision import INT8_VARIANTS
 from contract.preprocess import PreprocessSpec
 from contract.scores import softmax
@@ -89,16 +90,25 @@ def train_counts(splits: Splits) -> dict[str, int]:
 
 
 def heatmaps_of(model: Classifier, images: ImageSet, spec: PreprocessSpec, device: torch.device) -> Explain:
-    """The report's heatmaps: the crops as the artifact takes them and the top class's map, computed by the
-    exported graph's own module (ContractWrapper; tests/training/test_heatmaps.py holds the ONNX graph equal)."""
+    """The report's heatmaps: the crops as the artifact takes them and the top class's two maps, as the service's
+    /explain makes them: Grad-CAM by the exported graph's own module (ContractWrapper; tests/training/test_heatmaps.py
+    holds the ONNX graph equal) and occlusion at the same grid (contract.occlusion: one run per cell, more faithful
+    on fine-tuned heads, bench/RESULTS.md)."""
     wrapper = ContractWrapper(model.eval()).eval()
 
-    def explain(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def probabilities(pixels: np.ndarray) -> np.ndarray:
+        return np.concatenate([wrapper(torch.from_numpy(chunk).to(device))[1].cpu().numpy()
+                               for chunk in np.array_split(pixels, -(-len(pixels) // 64))])
+
+    def explain(idx: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         crops = model_inputs(images, spec, idx)
         with torch.no_grad():
-            _, _, maps, _ = wrapper(torch.from_numpy(crops).to(device),
-                                    torch.full((len(idx), 1), -1, dtype=torch.long, device=device))
-        return crops, maps[:, 0].cpu().numpy()
+            _, probs, maps, labels = wrapper(torch.from_numpy(crops).to(device),
+                                             torch.full((len(idx), 1), -1, dtype=torch.long, device=device))
+            grid = tuple(maps.shape[2:])
+            after = probabilities(np.concatenate([occluded(c, grid) for c in crops]))
+        occlusion = occlusion_maps(probs.cpu().numpy(), after, labels.cpu().numpy(), grid)
+        return crops, maps[:, 0].cpu().numpy(), occlusion[:, 0]
     return explain
 
 

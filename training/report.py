@@ -96,38 +96,49 @@ def plot_grid(images: ImageSet, idx: list[int], probs: np.ndarray, labels: np.nd
     plt.close(fig)
 
 
-# indices into the test set -> (the crops the model saw, uint8 [n,S,S,3]; the heatmaps of its top class, [n,h,w])
-Explain = Callable[[list[int]], tuple[np.ndarray, np.ndarray]]
+# indices into the test set -> (the crops the model saw, uint8 [n,S,S,3]; the top class's Grad-CAM [n,h,w]; its
+# occlusion map [n,h,w], signed: contract.occlusion)
+Explain = Callable[[list[int]], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def plot_heatmaps(images: ImageSet, idx: list[int], probs: np.ndarray, labels: np.ndarray, explain: Explain,
                   path: Path, title: str) -> None:
-    """Each photo as the model saw it (the crop) beside it with the heatmap of the class it answered over it: where
-    the evidence lies, so that a shortcut (a watermark, a background, a ruler) shows before the model ships."""
+    """Each photo as the model saw it (the crop) beside the heatmaps of the class it answered over it, Grad-CAM
+    (what /explain gives by default) and occlusion (how far the probability falls with each cell hidden, the more
+    faithful): where the evidence lies, so that a shortcut (a watermark, a background, a ruler) shows before the
+    model ships."""
     if not idx:
         return
-    crops, maps = explain(idx)
-    cols = min(3, len(idx))
+    crops, cams, occlusions = explain(idx)
+    cols = min(2, len(idx))
     rows = (len(idx) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.2 * 2 * cols, 2.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, 3 * cols, figsize=(2.2 * 3 * cols, 2.5 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     classes = images.classes
-    for k, (i, crop, heat) in enumerate(zip(idx, crops, maps)):
-        photo, overlay = axes.flat[2 * k], axes.flat[2 * k + 1]
+    for k, (i, crop) in enumerate(zip(idx, crops)):
+        photo = axes.flat[3 * k]
         pred = int(probs[i].argmax())
-        wrong = pred != labels[i]
         photo.imshow(crop)
         photo.set_title(f"true {classes[labels[i]]}", fontsize=8)
-        overlay.imshow(crop)
-        size = crop.shape[0]
-        overlay.imshow(heat / heat.max() if heat.max() > 0 else heat, cmap="jet", alpha=0.5, vmin=0, vmax=1,
-                       interpolation="bilinear", extent=(-0.5, size - 0.5, size - 0.5, -0.5))
-        overlay.set_title(f"why {classes[pred]} {probs[i, pred]:.2f}", fontsize=8, color="red" if wrong else "black")
+        for ax, heat, method in ((axes.flat[3 * k + 1], cams[k], "Grad-CAM"),
+                                 (axes.flat[3 * k + 2], occlusions[k], "occlusion")):
+            overlay(ax, crop, heat)
+            ax.set_title(f"why {classes[pred]} {probs[i, pred]:.2f}: {method}", fontsize=7,
+                         color="red" if pred != labels[i] else "black")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def overlay(ax, crop: np.ndarray, heat: np.ndarray) -> None:
+    """The map over the crop, 0-1 of its peak (an occlusion map's negative cells, where hiding raises the class,
+    show as no evidence)."""
+    size = crop.shape[0]
+    ax.imshow(crop)
+    ax.imshow(np.clip(heat / heat.max(), 0, 1) if heat.max() > 0 else np.zeros_like(heat), cmap="jet", alpha=0.5,
+              vmin=0, vmax=1, interpolation="bilinear", extent=(-0.5, size - 0.5, size - 0.5, -0.5))
 
 
 def _table(rows: list[list], head: list[str]) -> str:
@@ -180,7 +191,7 @@ def write_report(out: Path, test_set: ImageSet, logits: np.ndarray, labels: np.n
     imgs = "".join(f'<h2>{t}</h2><img src="{f}" alt="{t}">' for f, t in (
         ("curves.png", "Training curves"), ("confusion_matrix.png", "Confusion matrix"),
         ("samples.png", "Sample predictions"), ("confident_mistakes.png", "Most confident mistakes"),
-        ("mistakes_heatmaps.png", "Why it said so: mistakes (heatmap of the class it answered)"),
+        ("mistakes_heatmaps.png", "Why it said so: mistakes (Grad-CAM and occlusion maps of the class it answered)"),
         ("right_heatmaps.png", "Why it said so: right answers"),
         ("tune_history.png", "Recipe search (training.tune): validation objective per trial"),
         ("tune_importance.png", "Recipe search: which settings mattered"))

@@ -18,7 +18,10 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from contract.preprocess import PreprocessSpec, load_rgb, resize_crop
 from training.config import ModelConfig
+from training.data import ImageSet
+from training.deletion import occlusion_of, top_class
 from training.export import export_onnx
+from training.job import heatmaps_of
 from training.model import build_model
 from training.quantize import quantize
 from training.registry import BACKBONES
@@ -127,3 +130,22 @@ def test_variants_give_the_same_heatmaps(tmp_path):
         assert (variant_labels == labels).all()
         agreement = pearson(maps, fp32)
         assert agreement.mean() >= mean and agreement.min() >= least, (variant, agreement.ravel())
+
+
+def test_the_reports_maps_are_the_services(tmp_path):
+    """report.html's heatmaps (training.job.heatmaps_of, in torch) are what /explain answers from the exported graph
+    (onnxruntime): the top class's Grad-CAM, and its occlusion map through the same contract.occlusion."""
+    model = model_for("efficientnet_lite0", classes=2)
+    images = photos(4)
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path, SIZE, 18)
+    found = ImageSet(["ants", "bees"], [0, 0, 1, 1], array=images)  # already crops: the transform keeps them
+    crops, cams, occlusions = heatmaps_of(model, found, PreprocessSpec(SIZE, SIZE, "bilinear"),
+                                          torch.device("cpu"))(list(range(4)))
+    assert np.array_equal(crops, images)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probs, classes, graph_cams = top_class(session, images)
+    np.testing.assert_allclose(cams, graph_cams, atol=MAX_PIXEL_DIFF * np.abs(graph_cams).max())
+    served = occlusion_of(session, images, probs, classes, graph_cams.shape[1:])
+    assert occlusions.shape == (4, 7, 7) and np.abs(occlusions).max() > 0
+    np.testing.assert_allclose(occlusions, served, atol=1e-4)
