@@ -3,10 +3,11 @@ picture is hidden. The slow and faithful heatmap, beside the graph's Grad-CAM (t
 reads only the last feature map.
 
 Why both: on the demo model's 153 test photos, hiding the 20 % of pixels a map ranks highest lowered the class's
-probability more than hiding random blobs on 75-77 % of photos with Grad-CAM and on 93 % with occlusion at the same
-7 x 7 grid (bench/RESULTS.md, 2026-12-02). The fine-tuned two-class head reads "ant" as "no bee" spread over the whole
-picture, which a weighted sum of the last feature map cannot localise; hiding the picture shows it. The price is one
-model run per cell (49 at 224 px), so the service bounds the images a request may ask this for.
+probability more than hiding random blobs on 76-77 % of photos with Grad-CAM and on 90-94 % with occlusion at the
+same 7 x 7 grid, by the random draw (bench/RESULTS.md, 2026-12-02). The fine-tuned two-class head reads "ant" as
+"no bee" spread over the whole picture, which a weighted sum of the last feature map cannot localise; hiding the
+picture shows it. The price is one model run per cell (49 at 224 px), so the service bounds the images a request
+may ask this for.
 
 Hidden cells take the ImageNet mean colour (the average photo's: no new edges inside the cell), as in the deletion
 check (training.deletion), so a map is judged by the same perturbation it was made with. Pure numpy: the service,
@@ -41,7 +42,7 @@ def occlusion_maps(before: np.ndarray, after: np.ndarray, classes: np.ndarray, g
     cell is hidden: negative where hiding it raises the probability (evidence against the class). Kept signed, not
     clipped at 0 as Grad-CAM's ReLU clips: where hiding most cells raises the class (the demo's "ant", read as "no bee
     anywhere"), the ties a clip leaves would be ranked by chance, and the demo's occlusion maps beat chance on 82 %
-    of photos clipped against 93 % signed (bench/RESULTS.md, 2026-12-02)."""
+    of photos clipped against 90 % signed (bench/RESULTS.md, 2026-12-02)."""
     n, m = classes.shape
     h, w = grid
     after = after.reshape(n, h * w, -1)

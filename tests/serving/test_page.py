@@ -89,7 +89,7 @@ def test_occlusion_heatmaps_are_one_choice_away(server, browser, data_dir):
     open_page(browser, server.url)
     choose_file(browser, photo)
     WebDriverWait(browser, 60).until(lambda b: shown(b, "result") or shown(b, "error"))
-    assert "by cam" in browser.find_element(By.ID, "heatmap-caption").text
+    assert "by Grad-CAM" in browser.find_element(By.ID, "heatmap-caption").text
     cam = browser.find_element(By.ID, "heatmap").get_attribute("src")
     Select(browser.find_element(By.ID, "method")).select_by_value("occlusion")
     WebDriverWait(browser, 60).until(lambda b: "by occlusion" in b.find_element(By.ID, "heatmap-caption").text
