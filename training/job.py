@@ -80,7 +80,8 @@ def evaluate_model(model: Classifier, splits: Splits, cfg: TrainConfig, device: 
     write_report(Path(cfg.output_dir) / "report", scored, logits, labels, test, history,
                  cfg.model_dump(mode="json") | {"name": cfg.name},
                  (extra or {}) | {"monitoring": watch.model_dump(mode="json")},
-                 temperature, heatmaps_of(model, scored, cfg.data.spec, device), [f.as_dict() for f in findings])
+                 temperature, heatmaps_of(model, scored, cfg.data.spec, device, temperature),
+                 [f.as_dict() for f in findings])
     return test, temperature, watch
 
 
@@ -89,12 +90,13 @@ def train_counts(splits: Splits) -> dict[str, int]:
     return {name: int(n) for name, n in zip(splits.classes, counts)}
 
 
-def heatmaps_of(model: Classifier, images: ImageSet, spec: PreprocessSpec, device: torch.device) -> Explain:
+def heatmaps_of(model: Classifier, images: ImageSet, spec: PreprocessSpec, device: torch.device,
+                temperature: float = 1.0) -> Explain:
     """The report's heatmaps: the crops as the artifact takes them and the top class's two maps, as the service's
     /explain makes them: Grad-CAM by the exported graph's own module (ContractWrapper; tests/training/test_heatmaps.py
     holds the ONNX graph equal) and occlusion at the same grid (contract.occlusion: one run per cell, more faithful
-    on fine-tuned heads, bench/RESULTS.md)."""
-    wrapper = ContractWrapper(model.eval()).eval()
+    on fine-tuned heads, bench/RESULTS.md), on the probabilities the service answers (the fitted temperature)."""
+    wrapper = ContractWrapper(model.eval(), temperature).eval()
 
     def probabilities(pixels: np.ndarray) -> np.ndarray:
         return np.concatenate([wrapper(torch.from_numpy(chunk).to(device))[1].cpu().numpy()

@@ -138,10 +138,10 @@ def test_the_reports_maps_are_the_services(tmp_path):
     model = model_for("efficientnet_lite0", classes=2)
     images = photos(4)
     path = tmp_path / "model.onnx"
-    export_onnx(model, path, SIZE, 18)
+    export_onnx(model, path, SIZE, 18, temperature=1.5)  # the service's probabilities: the fitted temperature
     found = ImageSet(["ants", "bees"], [0, 0, 1, 1], array=images)  # already crops: the transform keeps them
     crops, cams, occlusions = heatmaps_of(model, found, PreprocessSpec(SIZE, SIZE, "bilinear"),
-                                          torch.device("cpu"))(list(range(4)))
+                                          torch.device("cpu"), temperature=1.5)(list(range(4)))
     assert np.array_equal(crops, images)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     probs, classes, graph_cams = top_class(session, images)
