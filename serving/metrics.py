@@ -83,13 +83,12 @@ class ModelSeries:
             reference_share.labels(predicted=c).set(share)
         self.inference = inference_seconds.labels(provider=provider)
 
-    def run(self, seconds: float, probs: np.ndarray, counted: np.ndarray | None = None) -> None:
-        """One onnxruntime run: its time, its batch size and its predictions (the rows where `counted`, where
-        given: an occlusion map's hidden copies are not predictions)."""
+    def run(self, seconds: float, probs: np.ndarray, counted: np.ndarray) -> None:
+        """One onnxruntime run: its time, its batch size and its predictions, the rows where `counted` (an
+        occlusion map's hidden copies are not predictions)."""
         self.inference.observe(seconds)
         batch_size.observe(len(probs))
-        if counted is not None:
-            probs = probs[counted]
+        probs = probs[counted]
         best = probs.argmax(axis=1)
         for i, n in enumerate(np.bincount(best, minlength=len(self.predicted))):
             if n:
