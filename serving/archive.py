@@ -24,6 +24,10 @@ class ArchiveError(ValueError):
     """The input cannot be listed; the message says what to give instead."""
 
 
+class FileTooLarge(Exception):
+    """One file of the archive is over the byte limit: a row with this reason, not the job's end."""
+
+
 @dataclass(frozen=True)
 class Item:
     name: str       # as the output names it: the path under the input folder, or as the CSV wrote it
@@ -44,8 +48,20 @@ class Listing:
             h.update(item.name.encode("utf-8", "surrogateescape") + b"\0")
         return h.hexdigest()
 
-    def read(self, item: Item) -> bytes:
-        return self.fs.cat_file(item.location)
+    def read(self, item: Item, max_bytes: int) -> bytes:
+        """The file's bytes, fetched as one ranged read of at most max_bytes + 1 (one GET on an object store, as a
+        whole read is): a file past max_bytes raises FileTooLarge without being held whole. Anyone who can write to
+        the bucket could otherwise stop the job with one 50 GB file named .jpg, held in memory by a decoding
+        thread."""
+        try:
+            data = self.fs.cat_file(item.location, start=0, end=max_bytes + 1)
+        except OSError:
+            if self.fs.size(item.location) == 0:  # S3 answers a ranged read of an empty object 416, not b""
+                return b""
+            raise
+        if len(data) > max_bytes:
+            raise FileTooLarge(f"the file is over {max_bytes} bytes (--max-image-bytes); not read further")
+        return data
 
 
 def _is_image(name: str) -> bool:
@@ -108,4 +124,4 @@ def list_input(source: str, path_column: str = "path", path_template: str | None
     return listing
 
 
-__all__ = ["ArchiveError", "Item", "Listing", "StorageError", "list_input"]
+__all__ = ["ArchiveError", "FileTooLarge", "Item", "Listing", "StorageError", "list_input"]

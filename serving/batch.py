@@ -37,7 +37,7 @@ from contract.scores import ranked, softmax
 from contract.storage import Place, StorageError, is_url, place
 
 from . import loading, parts
-from .archive import ArchiveError, Item, Listing, list_input
+from .archive import ArchiveError, FileTooLarge, Item, Listing, list_input
 from .cpus import cpu_allotment
 from .settings import Settings
 
@@ -51,10 +51,12 @@ class BatchError(ValueError):
 Decoded = tuple[np.ndarray | None, str | None, str | None, str | None]  # pixels, sha256, error reason, message
 
 
-def decode(listing: Listing, item: Item, card: ModelCard, max_pixels: int) -> Decoded:
+def decode(listing: Listing, item: Item, card: ModelCard, max_pixels: int, max_bytes: int) -> Decoded:
     """One file's pixels as the model takes them, or why not (never raises for a bad file)."""
     try:
-        data = listing.read(item)
+        data = listing.read(item, max_bytes)
+    except FileTooLarge as exc:
+        return None, None, "file_too_large", str(exc)
     except OSError as exc:
         return None, None, "unreadable_file", f"{type(exc).__name__}: {exc.strerror or exc}"
     digest = hashlib.sha256(data).hexdigest()
@@ -133,8 +135,9 @@ class Job:
             scored.append(probs)
             batch.clear()
 
-        decoded = bounded_map(pool, lambda it: decode(listing, it, self.card, self.args.max_image_pixels), items,
-                              2 * self.args.batch_size)
+        a = self.args
+        decoded = bounded_map(pool, lambda it: decode(listing, it, self.card, a.max_image_pixels, a.max_image_bytes),
+                              items, 2 * a.batch_size)
         for i, (pixels, digest, error, message) in enumerate(decoded):
             if pixels is None:
                 rows[i] = answer_row(items[i], digest, None, self.card.classes, self.top_k, self.card, error, message)
@@ -240,13 +243,16 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-image-pixels", type=int, default=Settings.model_fields["max_image_pixels"].default,
                     help="pixels one image may decode to (the service's default; a larger file is a row with its "
                     "reason): each decoding thread may hold one image of this size")
+    ap.add_argument("--max-image-bytes", type=int, default=Settings.model_fields["max_request_bytes"].default,
+                    help="bytes one file may have (the service's request limit; a larger file is a row with its "
+                    "reason, read no further than the limit)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
-    for name in ("top_k", "batch_size", "part_size"):
+    for name in ("top_k", "batch_size", "part_size", "max_image_pixels", "max_image_bytes"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     try:

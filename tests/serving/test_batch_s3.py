@@ -1,6 +1,7 @@
 """`python -m serving.batch` against a real S3-protocol server (moto's standalone server, started here on 127.0.0.1
 with credentials checked): an archive in a bucket scored into parts in another prefix, equal to the same archive
-scored from a folder; a listing of thousands of keys; a missing bucket and wrong credentials as clear errors."""
+scored from a folder (a file over --max-image-bytes, an empty one and a broken one as rows with their reasons); a
+listing of thousands of keys; a missing bucket and wrong credentials as clear errors."""
 from __future__ import annotations
 
 import io
@@ -36,22 +37,26 @@ def test_an_archive_in_a_bucket_is_scored_into_the_bucket(s3, artifact, data_dir
     for photo in sorted((data_dir / "val" / "bees").glob("*.jpg"))[:5]:
         shutil.copy(photo, folder / "bees" / photo.name)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (folder / "empty.jpg").write_bytes(b"")  # a ranged read of an empty object: S3 answers 416, not the empty file
+    limit = max(f.stat().st_size for f in folder.rglob("*.*")) + 1
+    (folder / "huge.jpg").write_bytes(photo.read_bytes() + bytes(2 * limit))  # a JPEG with trailing bytes
     c = client(s3)
     c.create_bucket(Bucket="photos")
     for f in sorted(folder.rglob("*.*")):
         c.upload_file(str(f), "photos", f"archive/{f.relative_to(folder).as_posix()}")
-    common = ["--model", str(artifact), "--precision", "fp32", "--part-size", "2"]
+    common = ["--model", str(artifact), "--precision", "fp32", "--part-size", "2", "--max-image-bytes", str(limit)]
     remote = batch(s3, *common, "--input", "s3://photos/archive", "--output", "s3://photos/scored/run1")
     assert remote.returncode == 0, remote.stderr
     local = batch({}, *common, "--input", str(folder), "--output", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr
     rows = s3_rows(s3, "photos", "scored/run1/")
     assert rows == [r for p in sorted((tmp_path / "local").glob("part-*")) for r in pq.read_table(p).to_pylist()]
-    assert len(rows) == 6 and sum(r["error"] is not None for r in rows) == 1
+    assert {r["path"]: r["error"] for r in rows if r["error"]} == {
+        "broken.png": "not_an_image", "empty.jpg": "empty", "huge.jpg": "file_too_large"}
     summary = json.loads(c.get_object(Bucket="photos", Key="scored/run1/summary.json")["Body"].read())
-    assert summary["images"] == 6 and summary["scored"] == 5
+    assert summary["images"] == 8 and summary["scored"] == 5
     again = batch(s3, *common, "--input", "s3://photos/archive", "--output", "s3://photos/scored/run1")
-    assert again.returncode == 0 and '"already_done": 6' in again.stderr, "a restart skips the parts in the bucket"
+    assert again.returncode == 0 and '"already_done": 8' in again.stderr, "a restart skips the parts in the bucket"
 
 
 def test_a_listing_of_thousands_of_keys(s3, artifact, tmp_path):
