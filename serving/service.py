@@ -26,6 +26,7 @@ from .errors import error_response
 from .heap import freeze_startup_objects
 from .limits import RequestGuard
 from .settings import load_settings
+from .unrouted import JsonUnrouted
 
 S = pin_version(load_settings())  # bentoml serve imports this module before it spawns the service's workers
 CORE = Core(S)  # loaded in each worker (ImageClassifier.__init__); the routes of every protocol are bound to it
@@ -179,6 +180,7 @@ def _b64(text: str, field: str) -> bytes:
         raise RequestError("bad_base64", f"{field} is not valid base64") from None
 
 
+ImageClassifier.add_asgi_middleware(JsonUnrouted)
 ImageClassifier.add_asgi_middleware(RequestGuard, max_bytes=S.max_request_bytes, body_timeout=S.body_timeout_seconds)
 ImageClassifier.mount_asgi_app(v2.routes(CORE), path="/")  # routes /v2/...; only paths it knows reach it
 ImageClassifier.mount_asgi_app(page.routes(), path="/")  # the page at /, before BentoML's index

@@ -117,6 +117,27 @@ def test_schema_errors_are_400_with_detail(server, endpoint, kwargs):
     assert r.json()["detail"], r.text
 
 
+@pytest.mark.parametrize("method, path, status, protocol", [
+    ("GET", "/predcit", 404, "rest"),
+    ("GET", "/predict", 405, "rest"),
+    ("DELETE", "/", 405, "rest"),
+    ("POST", "/readyz", 405, "rest"),
+    ("POST", "/v2/nope", 404, "v2"),
+    ("GET", "/v2/models/imgcls/infer", 400, "v2"),  # the protocol's clients read 400, 404, 413, 503
+])
+def test_unknown_routes_and_wrong_methods_answer_the_services_json(server, method, path, status, protocol):
+    # starlette's own answers were plain text ("Method Not Allowed"): the one refusal a client had to parse as text
+    r = httpx.request(method, server.url + path, timeout=30)
+    assert r.status_code == status and r.headers["content-type"] == "application/json", (r.status_code, r.text)
+    body = r.json()
+    message = body["error"] if protocol == "v2" else body["message"]
+    assert f"{method} {path}" in message, body
+    if status != 404:
+        assert "this route takes" in message and r.headers["allow"], body
+    if protocol == "rest":
+        assert body["error"] == ("not_found" if status == 404 else "method_not_allowed"), body
+
+
 def test_metrics_count_exactly_what_was_sent(server, photos):
     before = scrape(server.url)
     images = photos["ants"] + photos["bees"]
