@@ -104,6 +104,10 @@ CASES = [
          lambda: {**_batch(png((640, 480)), 4), "data": {"method": "occlusion"}}, (200,)),
     Case("occlusion maps of 5 images (over max_occlusion_images)", "/explain_batch",
          lambda: {**_batch(png((64, 64)), 5), "data": {"method": "occlusion"}}, (413,)),
+    Case("PNG heatmaps of 64 photo-sized PNGs x 2 classes (max_heatmap_pngs)", "/explain_batch",
+         lambda: {**_batch(png((640, 480)), 64), "data": {"format": "png", "top_k": "2"}}, (200,)),
+    Case("PNG heatmaps of 64 images x 3 classes (over max_heatmap_pngs)", "/explain_batch",  # the demo's classes
+         lambda: {**_batch(png((64, 64)), 64), "data": {"format": "png", "top_k": "2", "label": "ants"}}, (413,)),
     Case("image under another field name", "/predict",
          lambda: {"files": {"file": ("x.png", png((64, 64)), "image/png")}}, (400,)),
     Case("a class label of 1 MB (/explain)", "/explain",

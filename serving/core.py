@@ -145,6 +145,8 @@ class Core:
         if method == "occlusion":
             check_occlusion(self.settings, len(files))
         asked = heatmap_classes(self.card.classes, top_k, label)
+        if fmt == "png":
+            check_pngs(self.settings, len(files), len(asked))
         pixels = await self._decode_all(files)
         probs, maps, mapped = await self.coalescer.run(pixels, np.tile(asked, (len(pixels), 1)))
         if method == "occlusion":
@@ -216,6 +218,16 @@ def check_occlusion(settings: Settings, images: int) -> None:
                f"{images} images ask for occlusion maps; at most {limit} may (max_occlusion_images): each costs one "
                "model run per heatmap cell")
         raise RequestError("too_many_images", f"{why}; send fewer images, or use method=cam", 413)
+
+
+def check_pngs(settings: Settings, images: int, classes: int) -> None:
+    limit = settings.max_heatmap_pngs
+    if images * classes > limit:
+        why = ("PNG heatmaps are turned off here (max_heatmap_pngs: 0)" if limit == 0 else
+               f"{images} images x {classes} classes ask for {images * classes} PNG heatmaps; at most {limit} may "
+               "(max_heatmap_pngs): each is rendered and sent")
+        raise RequestError("too_many_heatmaps", f"{why}; ask fewer classes (top_k) or images a request, or use "
+                           "format=grid", 413)
 
 
 async def occlusion(coalescer: Coalescer, decoders: anyio.CapacityLimiter, pixels: np.ndarray, probs: np.ndarray,

@@ -104,6 +104,23 @@ def test_png_is_the_heatmap_over_the_crop(server, artifact, photos):
     assert np.array_equal(np.asarray(png), np.asarray(Image.open(io.BytesIO(render.overlay_png(crop, maps[0])))))
 
 
+
+def test_png_heatmaps_a_request_are_bounded(server, photos):
+    """max_heatmap_pngs (default 128): images x classes mapped, counted before any image is decoded; the grids of
+    the same request are not bounded by it."""
+    small = io.BytesIO()
+    Image.open(photos["bees"][1]).resize((96, 96)).save(small, "JPEG")  # 64 of them under the 2 MB body limit here
+    many = [("images", (f"{i}.jpg", small.getvalue(), "image/jpeg")) for i in range(64)]
+    asked = {"format": "png", "top_k": "2"}
+    r = httpx.post(server.url + "/explain_batch", files=many, data=asked | {"label": "ants"}, timeout=120)
+    assert r.status_code == 413 and r.json()["error"] == "too_many_heatmaps", r.text
+    assert "192 PNG heatmaps" in r.json()["message"] and "format=grid" in r.json()["message"]
+    r = httpx.post(server.url + "/explain_batch", files=many, data=asked, timeout=120)  # 64 x 2: at the limit
+    assert r.status_code == 200 and all(len(a["heatmaps"]) == 2 and a["heatmaps"][0]["png"] for a in r.json())
+    r = httpx.post(server.url + "/explain_batch", files=many, data={"top_k": "2", "label": "ants"}, timeout=120)
+    assert r.status_code == 200, r.text
+
+
 def test_every_input_form_explains(server, photos):
     files = [photos["ants"][1], photos["bees"][2]]
     r = httpx.post(server.url + "/explain_batch", files=[("images", p.open("rb")) for p in files], timeout=60)
