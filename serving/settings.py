@@ -60,7 +60,7 @@ class Settings(BaseSettings):
                                     "bounds the CPU one request costs (1.5 s at worst)")
     max_images_per_request: int = Field(64, ge=1)
     max_top_k: int = Field(20, ge=1)
-    max_occlusion_images: int = Field(4, ge=0, description="images one /explain request may ask occlusion maps of "
+    max_occlusion_images: int = Field(2, ge=0, description="images one /explain request may ask occlusion maps of "
                                       "(method=occlusion): each costs one model run per heatmap cell, 50 at 224 px; "
                                       "0 turns the method off")
     max_heatmap_pngs: int = Field(128, ge=0, description="PNG heatmaps one /explain request may ask for (images x "

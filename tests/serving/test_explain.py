@@ -212,7 +212,7 @@ def test_occlusion_maps_are_the_probability_falls_and_not_predictions(server, ar
     assert total(after, "imgcls_heatmaps_total", method="occlusion") - \
         total(before, "imgcls_heatmaps_total", method="occlusion") == 1
 
-    many = [("images", photo.open("rb")) for _ in range(5)]  # max_occlusion_images defaults to 4
+    many = [("images", photo.open("rb")) for _ in range(3)]  # max_occlusion_images defaults to 2
     r = httpx.post(server.url + "/explain_batch", files=many, data={"method": "occlusion"}, timeout=60)
     assert r.status_code == 413 and r.json()["error"] == "too_many_images"
     assert "max_occlusion_images" in r.json()["message"] and "method=cam" in r.json()["message"]
