@@ -16,12 +16,14 @@ REPLACED = {404, 405}
 
 
 def refusal(scope, status: int, allow: bytes | None) -> RequestError:
-    where = f"{scope.get('method', '?')} {scope.get('path', '?')}"
+    """The path is not echoed (an error never repeats what the client sent: tests/serving/test_hostile.py); the
+    method is one of the few the HTTP parser accepts."""
+    method = scope.get("method", "?")
     if status == 405:
         methods = allow.decode("latin-1") if allow else "another method"
-        return RequestError("method_not_allowed", f"{where}: this route takes {methods}", 405)
-    return RequestError("not_found", f"{where}: no such route here; the routes are in the OpenAPI document at "
-                        "/docs.json (and the Open Inference Protocol's under /v2)", 404)
+        return RequestError("method_not_allowed", f"this route does not take {method}; it takes {methods}", 405)
+    return RequestError("not_found", f"no route here takes {method} at this path; the routes are in the OpenAPI "
+                        "document at /docs.json (and the Open Inference Protocol's under /v2)", 404)
 
 
 class JsonUnrouted:

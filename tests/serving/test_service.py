@@ -131,9 +131,9 @@ def test_unknown_routes_and_wrong_methods_answer_the_services_json(server, metho
     assert r.status_code == status and r.headers["content-type"] == "application/json", (r.status_code, r.text)
     body = r.json()
     message = body["error"] if protocol == "v2" else body["message"]
-    assert f"{method} {path}" in message, body
+    assert method in message and path not in message, body  # what the client sent is not echoed
     if status != 404:
-        assert "this route takes" in message and r.headers["allow"], body
+        assert "it takes" in message and r.headers["allow"], body
     if protocol == "rest":
         assert body["error"] == ("not_found" if status == 404 else "method_not_allowed"), body
 
