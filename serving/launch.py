@@ -92,12 +92,14 @@ class Server:
         except psutil.NoSuchProcess:
             return []
 
-    def stop(self) -> int:
+    def stop(self, grace: float = 60) -> int:
+        """SIGTERM, up to `grace` seconds for a drain, then SIGKILL to the server's session and to any worker that
+        outlived it."""
         started = self.processes()  # read before the stop: orphans are no longer the server's children after it
         if self.proc.poll() is None:
             self.terminate()
             try:
-                self.proc.wait(60)
+                self.proc.wait(grace)
             except subprocess.TimeoutExpired:  # its own session: the server and its workers, nothing else
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()

@@ -1,6 +1,6 @@
-"""Build and run OCI images without a Docker engine: buildah and podman on vfs storage, a debootstrap stand-in base
-(no registry is reachable). Used by tests/k8s/test_serve_image_{cpu,gpu}.py and tests/k8s/test_train_image.py, whose
-images build in the background from the start of the session (Builds)."""
+"""Build and run OCI images without a Docker engine: buildah and podman on overlay (else vfs) storage, a debootstrap
+stand-in base (no registry is reachable). Used by tests/k8s/test_serve_image_{cpu,gpu}.py and
+tests/k8s/test_train_image.py, whose images build in the background from the start of the session (Builds)."""
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +19,7 @@ from helpers import ROOT
 
 from serving.launch import free_port, wait_ready
 
-DEBIAN = "http://deb.debian.org/debian"
+BASE = "localhost/standin-python:bookworm"
 # This sandbox: no systemd for podman's healthcheck timers, and rlimits must stay within the caller's.
 RUN_FLAGS = ["--no-healthcheck", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
 
@@ -31,27 +31,35 @@ def _need(*tools):
 
 
 def open_store(folder: Path, need_gb: float) -> list[str]:
-    """vfs image storage under `folder` with the stand-in base imported (images take GBs). need_gb: the most disk
-    the image's build and its module's runs took here, from df during the tests (pip's downloads and unpacking, the
-    build's working copy, the committed image, and one more copy per running container: vfs shares nothing)."""
+    """Image storage under `folder` with the stand-in base imported (images take GBs): overlay where this kernel
+    mounts it, else vfs. need_gb: the most disk the image's build and its module's runs took here on vfs, from df
+    during the tests (pip's downloads and unpacking, the build's working copy, the committed image, and one more
+    copy per running container: vfs shares nothing; overlay needs less)."""
     _need("buildah", "podman", "runc", "debootstrap")
     folder.mkdir(parents=True, exist_ok=True)
     free_gb = shutil.disk_usage(folder).free / 1e9
     if free_gb < need_gb:
         pytest.fail(f"{free_gb:.0f} GB free under {folder}, {need_gb:.0f} GB needed to build and run this image on "
                     "vfs storage: free disk space or point pytest's --basetemp at a larger disk")
-    flags = ["--storage-driver", "vfs", "--root", str(folder / "storage"), "--runroot", str(folder / "run")]
-    rootfs = ROOT / ".cache" / "standin-rootfs"
-    if not (rootfs / "usr" / "bin" / "python3").exists():
-        shutil.rmtree(rootfs, ignore_errors=True)
-        subprocess.run(["debootstrap", "--variant=minbase",
-                        "--include=python3,python3-venv,python3-pip,ca-certificates",
-                        "bookworm", str(rootfs), DEBIAN], check=True, capture_output=True)
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    subprocess.run(["podman", *flags, "import", "-", "localhost/standin-python:bookworm"], stdin=tar.stdout,
-                   check=True, capture_output=True)
+    subprocess.run(["bash", str(ROOT / ".ci" / "standin-rootfs")], check=True, capture_output=True)  # once: setup
+    for driver in ("overlay", "vfs"):
+        flags = ["--storage-driver", driver, "--root", str(folder / driver), "--runroot", str(folder / f"run-{driver}")]
+        if _import_base(flags):
+            return flags
+        subprocess.run(["podman", *flags, "rmi", "-af"], capture_output=True)
+    pytest.fail("podman could neither import nor run the stand-in base image, on overlay or on vfs storage")
+
+
+def _import_base(flags: list[str]) -> bool:
+    """The stand-in base imported, and a container of it runs: overlay storage copies nothing per container or
+    layer (vfs copies the whole file system each time, GBs for the GPU images), but a kernel without overlay
+    mounts for this user refuses it here, at the first run."""
+    tar = subprocess.Popen(["tar", "-C", str(ROOT / ".cache" / "standin-rootfs"), "-c", "."], stdout=subprocess.PIPE)
+    imported = subprocess.run(["podman", *flags, "import", "-", BASE], stdin=tar.stdout, capture_output=True)
     tar.wait()
-    return flags
+    if imported.returncode != 0:
+        return False
+    return run(flags, BASE, "-c", "pass", entrypoint="python3", timeout=120).returncode == 0
 
 
 def remove_store(store: list[str], folder: Path) -> None:
@@ -64,7 +72,7 @@ def build(store: list[str], dockerfile: str, tag: str, *args: str) -> str:
     build of the GPU serving image (several GB, ten steps after its pip layer) filled a CI disk of about 50 GB.
     Returns a line with the build's time and the image's size."""
     start = time.time()
-    build_args = [a for kv in ["BASE=localhost/standin-python:bookworm", *args] for a in ("--build-arg", kv)]
+    build_args = [a for kv in [f"BASE={BASE}", *args] for a in ("--build-arg", kv)]
     proc = subprocess.run(
         ["buildah", *store, "bud", "--pull=never", "--layers=false", "--isolation", "chroot",
          "--network", "host", "--format", "docker",
