@@ -4,9 +4,11 @@ tests/k8s/test_train_image.py, whose images build in the background from the sta
 from __future__ import annotations
 
 import contextlib
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,10 +45,12 @@ def open_store(folder: Path, need_gb: float) -> list[str]:
                     "vfs storage: free disk space or point pytest's --basetemp at a larger disk")
     subprocess.run(["bash", str(ROOT / ".ci" / "standin-rootfs")], check=True, capture_output=True)  # once: setup
     for driver in ("overlay", "vfs"):
-        flags = ["--storage-driver", driver, "--root", str(folder / driver), "--runroot", str(folder / f"run-{driver}")]
+        # podman refuses an overlay runroot path over 50 characters; pytest's temporary folders are longer
+        runroot = tempfile.mkdtemp(prefix="podman-run-")
+        flags = ["--storage-driver", driver, "--root", str(folder / driver), "--runroot", runroot]
         if _import_base(flags):
             return flags
-        subprocess.run(["podman", *flags, "rmi", "-af"], capture_output=True)
+        remove_store(flags, folder / driver)
     pytest.fail("podman could neither import nor run the stand-in base image, on overlay or on vfs storage")
 
 
@@ -54,17 +58,21 @@ def _import_base(flags: list[str]) -> bool:
     """The stand-in base imported, and a container of it runs: overlay storage copies nothing per container or
     layer (vfs copies the whole file system each time, GBs for the GPU images), but a kernel without overlay
     mounts for this user refuses it here, at the first run."""
-    tar = subprocess.Popen(["tar", "-C", str(ROOT / ".cache" / "standin-rootfs"), "-c", "."], stdout=subprocess.PIPE)
-    imported = subprocess.run(["podman", *flags, "import", "-", BASE], stdin=tar.stdout, capture_output=True)
-    tar.wait()
-    if imported.returncode != 0:
+    rootfs = ROOT / ".cache" / "standin-rootfs"
+    pipe = f"tar -C {shlex.quote(str(rootfs))} -c . | {shlex.join(['podman', *flags, 'import', '-', BASE])}"
+    imported = subprocess.run(["bash", "-o", "pipefail", "-c", pipe], capture_output=True, text=True)
+    ran = imported.returncode == 0 and run(flags, BASE, "-c", "pass", entrypoint="python3", timeout=120)
+    if not ran or ran.returncode != 0:
+        why = imported.stderr if not ran else ran.stderr
+        print(f"\npodman {flags[1]} storage refused: {why.strip()[-500:]}", file=sys.stderr)
         return False
-    return run(flags, BASE, "-c", "pass", entrypoint="python3", timeout=120).returncode == 0
+    return True
 
 
 def remove_store(store: list[str], folder: Path) -> None:
     subprocess.run(["podman", *store, "rmi", "-af"], capture_output=True)
     shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(store[store.index("--runroot") + 1], ignore_errors=True)
 
 
 def build(store: list[str], dockerfile: str, tag: str, *args: str) -> str:
