@@ -4,6 +4,7 @@ tests/k8s/test_train_image.py, whose images build in the background from the sta
 from __future__ import annotations
 
 import contextlib
+import re
 import shlex
 import shutil
 import subprocess
@@ -75,6 +76,21 @@ def remove_store(store: list[str], folder: Path) -> None:
     shutil.rmtree(store[store.index("--runroot") + 1], ignore_errors=True)
 
 
+def local_indexes(folder: Path) -> list[str]:
+    """buildah volume flags that give pip inside a build this machine's package mirrors on disk (the file:// indexes
+    in the host's pip configuration) as extra indexes beside PyPI, as the host's pip has them: pip takes the last
+    index's copy of a file several offer, so torch and the CUDA wheels (about 4 GB for the training image) come off
+    the disk, not over the network, and the rest from PyPI as before. Without such mirrors, no flags."""
+    config = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    indexes = [url for url in re.findall(r"file://(/[^\s']+)", config) if Path(url).is_dir()]
+    if not indexes:
+        return []
+    conf = folder / "pip.conf"
+    conf.write_text(f"[global]\nextra-index-url = {' '.join(f'file://{i}' for i in indexes)}\n")
+    mirrors = sorted({str(Path(i).parent) for i in indexes})  # an index's pages link to ../../files
+    return [a for m in mirrors for a in ("-v", f"{m}:{m}:ro")] + ["-v", f"{conf}:/etc/pip.conf:ro"]
+
+
 def build(store: list[str], dockerfile: str, tag: str, *args: str) -> str:
     """One layer per build (--layers=false): vfs stores every layer as a full copy of the file system, so a layered
     build of the GPU serving image (several GB, ten steps after its pip layer) filled a CI disk of about 50 GB.
@@ -85,6 +101,7 @@ def build(store: list[str], dockerfile: str, tag: str, *args: str) -> str:
         ["buildah", *store, "bud", "--pull=never", "--layers=false", "--isolation", "chroot",
          "--network", "host", "--format", "docker",
          "-v", "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
+         *local_indexes(Path(store[store.index("--root") + 1]).parent),
          *build_args, "-f", dockerfile, "-t", tag, "."], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     size = subprocess.run(["podman", *store, "image", "inspect", "--format", "{{.Size}}", tag],
