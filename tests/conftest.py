@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         folder = next((i for i, prefix in enumerate(ORDER) if item.nodeid.startswith(prefix)), len(ORDER))
         return image_build(item) is not None, folder
     items.sort(key=rank)  # stable: pytest's order within a folder and module
+
+
+START = time.monotonic()
+_module_running = [""]
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple) -> None:
+    """The session's minutes so far at each module's first test: a run its time limit cut short still says where
+    the time went (the durations table comes only at the end)."""
+    module = nodeid.split("::")[0]
+    if module != _module_running[0]:
+        _module_running[0] = module
+        print(f"\n{(time.monotonic() - START) / 60:5.1f} min  {module} ", end="", flush=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
