@@ -61,13 +61,12 @@ def _import_base(flags: list[str]) -> bool:
     mounts for this user refuses it here, at the first run."""
     rootfs = ROOT / ".cache" / "standin-rootfs"
     pipe = f"tar -C {shlex.quote(str(rootfs))} -c . | {shlex.join(['podman', *flags, 'import', '-', BASE])}"
-    imported = subprocess.run(["bash", "-o", "pipefail", "-c", pipe], capture_output=True, text=True)
-    ran = imported.returncode == 0 and run(flags, BASE, "-c", "pass", entrypoint="python3", timeout=120)
-    if not ran or ran.returncode != 0:
-        why = imported.stderr if not ran else ran.stderr
-        print(f"\npodman {flags[1]} storage refused: {why.strip()[-500:]}", file=sys.stderr)
-        return False
-    return True
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", pipe], capture_output=True, text=True)
+    if done.returncode == 0:
+        done = run(flags, BASE, "-c", "pass", entrypoint="python3", timeout=120)
+    if done.returncode != 0:
+        print(f"\npodman {flags[1]} storage refused: {done.stderr.strip()[-500:]}", file=sys.stderr)
+    return done.returncode == 0
 
 
 def remove_store(store: list[str], folder: Path) -> None:
