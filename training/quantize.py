@@ -225,7 +225,7 @@ def _export_one(staging: Path, weights: WeightRange, inputs: Int8Inputs,
     if drop > plan.max_drop_points or agree < plan.min_agreement:
         path.unlink()
         return None, (f"{weights.variant} ({weights.weights}, {choice.name}): test accuracy {acc8:.4f} against fp32 "
-                      f"{acc32:.4f} ({drop:.2f} points lower, export.int8_max_drop {plan.max_drop_points}), top-1 "
+                      f"{acc32:.4f} ({points_change(drop)}, export.int8_max_drop {plan.max_drop_points}), top-1 "
                       f"agreement {agree:.4f} (export.int8_min_agreement {plan.min_agreement}) on {len(labels)} test "
                       "images on this CPU: shipped without the int8 variant")
     speedup = _speedup(inputs.run32, run8, inputs.canary)
@@ -246,6 +246,14 @@ def _export_one(staging: Path, weights: WeightRange, inputs: Int8Inputs,
                                            validation_agreement_by_method=on_val, activations="uint8",
                                            weights=weights.weights, fp32_layers=choice.fp32_layers),
                    canary=canary_facts, **facts), None
+
+
+def points_change(drop: float) -> str:
+    """drop: fp32's accuracy less int8's, in points; said the way it went (a refusal for agreement may come with an
+    int8 file that scores higher than fp32, and "-0.53 points lower" read as a loss)."""
+    if round(drop, 2) == 0:
+        return "not lower"
+    return f"{abs(drop):.2f} points {'lower' if drop > 0 else 'higher'}"
 
 
 def best_calibration(fp32: Path, run32: Runner, out: Path, calibration: np.ndarray, plan: Int8Plan,

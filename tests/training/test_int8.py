@@ -26,6 +26,7 @@ from training.quantize import (
     best_calibration,
     export_int8,
     model_inputs,
+    points_change,
     quantize,
     runner,
 )
@@ -253,3 +254,11 @@ def test_mixed_precision_is_tried_only_while_validation_agreement_falls_short(ar
         assert on_val[choice.name] == max(on_val.values())
         assert _fp32_layer_indices(out) == list(range(choice.fp32_layers))
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # the others removed
+
+
+def test_a_refusal_says_which_way_the_accuracy_moved():
+    """A file refused for its agreement may score higher than fp32 (the CIFAR-10 subset's, 2026-12-02): the
+    message said "-0.53 points lower"."""
+    assert points_change(0.53) == "0.53 points lower"
+    assert points_change(-0.53) == "0.53 points higher"
+    assert points_change(0.001) == "not lower"
