@@ -250,7 +250,7 @@ def _export_one(staging: Path, weights: WeightRange, inputs: Int8Inputs,
 
 def points_change(drop: float) -> str:
     """drop: fp32's accuracy less int8's, in points; said the way it went (a refusal for agreement may come with an
-    int8 file that scores higher than fp32, and "-0.53 points lower" read as a loss)."""
+    int8 file that scores higher than fp32, which read "-0.53 points lower")."""
     if round(drop, 2) == 0:
         return "not lower"
     return f"{abs(drop):.2f} points {'lower' if drop > 0 else 'higher'}"
